@@ -1,0 +1,150 @@
+"""Candidate batches: quasi-random points plus memoized-prefix candidates.
+
+One ``ask`` scores a single fixed-shape batch:
+
+* ``n_random`` shifted-Sobol points in the unit cube (memo depth 0), and, for
+  memoizing methods,
+* for each of the top-``Q`` observations (by objective) and each prefix length
+  ``j = 1 .. K-1``, ``n_per_prefix`` points whose columns of stages ``0..j-1``
+  are copied from that observation (so the run can restore its cached stage
+  ``j`` output) and whose other columns are quasi-random. Each carries its memo
+  depth ``j`` and the index of the observation it copies (``source``).
+
+Prefixes that repeat an earlier one (two top observations sharing stages) are
+marked invalid rather than removed, keeping the shape fixed. The best few
+candidates are then refined by a few projected Adam steps on their free
+coordinates (the prefix stays pinned, so the memo depth stays true).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Bool, Float, Int
+
+from eeipu_jax.costs import _sobol_table
+
+__all__ = ["Batch", "quasi_random", "prefix_pool", "candidate_batch", "refine"]
+
+
+class Batch(NamedTuple):
+    """A fixed-shape batch of candidates."""
+
+    x: Float[Array, "b d"]
+    depth: Int[Array, " b"]
+    source: Int[Array, " b"]  # observation row the prefix comes from, -1 if none
+    valid: Bool[Array, " b"]
+
+
+def quasi_random(key, n: int, d: int, dtype=jnp.float32) -> Float[Array, "n d"]:
+    """``n`` Sobol points in ``[0, 1]^d`` with a random shift (mod 1)."""
+    table = jnp.asarray(_sobol_table(n, d), dtype)
+    return jnp.mod(table + jax.random.uniform(key, (d,), dtype), 1.0)
+
+
+def prefix_pool(X, y, pool_ok, q: int, prefix_masks):
+    """The top-``q`` observations and which of their prefixes are usable.
+
+    Args:
+        X: ``(N, d)`` observations (unit cube).
+        y: ``(N,)`` objective values (higher is better).
+        pool_ok: ``(N,)`` rows allowed to provide prefixes.
+        q: number of top observations.
+        prefix_masks: ``(K + 1, d)`` boolean column masks of each prefix depth.
+
+    Returns:
+        ``(idx (q,), ok (q, K - 1))``: row indices of the top observations and,
+        for each prefix length ``1 .. K-1``, whether the prefix is valid and not
+        a repeat of a better observation's prefix.
+    """
+    q = min(q, X.shape[0])
+    score = jnp.where(pool_ok, y, -jnp.inf)
+    top_val, idx = jax.lax.top_k(score, q)
+    row_ok = jnp.isfinite(top_val)
+    K = prefix_masks.shape[0] - 1
+    P = X[idx]  # (q, d)
+
+    def one_depth(mask):
+        same = jnp.all(jnp.where(mask, P[:, None, :] == P[None, :, :], True), axis=-1)  # (q, q)
+        earlier = jnp.tril(jnp.ones((q, q), bool), k=-1)  # [a, b]: b < a
+        dup = jnp.any(same & earlier & row_ok[None, :], axis=1)
+        return row_ok & ~dup
+
+    ok = jax.vmap(one_depth)(prefix_masks[1:K])  # (K-1, q)
+    return idx, ok.T
+
+
+def candidate_batch(
+    key,
+    X,
+    y,
+    pool_ok,
+    *,
+    n_random: int,
+    n_per_prefix: int,
+    q: int,
+    prefix_masks,
+    memoize: bool,
+) -> Batch:
+    """Build the candidate batch of one ``ask`` (see the module docstring)."""
+    d = X.shape[1]
+    k_rand, k_pref = jax.random.split(key)
+    xr = quasi_random(k_rand, n_random, d, X.dtype)
+    parts = [Batch(xr, jnp.zeros(n_random, jnp.int32), jnp.full(n_random, -1, jnp.int32),
+                   jnp.ones(n_random, bool))]
+    K = prefix_masks.shape[0] - 1
+    if memoize and K > 1 and n_per_prefix > 0:
+        idx, ok = prefix_pool(X, y, pool_ok, q, prefix_masks)
+        qq = idx.shape[0]
+        k_free, k_shift = jax.random.split(k_pref)
+        free = quasi_random(k_free, n_per_prefix, d, X.dtype)  # shared free part, shifted per slot
+        shifts = jax.random.uniform(k_shift, (qq, K - 1, 1, d), X.dtype)
+        free = jnp.mod(free[None, None] + shifts, 1.0)  # (q, K-1, n, d)
+        depths = jnp.arange(1, K, dtype=jnp.int32)
+        masks = prefix_masks[1:K]  # (K-1, d)
+        xp = jnp.where(masks[None, :, None, :], X[idx][:, None, None, :], free)
+        dp = jnp.broadcast_to(depths[None, :, None], (qq, K - 1, n_per_prefix))
+        sp = jnp.broadcast_to(idx[:, None, None], (qq, K - 1, n_per_prefix)).astype(jnp.int32)
+        vp = jnp.broadcast_to(ok[:, :, None], (qq, K - 1, n_per_prefix))
+        parts.append(Batch(xp.reshape(-1, d), dp.reshape(-1), sp.reshape(-1), vp.reshape(-1)))
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+
+def refine(score, x0, free, steps: int, lr: float):
+    """Projected Adam ascent of ``score`` on the free coordinates of one point.
+
+    Args:
+        score: ``x -> float`` (already closed over depth and state).
+        x0: ``(d,)`` start in the unit cube.
+        free: ``(d,)`` bool, coordinates that may move.
+        steps: number of Adam steps (static).
+        lr: learning rate in unit-cube units.
+
+    Returns:
+        ``(x, value)``: the best of the start and the end point.
+    """
+    opt = optax.adam(lr)
+    grad = jax.grad(lambda x: -score(x))
+
+    def step(carry, _):
+        x, s = carry
+        g = grad(x)
+        g = jnp.where(free & jnp.isfinite(g), g, 0.0)
+        upd, s = opt.update(g, s, x)
+        return (jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0), s), None
+
+    (x1, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=steps)
+    v0, v1 = score(x0), score(x1)
+    v1 = jnp.where(jnp.isfinite(v1), v1, -jnp.inf)
+    better = v1 > v0
+    return jnp.where(better, x1, x0), jnp.where(better, v1, v0)
+
+
+def prefix_masks_array(stage_of_column, n_stages: int) -> np.ndarray:
+    """``(K + 1, d)`` boolean masks, row ``j`` = columns of stages ``< j``."""
+    soc = np.asarray(stage_of_column)
+    return soc[None, :] < np.arange(n_stages + 1)[:, None]

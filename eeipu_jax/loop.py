@@ -1,0 +1,494 @@
+"""The BO loop as pure functions: ``init`` / ``ask`` / ``tell`` over a ``BOState`` pytree.
+
+``ask(key, state, config) -> (Proposal, state)`` fits the surrogates the method
+needs (objective GP, stage- or total-cost GPs), scores one fixed-shape batch of
+candidates (random + memoized prefixes), refines the best few and returns the
+winner with its memo depth. ``tell(state, x, y, stage_costs, memo_depth)``
+records a finished (or failed) trial and charges the budget. Both are
+side-effect free and jitted with the :class:`BOConfig` static, and the state
+has a fixed capacity, so a run compiles ``ask`` once per capacity, not once per
+iteration. The state is a NamedTuple of arrays: orbax saves and restores it.
+
+Warm-up: while fewer than ``n_warmup`` trials have been told, ``ask`` returns
+uniform random points (the Python driver of a synthetic benchmark may instead
+tell a cost-aware design from :mod:`eeipu_jax.design`). The budget spent when
+the warm-up completes is ``b0`` of the cost-cooling schedule.
+
+Failed trials (non-finite objective) are kept: the objective GP sees them at
+the worst objective observed so far (a common convention: the region is not
+worth revisiting, and the GP stays well conditioned); their stage costs are
+used for the stages that ran (``NaN`` marks a stage that did not run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from eeipu_jax import acquisition as acqlib
+from eeipu_jax import candidates as candlib
+from eeipu_jax import costs as costlib
+from eeipu_jax import gp as gplib
+from eeipu_jax.space import SearchSpace
+
+__all__ = [
+    "BOConfig",
+    "BOState",
+    "Proposal",
+    "init",
+    "ask",
+    "tell",
+    "grow",
+    "ensure_capacity",
+    "best_observed",
+    "n_observations",
+    "capacity_for",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class BOConfig:
+    """Static settings of a BO run (hashable; changing one recompiles).
+
+    Attributes:
+        stage_of_column: stage index of each unit-cube column (from the space).
+        bins: per column, 0 for a continuous column or the number of equal bins
+            (ints, categoricals) that proposals are snapped to.
+        method: registered method name (see :mod:`eeipu_jax.acquisition`).
+        n_warmup: number of initial (non-BO) trials.
+        n_random: quasi-random candidates per ask.
+        n_per_prefix: candidates per memoized prefix (memoizing methods).
+        top_q: number of top observations whose prefixes are candidates.
+        prefix_pool: ``"all"`` observations or only ``"post_warmup"`` ones (as
+            the authors ran it) may provide prefixes.
+        n_refine: best candidates refined by gradient steps (0 disables).
+        refine_steps: Adam steps per refinement.
+        refine_lr: refinement learning rate (unit-cube units).
+        mc_samples: quasi-random samples for the expected inverse cost.
+        cost_inputs: ``"prefix"`` (stage k's cost GP sees stages 0..k) or
+            ``"stage"`` (only stage k's columns).
+        cooling: ``"linear"`` (eta = remaining / (B - b0)), ``"constant"``
+            (eta = 1) or ``"none"`` (eta = 0: the cost term drops out).
+        refit_every: every this many BO asks the GPs are refitted from fresh
+            starts (cold); in between, warm-started.
+        ucb_beta: beta of the UCB acquisition (methods that use it).
+        gp: GP fitting settings.
+    """
+
+    stage_of_column: tuple[int, ...]
+    bins: tuple[int, ...]
+    method: str = "eeipu"
+    n_warmup: int = 10
+    n_random: int = 512
+    n_per_prefix: int = 32
+    top_q: int = 5
+    prefix_pool: str = "all"
+    n_refine: int = 4
+    refine_steps: int = 15
+    refine_lr: float = 0.02
+    mc_samples: int = 1024
+    cost_inputs: str = "prefix"
+    cooling: str = "linear"
+    refit_every: int = 10
+    ucb_beta: float = 0.2
+    gp: gplib.GPConfig = gplib.GPConfig()
+
+    def __post_init__(self):
+        object.__setattr__(self, "stage_of_column", tuple(int(s) for s in self.stage_of_column))
+        object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
+        soc = self.stage_of_column
+        if not soc:
+            raise ValueError("BOConfig.stage_of_column is empty")
+        if soc[0] != 0 or any(b - a not in (0, 1) for a, b in zip(soc, soc[1:])):
+            raise ValueError(
+                f"BOConfig.stage_of_column must be sorted stage indices 0..K-1 with every stage "
+                f"present, got {soc}"
+            )
+        if len(self.bins) != len(soc):
+            raise ValueError(f"BOConfig.bins has {len(self.bins)} entries for {len(soc)} columns")
+        if any(b < 0 or b == 1 for b in self.bins):
+            raise ValueError(f"BOConfig.bins entries must be 0 (continuous) or >= 2, got {self.bins}")
+        acqlib.get_method(self.method)  # raises on unknown names
+        checks = {
+            "n_warmup": self.n_warmup >= 2,
+            "n_random": self.n_random >= 1,
+            "n_per_prefix": self.n_per_prefix >= 0,
+            "top_q": self.top_q >= 1,
+            "n_refine": 0 <= self.n_refine <= self.n_random,
+            "refine_steps": self.refine_steps >= 0,
+            "mc_samples": self.mc_samples >= 1,
+            "refit_every": self.refit_every >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"BOConfig: invalid value for {bad}: {[getattr(self, k) for k in bad]}")
+        if self.prefix_pool not in ("all", "post_warmup"):
+            raise ValueError(f"BOConfig.prefix_pool must be 'all' or 'post_warmup', got {self.prefix_pool!r}")
+        if self.cooling not in ("linear", "constant", "none"):
+            raise ValueError(f"BOConfig.cooling must be 'linear', 'constant' or 'none', got {self.cooling!r}")
+        costlib.stage_input_masks(soc, self.n_stages, self.cost_inputs)  # validates cost_inputs
+
+    @classmethod
+    def from_space(cls, space: SearchSpace, **kwargs) -> "BOConfig":
+        """Config for a :class:`~eeipu_jax.space.SearchSpace` (other fields as kwargs)."""
+        from eeipu_jax.space import Categorical, Int as IntParam
+
+        bins = tuple(p.n_values if isinstance(p, (IntParam, Categorical)) else 0 for p in space.params)
+        return cls(stage_of_column=space.stage_of_column, bins=bins, **kwargs)
+
+    @property
+    def dim(self) -> int:
+        return len(self.stage_of_column)
+
+    @property
+    def n_stages(self) -> int:
+        return self.stage_of_column[-1] + 1
+
+    @property
+    def method_def(self) -> acqlib.Method:
+        return acqlib.get_method(self.method)
+
+    @property
+    def n_cost_models(self) -> int:
+        return self.n_stages if self.method_def.cost_model == "stages" else 1
+
+    def snap(self, u):
+        """Snap unit-cube rows to representable points (JAX-traceable)."""
+        b = jnp.asarray(self.bins, u.dtype)
+        nb = jnp.maximum(b, 1.0)
+        binned = (jnp.clip(jnp.floor(jnp.clip(u, 0.0, 1.0) * nb), 0.0, nb - 1.0) + 0.5) / nb
+        return jnp.where(b > 0, binned, jnp.clip(u, 0.0, 1.0))
+
+
+class BOState(NamedTuple):
+    """All data of a run, at a fixed capacity ``N`` (a pytree of arrays).
+
+    Rows ``0 .. n-1`` hold the trials told so far, in order.
+    """
+
+    X: Float[Array, "N d"]  # unit-cube inputs
+    y: Float[Array, " N"]  # objective (NaN for failed trials)
+    stage_costs: Float[Array, "N K"]  # full (non-memoized) stage costs; NaN = unknown
+    memo_depth: Int[Array, " N"]
+    charged: Float[Array, " N"]  # what each trial cost the budget
+    failed: Bool[Array, " N"]
+    warmup: Bool[Array, " N"]
+    n: Int[Array, ""]
+    n_warmup: Int[Array, ""]
+    n_bo: Int[Array, ""]  # BO asks so far (sets the refit schedule)
+    spent: Float[Array, ""]
+    budget: Float[Array, ""]
+    b0: Float[Array, ""]
+    epsilon: Float[Array, ""]
+    obj_params: gplib.GPParams
+    cost_params: gplib.GPParams  # stacked over cost models
+
+
+class Proposal(NamedTuple):
+    """What ``ask`` proposes."""
+
+    x: Float[Array, " d"]  # unit cube, snapped
+    memo_depth: Int[Array, ""]  # leading stages to restore from the cache
+    source: Int[Array, ""]  # observation row whose prefix is reused (-1: none)
+    score: Float[Array, ""]  # acquisition value (log scale for EI-based methods)
+    eta: Float[Array, ""]  # cost-cooling exponent used
+
+
+def capacity_for(n: int, minimum: int = 16) -> int:
+    """Bucketed capacity: the next power of two >= n (at least ``minimum``)."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float = 0.1) -> BOState:
+    """An empty state for ``config`` with room for ``capacity`` trials.
+
+    Args:
+        config: static settings.
+        budget: total budget (seconds or cost units).
+        capacity: preallocated rows (grown on demand by :func:`tell`).
+        epsilon: price of restoring one memoized stage (as seen by the acquisition).
+    """
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"budget must be a positive finite number, got {budget!r}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+    if capacity < config.n_warmup + 1:
+        capacity = capacity_for(config.n_warmup + 1)
+    N, d, K = capacity, config.dim, config.n_stages
+    p = gplib.default_params(d, config.gp)
+    f = jnp.float32
+    return BOState(
+        X=jnp.zeros((N, d), f),
+        y=jnp.full((N,), jnp.nan, f),
+        stage_costs=jnp.full((N, K), jnp.nan, f),
+        memo_depth=jnp.zeros((N,), jnp.int32),
+        charged=jnp.zeros((N,), f),
+        failed=jnp.zeros((N,), bool),
+        warmup=jnp.zeros((N,), bool),
+        n=jnp.asarray(0, jnp.int32),
+        n_warmup=jnp.asarray(config.n_warmup, jnp.int32),
+        n_bo=jnp.asarray(0, jnp.int32),
+        spent=jnp.asarray(0.0, f),
+        budget=jnp.asarray(budget, f),
+        b0=jnp.asarray(0.0, f),
+        epsilon=jnp.asarray(epsilon, f),
+        obj_params=p,
+        cost_params=jax.tree.map(lambda a: jnp.stack([a] * config.n_cost_models), p),
+    )
+
+
+def grow(state: BOState, capacity: int) -> BOState:
+    """A copy of ``state`` with room for ``capacity`` rows (not jitted)."""
+    N = state.X.shape[0]
+    if capacity < N:
+        raise ValueError(f"cannot shrink capacity from {N} to {capacity}")
+    pad = capacity - N
+
+    def p(a, fill):
+        return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)])
+
+    return state._replace(
+        X=p(state.X, 0.0),
+        y=p(state.y, jnp.nan),
+        stage_costs=p(state.stage_costs, jnp.nan),
+        memo_depth=p(state.memo_depth, 0),
+        charged=p(state.charged, 0.0),
+        failed=p(state.failed, False),
+        warmup=p(state.warmup, False),
+    )
+
+
+def ensure_capacity(state: BOState, extra: int = 1) -> BOState:
+    """Grow to the next bucket if fewer than ``extra`` free rows remain."""
+    n, N = int(state.n), state.X.shape[0]
+    if n + extra <= N:
+        return state
+    return grow(state, capacity_for(n + extra))
+
+
+def n_observations(state: BOState) -> int:
+    return int(state.n)
+
+
+def best_observed(state: BOState):
+    """Best finite objective told so far (``-inf`` if none)."""
+    valid = (jnp.arange(state.y.shape[0]) < state.n) & ~state.failed
+    return jnp.max(jnp.where(valid, state.y, -jnp.inf))
+
+
+# ---------------------------------------------------------------- tell
+@jax.jit
+def _tell(state: BOState, x, y, stage_costs, memo_depth, charged, has_charged) -> BOState:
+    i = state.n
+    K = state.stage_costs.shape[1]
+    y = jnp.asarray(y, state.y.dtype)
+    costs = jnp.asarray(stage_costs, state.stage_costs.dtype).reshape(K)
+    memo_depth = jnp.asarray(memo_depth, jnp.int32)
+    failed = ~jnp.isfinite(y)
+    # Default charge: epsilon per restored stage + the full cost of the others
+    # (stages that never ran, NaN, cost nothing).
+    k = jnp.arange(K)
+    default = jnp.sum(jnp.where(k < memo_depth, state.epsilon, jnp.nan_to_num(costs, nan=0.0)))
+    charge = jnp.where(has_charged, jnp.asarray(charged, state.charged.dtype), default)
+    spent = state.spent + charge
+    is_warm = i < state.n_warmup
+    return state._replace(
+        X=state.X.at[i].set(jnp.asarray(x, state.X.dtype)),
+        y=state.y.at[i].set(jnp.where(failed, jnp.nan, y)),
+        stage_costs=state.stage_costs.at[i].set(costs),
+        memo_depth=state.memo_depth.at[i].set(memo_depth),
+        charged=state.charged.at[i].set(charge),
+        failed=state.failed.at[i].set(failed),
+        warmup=state.warmup.at[i].set(is_warm),
+        n=i + 1,
+        spent=spent,
+        b0=jnp.where(i + 1 == state.n_warmup, spent, state.b0),
+    )
+
+
+def tell(state: BOState, x, y, stage_costs, memo_depth=0, charged=None) -> BOState:
+    """Record one finished (or failed) trial.
+
+    Args:
+        state: current state; grown to the next capacity bucket if full.
+        x: ``(d,)`` unit-cube point that ran (as proposed: snapped).
+        y: objective; NaN/inf marks a failed trial.
+        stage_costs: ``(K,)`` full cost of each stage (for memoized stages,
+            the cost of computing them originally), NaN for stages that did
+            not run. These are what the cost GPs learn.
+        memo_depth: number of leading stages restored from the cache.
+        charged: what the trial cost the budget; by default
+            ``epsilon * memo_depth + sum of the other stages' costs``. Real runs
+            pass measured seconds (restore time + compute time).
+
+    Returns:
+        The new state.
+    """
+    state = ensure_capacity(state)
+    has = charged is not None
+    return _tell(state, x, y, stage_costs, memo_depth, 0.0 if charged is None else charged, has)
+
+
+# ---------------------------------------------------------------- ask
+def _warmup_proposal(key, state: BOState, config: BOConfig) -> Proposal:
+    x = config.snap(jax.random.uniform(key, (config.dim,), state.X.dtype))
+    return Proposal(
+        x=x,
+        memo_depth=jnp.asarray(0, jnp.int32),
+        source=jnp.asarray(-1, jnp.int32),
+        score=jnp.asarray(jnp.nan, state.X.dtype),
+        eta=jnp.asarray(1.0, state.X.dtype),
+    )
+
+
+def _cost_data(state: BOState, config: BOConfig, valid):
+    """Targets, row masks and input masks of the method's cost model(s)."""
+    kind = config.method_def.cost_model
+    if kind == "stages":
+        log_c, ok = costlib.log_costs(state.stage_costs, jnp.ones_like(state.stage_costs, bool))
+        input_masks = costlib.stage_input_masks(config.stage_of_column, config.n_stages, config.cost_inputs)
+    else:  # "total"
+        total = jnp.sum(state.stage_costs, axis=1, keepdims=True)  # NaN if any stage unknown
+        log_c, ok = costlib.log_costs(total, jnp.ones_like(total, bool))
+        input_masks = np.ones((1, config.dim), np.float32)
+    return log_c, ok & valid[:, None], jnp.asarray(input_masks, state.X.dtype)
+
+
+def acquisition_state(key, state: BOState, config: BOConfig):
+    """Fit all surrogates of ``config.method`` and build its :class:`AcqState`.
+
+    Returns:
+        ``(acq_state, obj_params, cost_params, y_eff)`` where ``y_eff`` is the
+        objective with failed trials set to the worst observed value.
+    """
+    method = config.method_def
+    gcfg = config.gp
+    N = state.X.shape[0]
+    valid = jnp.arange(N) < state.n
+    ok_y = valid & ~state.failed
+    worst = jnp.min(jnp.where(ok_y, state.y, jnp.inf))
+    worst = jnp.where(jnp.isfinite(worst), worst, 0.0)
+    y_eff = jnp.where(valid, jnp.where(state.failed, worst, state.y), 0.0)
+    cold = (state.n_bo % config.refit_every) == 0
+    k_fit, k_mc = jax.random.split(key)
+
+    # The objective GP and the cost GPs are fitted in one vmapped call (one
+    # copy of the fitting program to compile, one batched loop to run).
+    best = jnp.max(jnp.where(valid, y_eff, -jnp.inf))
+    targets, masks, input_masks = y_eff[:, None], valid[:, None], jnp.ones((1, config.dim), state.X.dtype)
+    init = jax.tree.map(lambda a: a[None], state.obj_params)
+    has_costs = method.cost_model != "none"
+    if has_costs:
+        log_c, cmasks, cinput = _cost_data(state, config, valid)
+        targets = jnp.concatenate([targets, log_c], axis=1)
+        masks = jnp.concatenate([masks, cmasks], axis=1)
+        input_masks = jnp.concatenate([input_masks, cinput], axis=0)
+        init = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), init, state.cost_params)
+    params, mean, std = gplib.fit_stacked(k_fit, init, state.X, targets, masks, input_masks, gcfg, cold)
+    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, mean, std, gcfg)
+    # Acquisitions work on the standardized objective scale.
+    obj_params = jax.tree.map(lambda a: a[0], params)
+    obj_post = jax.tree.map(lambda a: a[0], posts)
+    best = (best - mean[0]) / std[0]
+    cost_params = state.cost_params
+    costs = cost_mean = cost_std = z = None
+    if has_costs:
+        cost_params = jax.tree.map(lambda a: a[1:], params)
+        costs = jax.tree.map(lambda a: a[1:], posts)
+        cost_mean, cost_std = mean[1:], std[1:]
+        z = costlib.normal_base_samples(k_mc, config.mc_samples, config.n_cost_models, state.X.dtype)
+
+    if config.cooling == "linear":
+        eta = costlib.cooling_eta(state.budget, state.spent, state.b0)
+    elif config.cooling == "constant":
+        eta = jnp.asarray(1.0, state.X.dtype)
+    else:
+        eta = jnp.asarray(0.0, state.X.dtype)
+    acq = acqlib.AcqState(
+        obj=obj_post,
+        best=best,
+        costs=costs,
+        cost_mean=cost_mean,
+        cost_std=cost_std,
+        z=z,
+        log_epsilon=jnp.log(state.epsilon),
+        eta=eta,
+        extra=jnp.asarray(config.ucb_beta, state.X.dtype),
+    )
+    return acq, obj_params, cost_params, y_eff
+
+
+def _bo_proposal(key, state: BOState, config: BOConfig):
+    method = config.method_def
+    k_fit, k_cand = jax.random.split(key)
+    acq, obj_params, cost_params, y_eff = acquisition_state(k_fit, state, config)
+
+    N = state.X.shape[0]
+    valid = jnp.arange(N) < state.n
+    pool_ok = valid & ~state.failed
+    if config.prefix_pool == "post_warmup":
+        pool_ok = pool_ok & ~state.warmup
+    masks = jnp.asarray(candlib.prefix_masks_array(config.stage_of_column, config.n_stages))
+    batch = candlib.candidate_batch(
+        k_cand,
+        state.X,
+        y_eff,
+        pool_ok,
+        n_random=config.n_random,
+        n_per_prefix=config.n_per_prefix,
+        q=config.top_q,
+        prefix_masks=masks,
+        memoize=method.memoize,
+    )
+
+    def score(x, j):
+        return method.score(x, j, acq)
+
+    vals = jax.vmap(score)(batch.x, batch.depth)
+    vals = jnp.where(batch.valid & jnp.isfinite(vals), vals, -jnp.inf)
+
+    if config.n_refine > 0:
+        _, top = jax.lax.top_k(vals, config.n_refine)
+        x0, d0 = batch.x[top], batch.depth[top]
+        free = ~masks[d0]
+        xr, vr = jax.vmap(
+            lambda x, j, f: candlib.refine(lambda z: score(z, j), x, f, config.refine_steps, config.refine_lr)
+        )(x0, d0, free)
+        vr = jnp.where(jnp.isfinite(vr), vr, -jnp.inf)
+        r = jnp.argmax(vr)
+        x, j, src = xr[r], d0[r], batch.source[top[r]]
+    else:
+        r = jnp.argmax(vals)
+        x, j, src = batch.x[r], batch.depth[r], batch.source[r]
+    x = config.snap(x)
+    prop = Proposal(x=x, memo_depth=j, source=src, score=score(x, j), eta=acq.eta)
+    return prop, state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def ask(key, state: BOState, config: BOConfig):
+    """Propose the next trial.
+
+    Args:
+        key: PRNG key (split by the caller; never reused).
+        state: current state.
+        config: static settings.
+
+    Returns:
+        ``(proposal, state)``: the new state carries the freshly fitted GP
+        hyperparameters (warm start of the next ask) and the BO-step counter.
+    """
+    k_warm, k_bo = jax.random.split(key)
+    in_warmup = state.n < state.n_warmup
+    return jax.lax.cond(
+        in_warmup,
+        lambda: (_warmup_proposal(k_warm, state, config), state),
+        lambda: _bo_proposal(k_bo, state, config),
+    )
