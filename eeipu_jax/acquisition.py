@@ -62,11 +62,13 @@ def log_h(u):
     ``EI = sigma * h((mu - best) / sigma)``. Three regimes:
 
     * ``u > -1``: direct formula (``h >= h(-1) = 0.083``).
-    * ``-10 < u <= -1``: ``h(u) = phi(u) (1 - t R(t))`` with ``t = -u`` and the
+    * ``-7 < u <= -1``: ``h(u) = phi(u) (1 - t R(t))`` with ``t = -u`` and the
       Mills ratio ``R(t) = Phi(-t) / phi(t)`` from ``log_ndtr`` (no
       cancellation of ``phi`` against ``u Phi``).
-    * ``u <= -10``: the asymptotic series
-      ``1 - t R(t) = t^-2 - 3 t^-4 + 15 t^-6 - 105 t^-8 + ...``.
+    * ``u <= -7``: the asymptotic series
+      ``1 - t R(t) = t^-2 (1 - 3 t^-2 + 15 t^-4 - 105 t^-6 + 945 t^-8 - 10395 t^-10)``,
+      whose truncation error there is below 1e-5 relative (float32 loses
+      more than that in the Mills-ratio form beyond t = 7).
 
     Gradients are finite everywhere (the unused branches see safe inputs).
     """
@@ -75,19 +77,18 @@ def log_h(u):
     direct = jnp.log(jnp.exp(-0.5 * direct_u**2 - _LOG_SQRT_2PI) + direct_u * ndtr(direct_u))
 
     t = -jnp.minimum(u, -1.0)  # >= 1
-    log_phi = -0.5 * t * t - _LOG_SQRT_2PI
-    t_mid = jnp.minimum(t, 10.0)
+    t_mid = jnp.minimum(t, 7.0)
     log_phi_mid = -0.5 * t_mid * t_mid - _LOG_SQRT_2PI
     one_minus_tr = -jnp.expm1(jnp.log(t_mid) + log_ndtr(-t_mid) - log_phi_mid)
     mid = log_phi_mid + jnp.log(jnp.maximum(one_minus_tr, 1e-30))
 
-    t_far = jnp.maximum(t, 10.0)
+    t_far = jnp.maximum(t, 7.0)
     w = 1.0 / (t_far * t_far)
-    series = w * (1.0 - 3.0 * w * (1.0 - 5.0 * w * (1.0 - 7.0 * w)))
+    series = w * (1.0 - 3.0 * w * (1.0 - 5.0 * w * (1.0 - 7.0 * w * (1.0 - 9.0 * w * (1.0 - 11.0 * w)))))
     log_phi_far = -0.5 * t_far * t_far - _LOG_SQRT_2PI
     far = log_phi_far + jnp.log(series)
 
-    return jnp.where(u > -1.0, direct, jnp.where(u > -10.0, mid, far))
+    return jnp.where(u > -1.0, direct, jnp.where(u > -7.0, mid, far))
 
 
 def expected_improvement(mean, var, best, xi=0.0):

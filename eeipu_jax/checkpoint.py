@@ -57,9 +57,11 @@ def restore_state(path: str | os.PathLike, like: Any, with_key: bool = False):
     if isinstance(tree, dict) and "key" in tree:
         target["key"] = jax.ShapeDtypeStruct(tuple(tree["key"].shape), np.dtype(tree["key"].dtype))
     out = ckpt.restore(path, target)
-    state = jax.tree.map(jnp.asarray, out["state"])
+    # Host round trip: uncommitted arrays with canonical (non-weak) types, so
+    # the restored state hits the same compiled ``ask`` as a live one.
+    state = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), out["state"])
     if not with_key:
         return state
     if "key" not in out:
         raise KeyError(f"checkpoint {path} holds no PRNG key")
-    return state, jax.random.wrap_key_data(out["key"])
+    return state, jax.random.wrap_key_data(jnp.asarray(np.asarray(out["key"])))

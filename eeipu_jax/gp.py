@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions
 import optax
 import tinygp
@@ -124,10 +125,11 @@ class Posterior(NamedTuple):
 
 # --------------------------------------------------------------------- utils
 def _to_raw(value, bounds):
+    xp = np if isinstance(value, (np.ndarray, float, int)) else jnp
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    t = (jnp.log(value) - lo) / (hi - lo)
-    t = jnp.clip(t, 1e-6, 1 - 1e-6)
-    return jnp.log(t) - jnp.log1p(-t)
+    t = (xp.log(value) - lo) / (hi - lo)
+    t = xp.clip(t, 1e-6, 1 - 1e-6)
+    return xp.log(t) - xp.log1p(-t)
 
 
 def _from_raw(raw, bounds):
@@ -146,10 +148,11 @@ def constrain(params: GPParams, cfg: GPConfig):
 
 def default_params(dim: int, cfg: GPConfig, dtype=jnp.float32) -> GPParams:
     """A neutral starting point: lengthscale 0.5, amplitude 1, noise 1e-2."""
+    # NumPy math, so building a state outside jit compiles nothing.
     return GPParams(
-        raw_lengthscale=_to_raw(jnp.full((dim,), 0.5, dtype), cfg.lengthscale_bounds),
-        raw_amplitude=_to_raw(jnp.asarray(1.0, dtype), cfg.amplitude_bounds),
-        raw_noise=_to_raw(jnp.asarray(1e-2, dtype), cfg.noise_bounds),
+        raw_lengthscale=jnp.asarray(_to_raw(np.full((dim,), 0.5), cfg.lengthscale_bounds), dtype),
+        raw_amplitude=jnp.asarray(_to_raw(np.asarray(1.0), cfg.amplitude_bounds), dtype),
+        raw_noise=jnp.asarray(_to_raw(np.asarray(1e-2), cfg.noise_bounds), dtype),
         mean=jnp.zeros((), dtype),
     )
 
@@ -384,12 +387,22 @@ def posterior(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None) -> P
 def predict(post: Posterior, x: Float[Array, " d"]):
     """Latent posterior mean and variance at one point (vmap for batches).
 
+    Uses the tinygp process's kernel and Cholesky solver directly (rather than
+    building a conditioned process per point): ``v = L^-1 k(X, x)``,
+    ``mean = v . L^-1 y``, ``var = k(x, x) - v . v``. The ``L^-1 y`` term does
+    not depend on ``x``, so under ``vmap`` it is computed once.
+
     Returns:
         ``(mean, variance)`` on the scale of the targets the GP was fitted to;
         the variance is clamped at 1e-12.
     """
     xs = (x * post.input_mask / post.lengthscale)[None, :]
-    _, cond = post.gp.condition(post.y, (xs, jnp.ones((1,), x.dtype)))
-    mean = cond.loc[0] + post.mean
-    var = jnp.maximum(cond.variance[0], 1e-12)
+    test = (xs, jnp.ones((1,), x.dtype))
+    gp = post.gp
+    k_star = gp.kernel(gp.X, test)[:, 0]
+    k_ss = gp.kernel.evaluate((xs[0], jnp.ones((), x.dtype)), (xs[0], jnp.ones((), x.dtype)))
+    alpha = gp.solver.solve_triangular(post.y)
+    v = gp.solver.solve_triangular(k_star)
+    mean = v @ alpha + post.mean
+    var = jnp.maximum(k_ss - v @ v, 1e-12)
     return mean, var

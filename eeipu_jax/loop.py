@@ -202,8 +202,8 @@ class Proposal(NamedTuple):
 
 
 def capacity_for(n: int, minimum: int = 16) -> int:
-    """Bucketed capacity: the next power of two >= n (at least ``minimum``)."""
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+    """Bucketed capacity: the smallest power of two >= max(n, minimum)."""
+    return 1 << max(0, math.ceil(math.log2(max(n, minimum, 1))))
 
 
 def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float = 0.1) -> BOState:
@@ -472,7 +472,12 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
     return prop, state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+def canonicalize(state: BOState) -> BOState:
+    """Give every leaf its canonical dtype (drops JAX's weak types), so a state
+    edited by hand (``state._replace(spent=1.0)``) does not recompile ``ask``."""
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.asarray(a).dtype), state)
+
+
 def ask(key, state: BOState, config: BOConfig):
     """Propose the next trial.
 
@@ -485,6 +490,11 @@ def ask(key, state: BOState, config: BOConfig):
         ``(proposal, state)``: the new state carries the freshly fitted GP
         hyperparameters (warm start of the next ask) and the BO-step counter.
     """
+    return _ask(key, canonicalize(state), config)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _ask(key, state: BOState, config: BOConfig):
     k_warm, k_bo = jax.random.split(key)
     in_warmup = state.n < state.n_warmup
     return jax.lax.cond(

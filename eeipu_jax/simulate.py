@@ -1,0 +1,270 @@
+"""Simulated BO runs on pipelines whose objective and stage costs are JAX functions.
+
+Two drivers over the same ``ask``/``tell`` core, for synthetic benchmarks:
+
+* :func:`run_python` -- a plain Python loop (the shape of a real tuning run);
+* :func:`run_jitted` -- the whole loop (ask, simulated run, tell, budget check)
+  under ``lax.while_loop``, ``vmap``-ed over seeds. The data grow in capacity
+  buckets (16, 32, 64, ...); each bucket is one jitted segment, so a run
+  compiles once per (problem, method, capacity), never per iteration.
+
+Both consume keys identically and ask at the same capacities, so for the same
+key they produce the same trajectory (up to float rounding of batched vs
+unbatched kernels, which the tests bound).
+
+A *problem* is any hashable object with ``objective(u)``, ``stage_costs(u)``
+(``(K,)``), ``to_raw(u)`` and ``total_cost(u)`` on unit-cube points, e.g.
+:class:`pipelines.synthetic.SyntheticPipeline`.
+
+**Simulated memoization.** After every trial the simulated cache holds the
+stage outputs (prefixes of every depth) of the top-``Q`` finished trials
+(``cache_policy="top_q"``, the runtime's default policy; Q = the method's
+``top_q``) or of all trials (``"all"``). A proposal restores its prefix only if
+its source trial is in the cache; it is then charged ``epsilon`` per restored
+stage plus the true cost of the other stages, while the cost GPs learn the
+full stage costs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eeipu_jax import design as designlib
+from eeipu_jax import loop
+
+__all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "cached_rows"]
+
+
+class RunResult(NamedTuple):
+    """One run's trajectory (NumPy arrays; rows in trial order, warm-up first).
+
+    ``eta`` and ``proposed_depth`` are NaN / -1 for warm-up rows.
+    """
+
+    X: np.ndarray  # (n, d) unit cube
+    y: np.ndarray  # (n,)
+    stage_costs: np.ndarray  # (n, K) full stage costs
+    memo_depth: np.ndarray  # (n,) stages restored
+    charged: np.ndarray  # (n,) cost charged to the budget
+    eta: np.ndarray  # (n,) cooling exponent of the ask
+    n_warmup: int
+    budget: float
+
+    @property
+    def spent(self) -> np.ndarray:
+        return np.cumsum(self.charged)
+
+    @property
+    def best(self) -> np.ndarray:
+        y = np.where(np.isfinite(self.y), self.y, -np.inf)
+        return np.maximum.accumulate(y)
+
+    @property
+    def n_bo(self) -> int:
+        return len(self.y) - self.n_warmup
+
+
+def warmup_design(key, problem, config: loop.BOConfig, kind: str = "cost_aware"):
+    """The shared initial design: ``"cost_aware"`` (the authors') or ``"random"``."""
+    if kind == "cost_aware":
+        return designlib.cost_aware_design(
+            key, config.n_warmup, config.dim, problem.total_cost, to_raw=problem.to_raw, snap=config.snap
+        )
+    if kind == "random":
+        return designlib.random_design(key, config.n_warmup, config.dim, config.snap)
+    raise ValueError(f"warm-up kind must be 'cost_aware' or 'random', got {kind!r}")
+
+
+def cached_rows(state: loop.BOState, config: loop.BOConfig, policy: str):
+    """Rows whose stage outputs the simulated cache holds (see module docstring)."""
+    N = state.X.shape[0]
+    valid = jnp.arange(N) < state.n
+    ok = valid & ~state.failed
+    if policy == "all":
+        return ok
+    if policy != "top_q":
+        raise ValueError(f"cache_policy must be 'top_q' or 'all', got {policy!r}")
+    q = min(config.top_q, N)
+    _, idx = jax.lax.top_k(jnp.where(ok, state.y, -jnp.inf), q)
+    member = jnp.zeros(N, bool).at[idx].set(True)
+    return member & ok
+
+
+def _simulate(state, prop, problem, config, policy):
+    """Run one proposal on the simulated pipeline: ``(y, stage_costs, depth)``."""
+    cached = cached_rows(state, config, policy)
+    src = prop.source
+    hit = (src >= 0) & cached[jnp.maximum(src, 0)]
+    depth = jnp.where(hit, prop.memo_depth, 0)
+    return problem.objective(prop.x), problem.stage_costs(prop.x), depth
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "config", "kind", "capacity"))
+def _init_run(key, budget, epsilon, problem, config, kind, capacity):
+    k_design, k_loop = jax.random.split(key)
+    X0 = warmup_design(k_design, problem, config, kind)
+    state = _empty_state(config, budget, epsilon, loop.capacity_for(config.n_warmup + 1, capacity))
+
+    def body(i, s):
+        x = X0[i]
+        return loop._tell(s, x, problem.objective(x), problem.stage_costs(x), 0, 0.0, False)
+
+    state = jax.lax.fori_loop(0, config.n_warmup, body, state)
+    return state, k_loop
+
+
+def _empty_state(config, budget, epsilon, capacity):
+    # ``loop.init`` validates Python floats; here budget/epsilon may be traced.
+    s = loop.init(config, 1.0, capacity=capacity)
+    return s._replace(
+        budget=jnp.asarray(budget, jnp.float32), epsilon=jnp.asarray(epsilon, jnp.float32)
+    )
+
+
+def _done(state, max_trials):
+    return (state.spent >= state.budget) | (state.n >= max_trials)
+
+
+# ------------------------------------------------------------ Python driver
+def run_python(
+    key,
+    problem,
+    config: loop.BOConfig,
+    budget: float | None = None,
+    *,
+    epsilon: float = 0.1,
+    cache_policy: str = "top_q",
+    warmup: str = "cost_aware",
+    max_trials: int = 1000,
+    capacity: int = 32,
+    callback=None,
+) -> RunResult:
+    """One simulated run with a Python ask/tell loop.
+
+    Args:
+        key: PRNG key of the run (the warm-up design and every ask derive from it).
+        problem: the simulated pipeline.
+        config: BO settings (method, warm-up size, ...).
+        budget: total budget (default ``problem.budget``).
+        epsilon: price of a memoized stage.
+        cache_policy: ``"top_q"`` or ``"all"``.
+        warmup: ``"cost_aware"`` or ``"random"`` initial design.
+        max_trials: hard cap on trials (warm-up included).
+        capacity: initial capacity (rows); doubles when full. Each capacity
+            compiles ``ask`` once.
+        callback: optional ``f(state, proposal)`` after each BO trial (progress bars).
+
+    Returns:
+        The :class:`RunResult`.
+    """
+    budget = float(problem.budget if budget is None else budget)
+    state, key = _init_run(key, budget, epsilon, problem, config, warmup, capacity)
+    etas = [np.nan] * config.n_warmup
+    evaluate = _evaluate_fn(problem, config, cache_policy)
+    while not bool(_done(state, max_trials)):
+        state = loop.ensure_capacity(state)
+        key, sub = jax.random.split(key)
+        prop, state = loop.ask(sub, state, config)
+        y, costs, depth = evaluate(state, prop)
+        state = loop._tell(state, prop.x, y, costs, depth, 0.0, False)
+        etas.append(float(prop.eta))
+        if callback is not None:
+            callback(state, prop)
+    return _result(state, np.asarray(etas), config.n_warmup)
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluate_fn(problem, config, policy):
+    return jax.jit(lambda state, prop: _simulate(state, prop, problem, config, policy))
+
+
+def _result(state, eta, n_warmup) -> RunResult:
+    n = int(state.n)
+    return RunResult(
+        X=np.asarray(state.X[:n]),
+        y=np.asarray(state.y[:n]),
+        stage_costs=np.asarray(state.stage_costs[:n]),
+        memo_depth=np.asarray(state.memo_depth[:n]),
+        charged=np.asarray(state.charged[:n]),
+        eta=np.asarray(eta[:n], np.float64),
+        n_warmup=n_warmup,
+        budget=float(state.budget),
+    )
+
+
+# ------------------------------------------------------------ jitted driver
+def _grow_batched(state, etas, capacity):
+    grown = jax.vmap(lambda s: loop.grow(s, capacity))(state)
+    pad = capacity - etas.shape[1]
+    return grown, jnp.concatenate([etas, jnp.full((etas.shape[0], pad), jnp.nan, etas.dtype)], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials"))
+def _segment(state, key, etas, problem, config, policy, max_trials):
+    """Run BO iterations of every seed until done or the capacity is full."""
+
+    def one(state, key, etas):
+        N = state.X.shape[0]
+
+        def cond(c):
+            s, _, _ = c
+            return ~_done(s, max_trials) & (s.n < N)
+
+        def body(c):
+            s, k, e = c
+            k, sub = jax.random.split(k)
+            prop, s = loop._ask(sub, s, config)
+            y, costs, depth = _simulate(s, prop, problem, config, policy)
+            e = e.at[s.n].set(prop.eta)
+            s = loop._tell(s, prop.x, y, costs, depth, 0.0, False)
+            return s, k, e
+
+        return jax.lax.while_loop(cond, body, (state, key, etas))
+
+    return jax.vmap(one)(state, key, etas)
+
+
+def run_jitted(
+    keys,
+    problem,
+    config: loop.BOConfig,
+    budget: float | None = None,
+    *,
+    epsilon: float = 0.1,
+    cache_policy: str = "top_q",
+    warmup: str = "cost_aware",
+    max_trials: int = 1000,
+    capacity: int = 32,
+    on_segment=None,
+) -> list[RunResult]:
+    """Simulated runs for a batch of keys (one per seed), fully jitted and vmapped.
+
+    Arguments as in :func:`run_python`; ``keys`` has a leading seed axis.
+    ``on_segment(n_done, n_total)`` is called after each capacity segment.
+
+    Returns:
+        One :class:`RunResult` per key.
+    """
+    budget = float(problem.budget if budget is None else budget)
+    if max_trials <= config.n_warmup:
+        raise ValueError(f"max_trials ({max_trials}) must exceed n_warmup ({config.n_warmup})")
+    state, keys = jax.vmap(lambda k: _init_run(k, budget, epsilon, problem, config, warmup, capacity))(keys)
+    S, N = state.X.shape[:2]
+    etas = jnp.full((S, N), jnp.nan, jnp.float32)
+    while True:
+        state, keys, etas = _segment(state, keys, etas, problem, config, cache_policy, max_trials)
+        done = np.asarray(_done(state, max_trials))
+        if on_segment is not None:
+            on_segment(int(done.sum()), S)
+        if done.all():
+            break
+        state, etas = _grow_batched(state, etas, 2 * state.X.shape[1])
+    etas = np.asarray(etas)
+    return [
+        _result(jax.tree.map(lambda a: a[i], state), etas[i], config.n_warmup) for i in range(S)
+    ]

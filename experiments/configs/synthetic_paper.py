@@ -1,0 +1,21 @@
+"""The paper-size synthetic comparison: 3-, 5- and 10-stage pipelines at their
+budgets (400 / 1200 / 1500), 10 seeds, every method."""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.name = "synthetic_paper"
+    c.pipelines = ["synthetic3", "synthetic5", "synthetic10"]
+    c.methods = ["ei", "eips", "carbo", "ms_carbo", "eeipu"]
+    c.seeds = 10
+    c.seed_offset = 0
+    c.budget = None  # each pipeline's own budget
+    c.epsilon = 0.1
+    c.cache_policy = "top_q"
+    c.warmup = "cost_aware"
+    c.max_trials = 400
+    c.capacity = 32
+    c.bo = ml_collections.ConfigDict(dict(n_warmup=10))
+    return c

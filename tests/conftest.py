@@ -1,0 +1,15 @@
+"""Shared test settings: CPU, quiet logs, and a persistent XLA cache shared by
+the test workers (compiling the BO step dominates test time on a CPU)."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault(
+    "EEIPU_JAX_XLA_CACHE",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"),
+)
+
+from eeipu_jax.utils import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache()

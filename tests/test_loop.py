@@ -1,0 +1,163 @@
+"""ask/tell: compile once per capacity, budget accounting, memoized proposals, checkpoints."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eeipu_jax import checkpoint, loop
+from eeipu_jax.space import Float, Int, SearchSpace, StageSpace
+
+SPACE = SearchSpace(
+    [
+        StageSpace("prep", [Float("a", 0.0, 1.0), Int("n", 1, 8)]),
+        StageSpace("train", [Float("b", 0.0, 1.0), Float("c", 0.0, 1.0)]),
+        StageSpace("eval", [Float("e", 0.0, 1.0)]),
+    ]
+)
+CFG = loop.BOConfig.from_space(SPACE, method="eeipu", n_warmup=5, n_random=128, n_per_prefix=16)
+
+
+def objective(u):
+    return float(-np.sum((np.asarray(u) - 0.35) ** 2))
+
+
+def stage_costs(u):
+    u = np.asarray(u)
+    return np.array([1.0 + 8.0 * u[0], 0.5 + 2.0 * u[2], 0.2 + 0.2 * u[4]])
+
+
+def run(state, key, n):
+    for _ in range(n):
+        key, sub = jax.random.split(key)
+        prop, state = loop.ask(sub, state, CFG)
+        x = np.asarray(prop.x)
+        state = loop.tell(state, x, objective(x), stage_costs(x), int(prop.memo_depth))
+    return state, key
+
+
+@pytest.fixture(scope="module")
+def warm_state():
+    state = loop.init(CFG, budget=200.0, capacity=32)
+    rng = np.random.default_rng(0)
+    for u in SPACE.sample(rng, 5):
+        state = loop.tell(state, u, objective(u), stage_costs(u), 0)
+    return state
+
+
+def test_warmup_asks_are_random_and_snapped():
+    state = loop.init(CFG, budget=10.0)
+    prop, state2 = loop.ask(jax.random.key(0), state, CFG)
+    assert int(prop.memo_depth) == 0 and int(prop.source) == -1
+    x = np.asarray(prop.x)
+    np.testing.assert_allclose(x, SPACE.snap(x.astype(np.float64)), atol=1e-6)
+    assert int(state2.n_bo) == 0
+
+
+def test_ten_tell_ask_rounds_compile_ask_once(warm_state, caplog):
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles():
+        state, _ = run(warm_state, jax.random.key(1), 10)
+    compiles = [r for r in caplog.records if "Compiling jit(_ask)" in r.getMessage()]
+    assert len(compiles) <= 1, [r.getMessage()[:80] for r in compiles]
+    assert int(state.n) == 15 and state.X.shape[0] == 32
+
+
+def test_budget_accounting_and_cooling(warm_state):
+    b0 = float(np.sum([stage_costs(np.asarray(warm_state.X[i])).sum() for i in range(5)]))
+    assert float(warm_state.b0) == pytest.approx(b0, rel=1e-5)
+    assert float(warm_state.spent) == pytest.approx(b0, rel=1e-5)
+    prop, _ = loop.ask(jax.random.key(2), warm_state, CFG)
+    assert float(prop.eta) == pytest.approx(1.0)  # first BO step
+    # default charge: epsilon per memoized stage + full cost of the others
+    x = np.asarray(warm_state.X[0])
+    s = loop.tell(warm_state, x, 0.0, stage_costs(x), 2)
+    expected = 2 * 0.1 + stage_costs(x)[2]
+    assert float(s.charged[5]) == pytest.approx(expected, rel=1e-6)
+    assert float(s.spent) == pytest.approx(b0 + expected, rel=1e-5)
+    # the cost GPs learn full stage costs, not the charge
+    np.testing.assert_allclose(np.asarray(s.stage_costs[5]), stage_costs(x), rtol=1e-6)
+    # an explicit charge (measured seconds) wins
+    s = loop.tell(warm_state, x, 0.0, stage_costs(x), 2, charged=0.75)
+    assert float(s.charged[5]) == pytest.approx(0.75)
+    # halfway through the budget eta is 1/2
+    s = s._replace(spent=jnp.asarray(b0 + 0.5 * (200.0 - b0)))
+    prop, _ = loop.ask(jax.random.key(2), s, CFG)
+    assert float(prop.eta) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_eeipu_run_memoizes_and_improves(warm_state):
+    state, _ = run(warm_state, jax.random.key(3), 20)
+    n = int(state.n)
+    depths = np.asarray(state.memo_depth[:n])
+    assert (depths[5:] > 0).sum() >= 3, depths
+    assert float(loop.best_observed(state)) > float(np.nanmax(np.asarray(warm_state.y[:5])))
+    # proposals keep the copied prefix exactly
+    key = jax.random.key(4)
+    for _ in range(20):
+        key, sub = jax.random.split(key)
+        prop, state = loop.ask(sub, state, CFG)
+        j, src = int(prop.memo_depth), int(prop.source)
+        if j > 0:
+            assert 0 <= src < int(state.n)
+            cols = np.asarray(SPACE.prefix_mask(j))
+            np.testing.assert_array_equal(np.asarray(prop.x)[cols], np.asarray(state.X[src])[cols])
+            break
+    else:
+        pytest.fail("no memoized proposal in 20 asks")
+
+
+def test_failed_trials_are_kept_and_do_not_break_ask(warm_state):
+    x = np.asarray(warm_state.X[1])
+    costs = stage_costs(x)
+    costs[2] = np.nan  # stage 3 never ran
+    s = loop.tell(warm_state, x, float("nan"), costs, 0)
+    assert bool(s.failed[5]) and int(s.n) == 6
+    assert float(s.charged[5]) == pytest.approx(costs[0] + costs[1], rel=1e-6)
+    assert float(loop.best_observed(s)) == float(loop.best_observed(warm_state))
+    prop, _ = loop.ask(jax.random.key(5), s, CFG)
+    assert np.all(np.isfinite(np.asarray(prop.x))) and np.isfinite(float(prop.score))
+
+
+def test_checkpoint_round_trip_gives_the_same_proposal(warm_state, tmp_path):
+    state, key = run(warm_state, jax.random.key(6), 3)
+    checkpoint.save_state(tmp_path / "ckpt", state, key)
+    restored, rkey = checkpoint.restore_state(tmp_path / "ckpt", loop.init(CFG, 1.0, capacity=32), with_key=True)
+    a, _ = loop.ask(key, state, CFG)
+    b, _ = loop.ask(rkey, restored, CFG)
+    np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
+    assert int(a.memo_depth) == int(b.memo_depth) and int(a.source) == int(b.source)
+
+
+def test_tell_grows_capacity():
+    state = loop.init(CFG, budget=10.0, capacity=8)
+    for i in range(9):
+        u = SPACE.sample(np.random.default_rng(i), 1)[0]
+        state = loop.tell(state, u, objective(u), stage_costs(u), 0)
+    assert int(state.n) == 9 and state.X.shape[0] == 16
+    assert np.all(np.isfinite(np.asarray(state.y[:9])))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="nope"), "unknown method"),
+        (dict(n_warmup=1), "n_warmup"),
+        (dict(prefix_pool="best"), "prefix_pool"),
+        (dict(cooling="fast"), "cooling"),
+        (dict(cost_inputs="all"), "cost_inputs"),
+        (dict(n_refine=10_000), "n_refine"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        loop.BOConfig.from_space(SPACE, **kwargs)
+
+
+def test_init_rejects_bad_budget():
+    with pytest.raises(ValueError, match="budget"):
+        loop.init(CFG, budget=-1.0)
+    with pytest.raises(ValueError, match="budget"):
+        loop.init(CFG, budget=float("nan"))
