@@ -7,6 +7,7 @@ test can tell a restored or re-told trial from a rerun one.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 
 import jax.numpy as jnp
@@ -30,8 +31,12 @@ def _counted(pipeline: Pipeline, name: str) -> Pipeline:
     return Pipeline(name, pipeline.version, tuple(wrap(s) for s in pipeline.stages), pipeline.prepare)
 
 
+@functools.lru_cache(maxsize=None)
 def counting_toy() -> Pipeline:
-    """The small demo pipeline with stage calls counted under ``"counting_toy"``."""
+    """The small demo pipeline with stage calls counted under ``"counting_toy"``.
+
+    One instance per process, so its jitted stages compile once for all tests.
+    """
     return _counted(make_toy_small(), "counting_toy")
 
 
@@ -40,6 +45,7 @@ def slow_toy() -> Pipeline:
     return make_toy_small(stage_sleep=(0.0, 0.15, 0.0))
 
 
+@functools.lru_cache(maxsize=None)
 def flaky() -> Pipeline:
     """Two stages; stage ``prep``'s ``mode`` makes the trial fail in each supported way.
 
@@ -70,4 +76,32 @@ def flaky() -> Pipeline:
             Stage("fit", fit, (Float("b", 0.0, 1.0),)),
         ),
         prepare=lambda: {"scale": jnp.float32(2.0)},
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def failing_toy() -> Pipeline:
+    """The counted small demo pipeline, failing in parts of its space.
+
+    ``train`` raises when ``lr > 0.02``; the objective is NaN when
+    ``scale > 1.2``. Same search space as :func:`counting_toy`, so the
+    optimizer compiles once for both.
+    """
+    base = counting_toy()
+    features, train, evaluate = base.stages
+
+    def failing_train(inputs, p, key):
+        if p["lr"] > 0.02:
+            raise RuntimeError(f"diverged at lr={p['lr']:.3g} (on purpose)")
+        return train.fn(inputs, p, key)
+
+    def nan_evaluate(inputs, p, key):
+        out = evaluate.fn(inputs, p, key)
+        return {**out, "objective": jnp.nan} if p["scale"] > 1.2 else out
+
+    return Pipeline(
+        "failing_toy",
+        base.version,
+        (features, Stage("train", failing_train, train.params), Stage("evaluate", nan_evaluate, evaluate.params)),
+        base.prepare,
     )
