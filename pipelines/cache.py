@@ -381,6 +381,24 @@ def _decode(structure: Any, values: list) -> Any:
     raise CorruptEntry(f"unknown node type {t!r} in entry structure")
 
 
+def _to_device(arr: np.ndarray, committed: bool) -> jax.Array:
+    """A restored host array as a JAX array, committed to a device or not as it was saved.
+
+    On the CPU backend an array aligned to 64 bytes becomes a JAX array without
+    a copy; what tensorstore returns is not aligned, so it is copied once into
+    an aligned buffer (cheaper than the unaligned transfer).
+    """
+    if jax.default_backend() == "cpu" and arr.size and arr.ctypes.data % 64:
+        raw = np.empty(arr.nbytes + 64, np.uint8)
+        start = (-raw.ctypes.data) % 64
+        aligned = raw[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+        np.copyto(aligned, arr)
+        arr = aligned
+    if committed:
+        return jax.device_put(arr, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return jax.device_put(arr)  # uncommitted, like arrays that stage code creates
+
+
 def _digest_dir(path: str) -> dict[str, dict]:
     """``{relative file path: {"size", "sha256"}}`` of every file under ``path``."""
     out = {}
@@ -712,10 +730,7 @@ class StageCache:
                     f"leaf {lf['name']} restored as {arr.dtype}{list(arr.shape)}, expected {lf['dtype']}{lf['shape']}"
                 )
             if lf["kind"] in ("jax", "key"):
-                if lf.get("committed"):
-                    arr = jax.device_put(arr, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-                else:
-                    arr = jax.numpy.asarray(arr)
+                arr = _to_device(arr, bool(lf.get("committed")))
                 if lf["kind"] == "key":
                     arr = jax.random.wrap_key_data(arr, impl=lf["impl"])
             elif lf["kind"] == "npscalar":
