@@ -80,6 +80,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _POLICIES = ("top_q", "all")
 _CHUNK = 1 << 22  # bytes per read when hashing files
+PACK_BYTES = 1 << 20  # leaves smaller than this are packed together (per dtype)
 
 
 class CorruptEntry(Exception):
@@ -289,9 +290,16 @@ def _is_namedtuple(x) -> bool:
 
 
 def _encode(tree: Any) -> tuple[Any, dict[str, Any], list[dict]]:
-    """Split a stage output into a JSON structure, array leaves and leaf metadata."""
+    """Split a stage output into a JSON structure, arrays to save and leaf metadata.
+
+    Leaves under :data:`PACK_BYTES` are packed, per dtype, into one flat host
+    array: orbax's cost is per array, so a model's hundreds of small
+    parameter arrays are written and read as a few.
+    """
     arrays: dict[str, Any] = {}
     leaves: list[dict] = []
+    packs: dict[str, list] = {}
+    pack_sizes: dict[str, int] = {}
 
     def leaf(x, kind: str, where: str) -> dict:
         i = len(leaves)
@@ -308,8 +316,14 @@ def _encode(tree: Any) -> tuple[Any, dict[str, Any], list[dict]]:
             info["committed"] = bool(x.committed)
         if arr.dtype.kind in "OUS":  # objects and strings have no array encoding
             raise TypeError(f"stage output leaf at {where} has dtype {arr.dtype}, which cannot be cached")
-        info["empty"] = int(np.prod(arr.shape)) == 0  # orbax refuses zero-size arrays
-        if not info["empty"]:
+        size = int(np.prod(arr.shape))
+        info["empty"] = size == 0  # nothing to store (orbax refuses zero-size arrays)
+        if size and size * arr.dtype.itemsize < PACK_BYTES:
+            pack = f"pack_{arr.dtype}"
+            info.update(pack=pack, offset=pack_sizes.get(pack, 0))
+            packs.setdefault(pack, []).append(np.asarray(arr).reshape(-1))
+            pack_sizes[pack] = info["offset"] + size
+        elif size:
             arrays[name] = arr
         leaves.append(info)
         return {"t": "leaf", "i": i}
@@ -357,6 +371,8 @@ def _encode(tree: Any) -> tuple[Any, dict[str, Any], list[dict]]:
         )
 
     structure = enc(tree, "output")
+    for pack, parts in packs.items():
+        arrays[pack] = np.concatenate(parts)
     return structure, arrays, leaves
 
 
@@ -381,22 +397,38 @@ def _decode(structure: Any, values: list) -> Any:
     raise CorruptEntry(f"unknown node type {t!r} in entry structure")
 
 
-def _to_device(arr: np.ndarray, committed: bool) -> jax.Array:
-    """A restored host array as a JAX array, committed to a device or not as it was saved.
+def _aligned(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in a 64-byte-aligned buffer (copied only if it is not aligned)."""
+    if not arr.size or arr.ctypes.data % 64 == 0:
+        return arr
+    raw = np.empty(arr.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    aligned = raw[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    np.copyto(aligned, arr)
+    return aligned
 
-    On the CPU backend an array aligned to 64 bytes becomes a JAX array without
-    a copy; what tensorstore returns is not aligned, so it is copied once into
-    an aligned buffer (cheaper than the unaligned transfer).
+
+def _to_device(arrays: list[np.ndarray], committed: list[bool]) -> list[jax.Array]:
+    """Restored host arrays as JAX arrays, committed to a device or not as they were saved.
+
+    Uncommitted arrays (what stage code creates) come back uncommitted, so the
+    next stage's jitted code hits the compilation cache entry a fresh
+    computation would. On the CPU backend a 64-byte-aligned host array
+    becomes a JAX array without a copy; tensorstore's buffers are not aligned,
+    so each is copied once into an aligned one (cheaper than an unaligned
+    transfer). Transfers are batched: one ``device_put`` per placement.
     """
-    if jax.default_backend() == "cpu" and arr.size and arr.ctypes.data % 64:
-        raw = np.empty(arr.nbytes + 64, np.uint8)
-        start = (-raw.ctypes.data) % 64
-        aligned = raw[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
-        np.copyto(aligned, arr)
-        arr = aligned
-    if committed:
-        return jax.device_put(arr, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    return jax.device_put(arr)  # uncommitted, like arrays that stage code creates
+    if jax.default_backend() == "cpu":
+        arrays = [_aligned(a) for a in arrays]
+    out: list = [None] * len(arrays)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for flag in (False, True):
+        idx = [i for i, c in enumerate(committed) if c == flag]
+        if idx:
+            placed = jax.device_put([arrays[i] for i in idx], device if flag else None)
+            for i, a in zip(idx, placed):
+                out[i] = a
+    return out
 
 
 def _digest_dir(path: str) -> dict[str, dict]:
@@ -709,14 +741,14 @@ class StageCache:
         import orbax.checkpoint as ocp
 
         leaves = meta["leaves"]
-        stored = [lf for lf in leaves if not lf["empty"]]
+        stored = sorted({lf.get("pack", lf["name"]) for lf in leaves if not lf["empty"]})
         restored: dict[str, Any] = {}
         if stored:
             # Everything is read to host memory first, then placed like the saved
             # leaf: an uncommitted JAX array (as stage code creates them) is
             # recreated uncommitted, so jitted code of the next stage hits the
             # same compilation cache entry as after a fresh computation.
-            restore_args = {lf["name"]: ocp.RestoreArgs(restore_type=np.ndarray) for lf in stored}
+            restore_args = {name: ocp.RestoreArgs(restore_type=np.ndarray) for name in stored}
             restored = self.checkpointer.restore(
                 os.path.join(self.entry_path(key), "data"),
                 args=ocp.args.PyTreeRestore(restore_args=restore_args),
@@ -724,18 +756,30 @@ class StageCache:
         values = []
         for lf in leaves:
             shape, dtype = tuple(lf["shape"]), jax.numpy.dtype(lf["dtype"])
-            arr = np.zeros(shape, dtype) if lf["empty"] else restored[lf["name"]]
+            if lf["empty"]:
+                arr = np.zeros(shape, dtype)
+            elif "pack" in lf:
+                packed = restored[lf["pack"]]
+                size = int(np.prod(shape))
+                if packed.ndim != 1 or lf["offset"] + size > packed.shape[0]:
+                    raise CorruptEntry(f"pack {lf['pack']} is too short for leaf {lf['name']}")
+                arr = packed[lf["offset"] : lf["offset"] + size].reshape(shape)
+                if lf["kind"] in ("numpy", "npscalar"):
+                    arr = arr.copy()  # its own memory, as it was saved
+            else:
+                arr = restored[lf["name"]]
             if tuple(arr.shape) != shape or arr.dtype != dtype:
                 raise CorruptEntry(
                     f"leaf {lf['name']} restored as {arr.dtype}{list(arr.shape)}, expected {lf['dtype']}{lf['shape']}"
                 )
-            if lf["kind"] in ("jax", "key"):
-                arr = _to_device(arr, bool(lf.get("committed")))
-                if lf["kind"] == "key":
-                    arr = jax.random.wrap_key_data(arr, impl=lf["impl"])
-            elif lf["kind"] == "npscalar":
+            if lf["kind"] == "npscalar":
                 arr = arr[()]
             values.append(arr)
+        on_device = [i for i, lf in enumerate(leaves) if lf["kind"] in ("jax", "key")]
+        placed = _to_device([values[i] for i in on_device], [bool(leaves[i].get("committed")) for i in on_device])
+        for i, arr in zip(on_device, placed):
+            lf = leaves[i]
+            values[i] = jax.random.wrap_key_data(arr, impl=lf["impl"]) if lf["kind"] == "key" else arr
         return _decode(meta["structure"], values)
 
     # ------------------------------------------------------- policy / LRU

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pipelines.cache import CachePolicy, StageCache, parse_bytes, prefix_keys, stage_cache_key
+from pipelines.cache import PACK_BYTES, CachePolicy, StageCache, parse_bytes, prefix_keys, stage_cache_key
 from pipelines.toy import make_toy_small
 
 Pair = collections.namedtuple("Pair", "left right")
@@ -119,17 +119,22 @@ def test_round_trip_preserves_structure_types_and_bits(tmp_path):
         "py": [1, 2.5, float("nan"), "text", None, True],
         "tuple": (jnp.ones(2), Pair(jnp.zeros(1), np.ones(1))),
         "nested": {"x": {"y": jnp.full((2,), 3.0)}},
+        # Leaves over PACK_BYTES are stored on their own, the others packed per dtype.
+        "big_jax": jnp.asarray(rng.normal(size=(600, 600)), jnp.float32),
+        "big_np": rng.normal(size=200_000),
     }
+    assert tree["big_jax"].nbytes >= PACK_BYTES and tree["big_np"].nbytes >= PACK_BYTES
     key = stage_cache_key("p", "1", 0, {"s": {"a": 1}}, 0)
     assert cache.save(key, tree, _meta()) > 0
     out, meta = cache.restore(key)
 
     assert meta["prefix_costs"] == [1.0]
     assert list(out) == list(tree)
-    for name in ("f32", "bf16", "np64", "np_nan", "ints", "empty", "committed"):
+    for name in ("f32", "bf16", "np64", "np_nan", "ints", "empty", "committed", "big_jax", "big_np"):
         assert _same_bits(out[name], tree[name]), name
         assert type(out[name]) is type(tree[name]), name
     assert isinstance(out["np64"], np.ndarray) and isinstance(out["f32"], jax.Array)
+    assert out["np64"].base is None or out["np64"].base.size == out["np64"].size  # not a view of a pack
     assert out["committed"].committed and not out["f32"].committed
     assert type(out["scalar"]) is np.float32 and out["scalar"] == tree["scalar"]
     assert _same_bits(jax.random.key_data(out["key"]), jax.random.key_data(tree["key"]))
