@@ -346,7 +346,15 @@ def _save_checkpoint(run_dir: str, state, key) -> None:
 
 
 def _restore_checkpoint(run_dir: str, like):
-    """The newest readable checkpoint's ``(state, key)``, or ``None``."""
+    """The newest readable checkpoint's ``(state, key)``, or ``None``.
+
+    Also removes checkpoints a killed process left half-written (orbax's
+    temporary directories; never restored). The caller holds the run's lock.
+    """
+    root = os.path.join(run_dir, "checkpoints")
+    for name in os.listdir(root) if os.path.isdir(root) else ():
+        if not name.isdigit():
+            shutil.rmtree(os.path.join(root, name))
     for n, path in reversed(_checkpoint_dirs(run_dir)):
         try:
             return restore_state(path, like, with_key=True)
