@@ -19,7 +19,7 @@ A run directory holds::
     trials.jsonl       one JSON object per finished trial (index, x, params, y,
                        status, stage costs, memo depth, charge, cache keys, ...)
     checkpoints/<n>/   (BOState, key) after n trials (orbax; the latest two kept)
-    cache_stats.json   cache statistics, rewritten after each trial
+    cache_stats.json   this process's cache counters, rewritten after each trial
     summary.json       written when the run ends
     .lock              held by the process running the directory
 
@@ -545,7 +545,7 @@ def _loop(plan: _Plan, state, key, records: list[dict], run_dir: str, trials_pat
             records.append(_append_line(trials_path, record))
             _save_checkpoint(run_dir, state, key)
             cache.record_trial(result.objective, result.cache_keys)
-            _atomic_write_json(stats_path, cache.summary())
+            _atomic_write_json(stats_path, cache.stats.to_dict())  # counters only: no directory scan per trial
             hits += result.memo_depth > 0
             fails += not result.ok
             best = _best(records)

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -64,6 +63,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from pipelines.registry import import_object
 
 __all__ = [
     "CachePolicy",
@@ -277,14 +278,6 @@ def _class_path(cls) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _import_class(path: str):
-    module, _, qual = path.partition(":")
-    obj = importlib.import_module(module)
-    for part in qual.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _is_namedtuple(x) -> bool:
     return isinstance(x, tuple) and hasattr(type(x), "_fields")
 
@@ -357,8 +350,8 @@ def _encode(tree: Any) -> tuple[Any, dict[str, Any], list[dict]]:
             cls = type(x)
             path = _class_path(cls)
             try:
-                ok = _import_class(path) is cls
-            except (ImportError, AttributeError):
+                ok = import_object(path) is cls
+            except ValueError:
                 ok = False
             if not ok:
                 raise TypeError(f"NamedTuple {cls.__qualname__} at {where} is not importable as {path}")
@@ -393,7 +386,7 @@ def _decode(structure: Any, values: list) -> Any:
     if t == "tuple":
         return tuple(_decode(v, values) for v in structure["v"])
     if t == "namedtuple":
-        return _import_class(structure["cls"])(*[_decode(v, values) for v in structure["v"]])
+        return import_object(structure["cls"])(*[_decode(v, values) for v in structure["v"]])
     raise CorruptEntry(f"unknown node type {t!r} in entry structure")
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from pipelines.base import Pipeline
 
-__all__ = ["PIPELINES", "register_pipeline", "get_pipeline", "available_pipelines"]
+__all__ = ["PIPELINES", "register_pipeline", "get_pipeline", "available_pipelines", "import_object"]
 
 PIPELINES: dict[str, Callable[[], Pipeline] | str] = {}
 
@@ -40,12 +40,17 @@ def available_pipelines() -> list[str]:
     return sorted(PIPELINES)
 
 
-def _import(path: str):
+def import_object(path: str):
+    """The object at ``"module:attribute"`` (dots in ``attribute`` walk nested names).
+
+    Raises:
+        ValueError: the module or attribute does not exist.
+    """
     module, _, attr = path.partition(":")
     try:
         obj = importlib.import_module(module)
     except ImportError as e:
-        raise ValueError(f"cannot import pipeline module {module!r} (from {path!r}): {e}") from e
+        raise ValueError(f"cannot import module {module!r} (from {path!r}): {e}") from e
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -69,7 +74,7 @@ def get_pipeline(name: str) -> Pipeline:
         target = name
     else:
         raise ValueError(f"unknown pipeline {name!r}; registered: {available_pipelines()} (or pass 'module:attribute')")
-    obj = _import(target) if isinstance(target, str) else target
+    obj = import_object(target) if isinstance(target, str) else target
     if not isinstance(obj, Pipeline):
         obj = obj() if callable(obj) else obj
     if not isinstance(obj, Pipeline):
