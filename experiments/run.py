@@ -543,6 +543,11 @@ def _loop(plan: _Plan, state, key, records: list[dict], run_dir: str, trials_pat
                 "time": time.time(),
             }
             records.append(_append_line(trials_path, record))
+            logger.info(
+                "trial %d %s: y=%s memo_depth=%d charged=%.3fs spent=%.1f/%gs%s",
+                i, result.status, f"{result.objective:.6g}", result.memo_depth, result.charged,
+                float(state.spent), spec.budget, f" ({result.error})" if result.error else "",
+            )
             _save_checkpoint(run_dir, state, key)
             cache.record_trial(result.objective, result.cache_keys)
             _atomic_write_json(stats_path, cache.stats.to_dict())  # counters only: no directory scan per trial
@@ -601,27 +606,26 @@ def build_parser() -> argparse.ArgumentParser:
             f"Pipeline or a zero-argument factory). Methods: {methods}. "
             "Results: <out>/trials.jsonl (one JSON line per trial), <out>/summary.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p = parser.add_argument
     p("--pipeline", required=True, help="registered pipeline name or module:attribute")
-    p("--method", default="eeipu", help="optimization method (registry name)")
+    p("--method", default="eeipu", help="optimization method (registry name; default: %(default)s)")
     p("--budget", type=float, required=True, help="budget in wall seconds of trials (restores, stages, cache writes)")
-    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys")
+    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys (default: %(default)s)")
     p("--out", required=True, help="run directory (trials.jsonl, checkpoints, config.json, summary.json)")
     p("--cache-dir", default=None, help="stage cache directory, shareable between runs (default: <out>/cache)")
     p("--cache-policy", default="top_q", choices=["top_q", "all"],
-      help="top_q: keep the stage outputs of the Q best trials' prefixes; all: keep every output")
-    p("--cache-q", type=int, default=5, help="Q of --cache-policy top_q")
+      help="top_q: keep the stage outputs of the Q best trials' prefixes; all: keep every output (default: %(default)s)")
+    p("--cache-q", type=int, default=5, help="Q of --cache-policy top_q (default: %(default)s)")
     p("--cache-max-bytes", type=_byte_size, default=None,
       help="size limit of the cache, e.g. 500MB or 2GiB; least recently used entries are evicted (default: none)")
     p("--cache-writes", default="auto", choices=list(_CACHE_WRITES),
       help="auto: write stage outputs only for memoizing methods (the only ones that restore); "
-           "always: also for baselines (e.g. to fill a shared cache); never")
-    p("--n-warmup", type=int, default=10, help="random initial trials before Bayesian optimization")
+           "always: also for baselines (e.g. to fill a shared cache); never (default: %(default)s)")
+    p("--n-warmup", type=int, default=10, help="random initial trials before Bayesian optimization (default: %(default)s)")
     p("--stage-timeout", type=float, default=None,
-      help="per-stage time limit in seconds; a stage over it fails the trial (charged, run continues)")
-    p("--epsilon", type=float, default=0.1, help="price of a memoized stage in the acquisition")
+      help="per-stage time limit in seconds; a stage over it fails the trial (charged, run continues; default: none)")
+    p("--epsilon", type=float, default=0.1, help="price of a memoized stage in the acquisition (default: %(default)s)")
     p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
       help="set another BOConfig field, e.g. --bo n_random=256 --bo top_q=5 (repeatable)")
     p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
@@ -639,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # importing orbax installs a root handler first
     )
     spec = RunSpec(
         pipeline=args.pipeline,
