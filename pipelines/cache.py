@@ -1,0 +1,889 @@
+"""The stage-output cache: content-addressed orbax entries, policies, LRU, statistics.
+
+This module owns everything on disk under a cache directory:
+
+* **Keys.** The output of stage ``j`` is stored under
+  :func:`stage_cache_key`: the SHA-256 of a canonical JSON document holding the
+  pipeline name and version, ``j``, the run seed and the raw hyperparameters of
+  stages ``0 .. j``. Keys are exact: any byte of difference in a prefix
+  parameter is a different entry; parameters of later stages are not part of
+  the key.
+* **Entries.** ``<root>/entries/<key>/`` holds ``data/`` (an orbax PyTree
+  checkpoint of the output's array leaves), ``meta.json`` (the key's inputs,
+  the output's structure, the dtype/shape/kind of every leaf, the size and
+  SHA-256 of every data file, and the original compute cost of stages
+  ``0 .. j``) and ``last_access`` (the LRU clock). An entry is written under
+  ``<root>/tmp/`` and renamed into ``entries/`` only when complete, so a
+  half-written entry is never visible; a rename that loses a race against
+  another writer of the same key is discarded. Deletion renames the entry into
+  ``<root>/trash/`` first, so readers see a whole entry or none.
+* **Trust.** Every restore re-hashes the data files against ``meta.json``; a
+  missing, truncated or altered file, an unreadable ``meta.json`` or any error
+  while restoring marks the entry corrupted: it is logged with
+  :func:`logging.warning`, deleted, and the caller recomputes the stage. The
+  checksum is also why entries are not fsynced: a crash of the process leaves
+  written pages to the kernel, and a crash of the machine that loses them is
+  caught by the hash.
+* **Policies.** ``"all"`` keeps every entry; ``"top_q"`` keeps the entries of
+  the prefixes of the ``q`` best finished trials of this run (by objective).
+  Under ``"top_q"`` a trial's outputs are written only once its objective
+  places it among the top ``q`` (:meth:`StageCache.admits`), and
+  :meth:`StageCache.record_trial` deletes the entries of this run's trials that
+  drop out of the top ``q``. A byte limit with least-recently-used eviction
+  applies on top of either policy.
+* **Statistics** (:class:`CacheStats`): hits per memo depth, misses, bytes
+  written and read, seconds spent saving and restoring, compute seconds saved,
+  evictions, corrupted entries.
+
+Stage outputs may be any nesting of ``dict`` / ``list`` / ``tuple`` /
+``NamedTuple`` / ``None`` with leaves that are JAX arrays (typed PRNG keys
+included), NumPy arrays or scalars, or Python ``bool``/``int``/``float``/``str``.
+Each leaf comes back with the type it was saved with (a NumPy array stays
+NumPy, a JAX array is restored onto the default device), and array bytes are
+bit-identical. Other pytree node types (e.g. ``flax.struct`` dataclasses) are
+refused with a clear error; convert them with ``flax.serialization.to_state_dict``.
+
+The directory can be any local or shared POSIX path (several workers may share
+one: writes are atomic renames and reads verify checksums).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from pipelines.registry import import_object
+
+__all__ = [
+    "CachePolicy",
+    "CacheStats",
+    "CorruptEntry",
+    "StageCache",
+    "stage_cache_key",
+    "prefix_keys",
+    "parse_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_POLICIES = ("top_q", "all")
+_CHUNK = 1 << 22  # bytes per read when hashing files
+PACK_BYTES = 1 << 20  # leaves smaller than this are packed together (per dtype)
+
+
+class CorruptEntry(Exception):
+    """A cache entry that fails verification (missing/truncated/altered data)."""
+
+
+# --------------------------------------------------------------------- keys
+def _canonical_value(value: Any, where: str) -> Any:
+    """A hyperparameter value as a JSON scalar with an exact representation."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"{where}: non-finite hyperparameter value {value!r}")
+        return v  # json writes repr(v), which round-trips exactly
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(
+        f"{where}: hyperparameter value {value!r} of type {type(value).__name__} has no stable "
+        "key; use bool, int, float, str or None"
+    )
+
+
+def stage_cache_key(
+    pipeline: str, version: str, stage_index: int, params_prefix: Mapping[str, Mapping], seed: int
+) -> str:
+    """The cache key of stage ``stage_index``'s output.
+
+    The key is ``sha256(doc).hexdigest()`` where ``doc`` is the UTF-8 JSON text
+    (``sort_keys=True, separators=(",", ":")``) of::
+
+        {"pipeline": name, "version": version, "stage": j, "seed": seed,
+         "params": {stage_name: {param: value}} for stages 0..j}
+
+    Args:
+        pipeline: pipeline name.
+        version: pipeline version (bump it when a stage's code changes).
+        stage_index: ``j``, the stage whose output is keyed.
+        params_prefix: raw hyperparameters of stages ``0 .. j`` in pipeline
+            order, ``{stage_name: {param_name: value}}`` (exactly ``j + 1``
+            stages).
+        seed: the run seed (stage PRNG keys derive from it).
+
+    Returns:
+        A 64-character hex string.
+    """
+    if len(params_prefix) != stage_index + 1:
+        raise ValueError(
+            f"stage {stage_index}'s key needs the parameters of {stage_index + 1} stage(s), "
+            f"got {len(params_prefix)}"
+        )
+    params = {
+        str(stage): {
+            str(k): _canonical_value(v, f"stage {stage!r} parameter {k!r}") for k, v in values.items()
+        }
+        for stage, values in params_prefix.items()
+    }
+    doc = {
+        "pipeline": str(pipeline),
+        "version": str(version),
+        "stage": int(stage_index),
+        "seed": int(seed),
+        "params": params,
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prefix_keys(pipeline, params: Mapping[str, Mapping], seed: int) -> tuple[str, ...]:
+    """Keys of stages ``0 .. K-2`` of ``pipeline`` for one configuration.
+
+    Args:
+        pipeline: a :class:`pipelines.base.Pipeline`.
+        params: nested raw configuration ``{stage_name: {param: value}}``.
+        seed: run seed.
+
+    Returns:
+        ``K - 1`` keys (the last stage is never cached).
+    """
+    names = [s.name for s in pipeline.stages]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise KeyError(f"configuration has no parameters for stage(s) {missing}")
+    return tuple(
+        stage_cache_key(
+            pipeline.name, pipeline.version, j, {n: params[n] for n in names[: j + 1]}, seed
+        )
+        for j in range(len(names) - 1)
+    )
+
+
+# ------------------------------------------------------------------ policy
+_BYTE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``"500MB"``, ``"2GiB"``, ``"1e9"`` or a number -> bytes (positive int)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        i = len(s)
+        while i > 0 and s[i - 1].isalpha():
+            i -= 1
+        num, unit = s[:i], s[i:]
+        if unit not in _BYTE_UNITS:
+            raise ValueError(f"unknown byte unit {unit!r} in {text!r}; use one of B, KB, MB, GB, KiB, MiB, GiB")
+        try:
+            value = float(num) * _BYTE_UNITS[unit]
+        except ValueError:
+            raise ValueError(f"cannot read a byte size from {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"a byte size must be positive, got {text!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CachePolicy:
+    """Which entries a :class:`StageCache` keeps.
+
+    Attributes:
+        kind: ``"top_q"`` (prefixes of the ``q`` best finished trials) or
+            ``"all"``.
+        q: number of top trials whose prefixes are kept (``"top_q"``).
+        max_bytes: size limit of the whole cache directory's entries (``None``:
+            unlimited); least-recently-used entries are evicted beyond it.
+    """
+
+    kind: str = "top_q"
+    q: int = 5
+    max_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in _POLICIES:
+            raise ValueError(f"cache policy must be one of {list(_POLICIES)}, got {self.kind!r}")
+        if isinstance(self.q, bool) or not isinstance(self.q, (int, np.integer)) or self.q < 1:
+            raise ValueError(f"cache q must be a positive integer, got {self.q!r}")
+        if self.max_bytes is not None and (
+            isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, (int, np.integer)) or self.max_bytes <= 0
+        ):
+            raise ValueError(f"cache max_bytes must be a positive integer or None, got {self.max_bytes!r}")
+
+    @property
+    def eager(self) -> bool:
+        """Whether outputs are written as soon as each stage finishes."""
+        return self.kind == "all"
+
+
+@dataclasses.dataclass
+class CacheStats:
+    """Counters of one :class:`StageCache` (this process only)."""
+
+    lookups: int = 0
+    misses: int = 0
+    hits_per_depth: dict = dataclasses.field(default_factory=dict)
+    entries_written: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    save_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    compute_seconds_restored: float = 0.0  # original compute cost of restored prefixes
+    evictions: int = 0
+    pruned: int = 0
+    corrupted: int = 0
+    save_errors: int = 0
+    skipped_too_large: int = 0
+
+    @property
+    def hits(self) -> int:
+        return int(sum(self.hits_per_depth.values()))
+
+    @property
+    def seconds_saved(self) -> float:
+        """Compute seconds not spent thanks to hits, net of restore time."""
+        return self.compute_seconds_restored - self.restore_seconds
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hits_per_depth"] = {str(k): v for k, v in sorted(self.hits_per_depth.items())}
+        d["hits"] = self.hits
+        d["seconds_saved"] = self.seconds_saved
+        return d
+
+
+# ------------------------------------------------------- tree <-> leaves
+def _class_path(cls) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _is_namedtuple(x) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _encode(tree: Any) -> tuple[Any, dict[str, Any], list[dict]]:
+    """Split a stage output into a JSON structure, arrays to save and leaf metadata.
+
+    Leaves under :data:`PACK_BYTES` are packed, per dtype, into one flat host
+    array: orbax's cost is per array, so a model's hundreds of small
+    parameter arrays are written and read as a few.
+    """
+    arrays: dict[str, Any] = {}
+    leaves: list[dict] = []
+    packs: dict[str, list] = {}
+    pack_sizes: dict[str, int] = {}
+
+    def leaf(x, kind: str, where: str) -> dict:
+        i = len(leaves)
+        name = f"{i:06d}"
+        if kind == "key":
+            impl = str(jax.random.key_impl(x))
+            data = jax.random.key_data(x)
+            info = {"name": name, "kind": kind, "impl": impl, "shape": list(data.shape), "dtype": str(data.dtype)}
+            arr = data
+        else:
+            arr = np.asarray(x) if kind == "npscalar" else x
+            info = {"name": name, "kind": kind, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        if kind in ("jax", "key"):
+            info["committed"] = bool(x.committed)
+        if arr.dtype.kind in "OUS":  # objects and strings have no array encoding
+            raise TypeError(f"stage output leaf at {where} has dtype {arr.dtype}, which cannot be cached")
+        size = int(np.prod(arr.shape))
+        info["empty"] = size == 0  # nothing to store (orbax refuses zero-size arrays)
+        if size and size * arr.dtype.itemsize < PACK_BYTES:
+            pack = f"pack_{arr.dtype}"
+            info.update(pack=pack, offset=pack_sizes.get(pack, 0))
+            packs.setdefault(pack, []).append(np.asarray(arr).reshape(-1))
+            pack_sizes[pack] = info["offset"] + size
+        elif size:
+            arrays[name] = arr
+        leaves.append(info)
+        return {"t": "leaf", "i": i}
+
+    def enc(x, where: str):
+        if x is None:
+            return {"t": "none"}
+        if isinstance(x, jax.Array):
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return leaf(x, "key", where)
+            return leaf(x, "jax", where)
+        if isinstance(x, np.ndarray):
+            return leaf(x, "numpy", where)
+        if isinstance(x, np.generic):
+            return leaf(x, "npscalar", where)
+        if isinstance(x, bool):
+            return {"t": "bool", "v": x}
+        if isinstance(x, int):
+            return {"t": "int", "v": x}
+        if isinstance(x, float):
+            return {"t": "float", "v": float.hex(x)}  # exact, NaN/inf included
+        if isinstance(x, str):
+            return {"t": "str", "v": x}
+        if isinstance(x, dict):
+            keys = list(x.keys())
+            for k in keys:
+                if not isinstance(k, (str, int)) or isinstance(k, bool):
+                    raise TypeError(f"stage output dict at {where} has a key {k!r}; only str/int keys can be cached")
+            return {"t": "dict", "k": keys, "v": [enc(x[k], f"{where}[{k!r}]") for k in keys]}
+        if _is_namedtuple(x):
+            cls = type(x)
+            path = _class_path(cls)
+            try:
+                ok = import_object(path) is cls
+            except ValueError:
+                ok = False
+            if not ok:
+                raise TypeError(f"NamedTuple {cls.__qualname__} at {where} is not importable as {path}")
+            return {"t": "namedtuple", "cls": path, "v": [enc(v, f"{where}.{f}") for f, v in zip(cls._fields, x)]}
+        if isinstance(x, (list, tuple)):
+            return {"t": type(x).__name__, "v": [enc(v, f"{where}[{i}]") for i, v in enumerate(x)]}
+        raise TypeError(
+            f"stage output node at {where} has type {type(x).__name__}, which the cache cannot store; "
+            "use dicts/lists/tuples/NamedTuples of arrays (flax.serialization.to_state_dict converts flax states)"
+        )
+
+    structure = enc(tree, "output")
+    for pack, parts in packs.items():
+        arrays[pack] = np.concatenate(parts)
+    return structure, arrays, leaves
+
+
+def _decode(structure: Any, values: list) -> Any:
+    t = structure["t"]
+    if t == "leaf":
+        return values[structure["i"]]
+    if t == "none":
+        return None
+    if t in ("bool", "int", "str"):
+        return structure["v"]
+    if t == "float":
+        return float.fromhex(structure["v"])
+    if t == "dict":
+        return {k: _decode(v, values) for k, v in zip(structure["k"], structure["v"])}
+    if t == "list":
+        return [_decode(v, values) for v in structure["v"]]
+    if t == "tuple":
+        return tuple(_decode(v, values) for v in structure["v"])
+    if t == "namedtuple":
+        return import_object(structure["cls"])(*[_decode(v, values) for v in structure["v"]])
+    raise CorruptEntry(f"unknown node type {t!r} in entry structure")
+
+
+def _aligned(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in a 64-byte-aligned buffer (copied only if it is not aligned)."""
+    if not arr.size or arr.ctypes.data % 64 == 0:
+        return arr
+    raw = np.empty(arr.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    aligned = raw[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    np.copyto(aligned, arr)
+    return aligned
+
+
+def _to_device(arrays: list[np.ndarray], committed: list[bool]) -> list[jax.Array]:
+    """Restored host arrays as JAX arrays, committed to a device or not as they were saved.
+
+    Uncommitted arrays (what stage code creates) come back uncommitted, so the
+    next stage's jitted code hits the compilation cache entry a fresh
+    computation would. On the CPU backend a 64-byte-aligned host array
+    becomes a JAX array without a copy; tensorstore's buffers are not aligned,
+    so each is copied once into an aligned one (cheaper than an unaligned
+    transfer). Transfers are batched: one ``device_put`` per placement.
+    """
+    if jax.default_backend() == "cpu":
+        arrays = [_aligned(a) for a in arrays]
+    out: list = [None] * len(arrays)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for flag in (False, True):
+        idx = [i for i, c in enumerate(committed) if c == flag]
+        if idx:
+            placed = jax.device_put([arrays[i] for i in idx], device if flag else None)
+            for i, a in zip(idx, placed):
+                out[i] = a
+    return out
+
+
+def _digest_dir(path: str) -> dict[str, dict]:
+    """``{relative file path: {"size", "sha256"}}`` of every file under ``path``."""
+    out = {}
+    if not os.path.isdir(path):
+        return out
+    for root, _, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            h = hashlib.sha256()
+            size = 0
+            with open(full, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+            out[os.path.relpath(full, path)] = {"size": size, "sha256": h.hexdigest()}
+    return dict(sorted(out.items()))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ------------------------------------------------------------------- cache
+@dataclasses.dataclass
+class _Entry:
+    key: str
+    bytes: int
+    last_access: int
+    pipeline: str
+    version: str
+    seed: int
+    stage: int
+
+
+class StageCache:
+    """An orbax-backed store of stage outputs with a keep policy and a byte limit.
+
+    Args:
+        root: cache directory (created if missing).
+        policy: what to keep (:class:`CachePolicy`).
+        verify: ``"sha256"`` (hash every data file on restore, default) or
+            ``"size"`` (check file sizes only: detects truncation, not
+            altered bytes; faster for very large entries).
+        use_ocdbt: orbax's OCDBT format (fewer files per entry).
+        stale_tmp_seconds: half-written entries older than this (left by a
+            killed writer) are removed when the cache opens.
+
+    Example:
+        >>> cache = StageCache("/tmp/cache", CachePolicy("all"))       # doctest: +SKIP
+        >>> cache.save(key, {"w": w}, meta)                              # doctest: +SKIP
+        >>> out, meta = cache.restore(key)                               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        policy: CachePolicy = CachePolicy(),
+        *,
+        verify: str = "sha256",
+        use_ocdbt: bool = True,
+        stale_tmp_seconds: float = 6 * 3600.0,
+    ):
+        if not isinstance(policy, CachePolicy):
+            raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
+        if verify not in ("sha256", "size"):
+            raise ValueError(f"verify must be 'sha256' or 'size', got {verify!r}")
+        self.root = os.path.abspath(os.fspath(root))
+        self.policy = policy
+        self.verify = verify
+        self.stats = CacheStats()
+        self._entries_dir = os.path.join(self.root, "entries")
+        self._tmp_dir = os.path.join(self.root, "tmp")
+        self._trash_dir = os.path.join(self.root, "trash")
+        for d in (self._entries_dir, self._tmp_dir, self._trash_dir):
+            os.makedirs(d, exist_ok=True)
+        self._use_ocdbt = use_ocdbt
+        self._checkpointer = None
+        # Ranking of this run's finished trials (policy "top_q").
+        self._trials: list[tuple[float, tuple[str, ...]]] = []
+        self._run_keys: set[str] = set()
+        self._clean_leftovers(stale_tmp_seconds)
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def checkpointer(self):
+        if self._checkpointer is None:
+            import orbax.checkpoint as ocp
+
+            handler = ocp.PyTreeCheckpointHandler(
+                use_ocdbt=self._use_ocdbt, use_zarr3=True, use_compression=False
+            )
+            self._checkpointer = ocp.Checkpointer(handler)
+        return self._checkpointer
+
+    def entry_path(self, key: str) -> str:
+        """Directory of entry ``key`` (whether or not it exists)."""
+        return os.path.join(self._entries_dir, key)
+
+    def __contains__(self, key: str) -> bool:
+        return os.path.isfile(os.path.join(self.entry_path(key), "meta.json"))
+
+    def _clean_leftovers(self, stale_seconds: float) -> None:
+        now = time.time()
+        for name in os.listdir(self._tmp_dir):
+            path = os.path.join(self._tmp_dir, name)
+            try:
+                age = now - os.path.getmtime(path)
+            except FileNotFoundError:
+                continue  # finished (renamed) by its writer meanwhile
+            if age > stale_seconds:
+                logger.info("removing a half-written cache entry left by a killed writer: %s", path)
+                shutil.rmtree(path, onerror=_log_rm_error)
+        for name in os.listdir(self._trash_dir):
+            shutil.rmtree(os.path.join(self._trash_dir, name), onerror=_log_rm_error)
+
+    def _touch(self, key: str) -> None:
+        path = os.path.join(self.entry_path(key), "last_access")
+        tmp = f"{path}.{uuid.uuid4().hex}"
+        try:
+            _write_text(tmp, f"{time.time_ns():020d}")
+            os.replace(tmp, path)  # readers never see a half-written clock
+        except FileNotFoundError:
+            pass  # the entry was deleted meanwhile (evicted by another worker)
+
+    def _remove(self, key: str) -> bool:
+        """Delete an entry (rename into trash first, so readers never see half of it)."""
+        src = self.entry_path(key)
+        dst = os.path.join(self._trash_dir, f"{key}.{uuid.uuid4().hex}")
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(dst, onerror=_log_rm_error)
+        return True
+
+    def discard(self, key: str, reason: str) -> None:
+        """Drop a corrupted or unreadable entry with a warning."""
+        logger.warning("discarding cache entry %s (%s); the stage will be recomputed", key, reason)
+        self.stats.corrupted += 1
+        self._remove(key)
+
+    # ------------------------------------------------------------- listing
+    def entries(self) -> list[_Entry]:
+        """All complete entries on disk (a fresh scan of the directory)."""
+        out = []
+        for key in os.listdir(self._entries_dir):
+            path = self.entry_path(key)
+            try:
+                with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+                    meta = json.load(f)
+                size = (
+                    int(meta["data_bytes"])
+                    + os.path.getsize(os.path.join(path, "meta.json"))
+                    + os.path.getsize(os.path.join(path, "last_access"))
+                )
+                with open(os.path.join(path, "last_access"), encoding="utf-8") as f:
+                    last = int(f.read().strip() or 0)
+                out.append(
+                    _Entry(key, size, last, meta["pipeline"], meta["version"], int(meta["seed"]), int(meta["stage"]))
+                )
+            except FileNotFoundError:
+                if os.path.isdir(path) and not os.path.exists(os.path.join(path, "meta.json")):
+                    self.discard(key, "no meta.json")
+                continue  # otherwise removed by another worker during the scan
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                self.discard(key, f"unreadable metadata: {e}")
+        return out
+
+    def total_bytes(self) -> int:
+        """Bytes of all entries on disk (data + metadata files)."""
+        return sum(e.bytes for e in self.entries())
+
+    # ---------------------------------------------------------------- save
+    def save(self, key: str, output: Any, meta: Mapping[str, Any]) -> int:
+        """Store ``output`` under ``key`` (no-op if present; refreshes its LRU clock).
+
+        Args:
+            key: :func:`stage_cache_key` of the output.
+            output: the stage output pytree.
+            meta: JSON-able description; must hold ``pipeline``, ``version``,
+                ``stage``, ``seed``, ``params`` (the prefix) and
+                ``prefix_costs`` (original compute seconds of stages 0..j).
+
+        Returns:
+            Bytes written (0 if the entry existed or was too large to keep).
+
+        Raises:
+            TypeError: the output holds a node or leaf the cache cannot store.
+        """
+        for field in ("pipeline", "version", "stage", "seed", "params", "prefix_costs"):
+            if field not in meta:
+                raise KeyError(f"cache entry metadata lacks {field!r}")
+        if key in self:
+            self._touch(key)
+            return 0
+        t0 = time.perf_counter()
+        structure, arrays, leaves = _encode(output)
+        raw = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays.values())
+        if self.policy.max_bytes is not None and raw > self.policy.max_bytes:
+            logger.warning(
+                "stage output of %d bytes exceeds the cache limit of %d bytes; not cached", raw, self.policy.max_bytes
+            )
+            self.stats.skipped_too_large += 1
+            return 0
+        tmp = os.path.join(self._tmp_dir, f"{key}.{uuid.uuid4().hex}")
+        os.makedirs(tmp)
+        try:
+            import orbax.checkpoint as ocp
+
+            data = os.path.join(tmp, "data")
+            if arrays:
+                self.checkpointer.save(data, args=ocp.args.PyTreeSave(arrays))
+            files = _digest_dir(data)
+            record = dict(meta)
+            record.update(
+                key=key,
+                format=FORMAT_VERSION,
+                structure=structure,
+                leaves=leaves,
+                files=files,
+                data_bytes=sum(f["size"] for f in files.values()),
+                created=time.time(),
+            )
+            _write_text(os.path.join(tmp, "meta.json"), json.dumps(record, allow_nan=False))
+            _write_text(os.path.join(tmp, "last_access"), f"{time.time_ns():020d}")
+            try:
+                os.rename(tmp, self.entry_path(key))
+            except OSError:
+                if key not in self:
+                    raise
+                # Another writer stored the same key first: identical content by construction.
+                shutil.rmtree(tmp, onerror=_log_rm_error)
+                return 0
+        except BaseException:
+            shutil.rmtree(tmp, onerror=_log_rm_error)
+            raise
+        written = record["data_bytes"]
+        self.stats.entries_written += 1
+        self.stats.bytes_written += written
+        self.stats.save_seconds += time.perf_counter() - t0
+        self.enforce_limit(protect=(key,))
+        return written
+
+    # ------------------------------------------------------------- restore
+    def read_meta(self, key: str) -> dict | None:
+        """The ``meta.json`` of an entry, ``None`` if absent (discarded if unreadable)."""
+        path = os.path.join(self.entry_path(key), "meta.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            self.discard(key, f"unreadable meta.json: {e}")
+            return None
+        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
+            self.discard(key, "metadata does not match its key or format version")
+            return None
+        return meta
+
+    def _verify(self, key: str, meta: Mapping) -> int:
+        data = os.path.join(self.entry_path(key), "data")
+        expected = meta["files"]
+        total = 0
+        for rel, info in expected.items():
+            full = os.path.join(data, rel)
+            try:
+                size = os.path.getsize(full)
+            except FileNotFoundError:
+                raise CorruptEntry(f"missing data file {rel}") from None
+            if size != info["size"]:
+                raise CorruptEntry(f"data file {rel} has {size} bytes, expected {info['size']}")
+            total += size
+        if self.verify == "sha256":
+            actual = _digest_dir(data)
+            for rel, info in expected.items():
+                if actual.get(rel, {}).get("sha256") != info["sha256"]:
+                    raise CorruptEntry(f"checksum mismatch in data file {rel}")
+        return total
+
+    def restore(self, key: str) -> tuple[Any, dict] | None:
+        """Load entry ``key``.
+
+        Returns:
+            ``(output, meta)``, or ``None`` if the entry is absent or was found
+            corrupted (then it is deleted, with a warning, and the caller
+            recomputes).
+        """
+        t0 = time.perf_counter()
+        meta = self.read_meta(key)
+        if meta is None:
+            return None
+        try:
+            nbytes = self._verify(key, meta)
+            output = self._load(key, meta)
+        except Exception as e:  # any failure means the entry cannot be trusted
+            if not os.path.isdir(self.entry_path(key)):
+                return None  # evicted by another worker while we read it
+            self.discard(key, f"{type(e).__name__}: {e}")
+            return None
+        self._touch(key)
+        self.stats.bytes_read += nbytes
+        self.stats.restore_seconds += time.perf_counter() - t0
+        return output, meta
+
+    def _load(self, key: str, meta: Mapping) -> Any:
+        import orbax.checkpoint as ocp
+
+        leaves = meta["leaves"]
+        stored = sorted({lf.get("pack", lf["name"]) for lf in leaves if not lf["empty"]})
+        restored: dict[str, Any] = {}
+        if stored:
+            # Everything is read to host memory first, then placed like the saved
+            # leaf: an uncommitted JAX array (as stage code creates them) is
+            # recreated uncommitted, so jitted code of the next stage hits the
+            # same compilation cache entry as after a fresh computation.
+            restore_args = {name: ocp.RestoreArgs(restore_type=np.ndarray) for name in stored}
+            restored = self.checkpointer.restore(
+                os.path.join(self.entry_path(key), "data"),
+                args=ocp.args.PyTreeRestore(restore_args=restore_args),
+            )
+        values = []
+        for lf in leaves:
+            shape, dtype = tuple(lf["shape"]), jax.numpy.dtype(lf["dtype"])
+            if lf["empty"]:
+                arr = np.zeros(shape, dtype)
+            elif "pack" in lf:
+                packed = restored[lf["pack"]]
+                size = int(np.prod(shape))
+                if packed.ndim != 1 or lf["offset"] + size > packed.shape[0]:
+                    raise CorruptEntry(f"pack {lf['pack']} is too short for leaf {lf['name']}")
+                arr = packed[lf["offset"] : lf["offset"] + size].reshape(shape)
+                if lf["kind"] in ("numpy", "npscalar"):
+                    arr = arr.copy()  # its own memory, as it was saved
+            else:
+                arr = restored[lf["name"]]
+            if tuple(arr.shape) != shape or arr.dtype != dtype:
+                raise CorruptEntry(
+                    f"leaf {lf['name']} restored as {arr.dtype}{list(arr.shape)}, expected {lf['dtype']}{lf['shape']}"
+                )
+            if lf["kind"] == "npscalar":
+                arr = arr[()]
+            values.append(arr)
+        on_device = [i for i, lf in enumerate(leaves) if lf["kind"] in ("jax", "key")]
+        placed = _to_device([values[i] for i in on_device], [bool(leaves[i].get("committed")) for i in on_device])
+        for i, arr in zip(on_device, placed):
+            lf = leaves[i]
+            values[i] = jax.random.wrap_key_data(arr, impl=lf["impl"]) if lf["kind"] == "key" else arr
+        return _decode(meta["structure"], values)
+
+    # ------------------------------------------------------- policy / LRU
+    def restore_longest(self, keys: Sequence[str]) -> tuple[int, Any, dict | None]:
+        """Restore the deepest cached prefix among ``keys``.
+
+        Args:
+            keys: prefix keys of stages ``0 .. K-2`` (:func:`prefix_keys`).
+
+        Returns:
+            ``(depth, output, meta)``: ``depth`` stages are restored and
+            ``output`` is stage ``depth - 1``'s output; ``(0, None, None)`` on a
+            miss. A corrupted entry is discarded and the next shorter prefix
+            tried.
+        """
+        self.stats.lookups += 1
+        for depth in range(len(keys), 0, -1):
+            got = self.restore(keys[depth - 1])
+            if got is not None:
+                output, meta = got
+                self.stats.hits_per_depth[depth] = self.stats.hits_per_depth.get(depth, 0) + 1
+                self.stats.compute_seconds_restored += float(sum(meta["prefix_costs"]))
+                return depth, output, meta
+        self.stats.misses += 1
+        return 0, None, None
+
+    def admits(self, objective: float) -> bool:
+        """Whether a trial with ``objective`` gets its outputs written.
+
+        ``"all"``: always. ``"top_q"``: if the objective is finite and would
+        rank among the ``q`` best finished trials recorded so far.
+        """
+        if self.policy.kind == "all":
+            return True
+        if not math.isfinite(objective):
+            return False
+        ranked = sorted((y for y, _ in self._trials), reverse=True)
+        return len(ranked) < self.policy.q or objective > ranked[self.policy.q - 1]
+
+    def keep_set(self) -> set[str]:
+        """Keys of the prefixes of the ``q`` best recorded trials."""
+        ranked = sorted(self._trials, key=lambda t: t[0], reverse=True)[: self.policy.q]
+        return {k for _, keys in ranked for k in keys}
+
+    def record_trial(self, objective: float, keys: Sequence[str], *, prune: bool = True) -> int:
+        """Add a finished trial to this run's ranking and apply the policy.
+
+        Args:
+            objective: the trial's objective (non-finite for a failed trial).
+            keys: its prefix keys (:func:`prefix_keys`).
+            prune: under ``"top_q"``, delete entries of this run's trials that
+                are no longer among the top ``q`` (pass ``False`` while
+                replaying a run's history, then call :meth:`prune`).
+
+        Returns:
+            The number of entries deleted.
+        """
+        keys = tuple(keys)
+        self._run_keys.update(keys)
+        if math.isfinite(objective):
+            self._trials.append((float(objective), keys))
+        return self.prune() if prune else 0
+
+    def prune(self) -> int:
+        """Under ``"top_q"``, delete this run's entries outside the top ``q``."""
+        if self.policy.kind != "top_q":
+            return 0
+        removed = 0
+        for key in sorted(self._run_keys - self.keep_set()):
+            if self._remove(key):
+                removed += 1
+        self._run_keys &= self.keep_set()
+        self.stats.pruned += removed
+        return removed
+
+    def enforce_limit(self, protect: Iterable[str] = ()) -> int:
+        """Evict least-recently-used entries until the byte limit holds.
+
+        Args:
+            protect: keys evicted only if nothing else is left (the entry just
+                written).
+
+        Returns:
+            The number of entries evicted.
+        """
+        limit = self.policy.max_bytes
+        if limit is None:
+            return 0
+        protect = set(protect)
+        entries = self.entries()
+        total = sum(e.bytes for e in entries)
+        order = sorted(entries, key=lambda e: (e.key in protect, e.last_access, e.key))
+        evicted = 0
+        for e in order:
+            if total <= limit:
+                break
+            if self._remove(e.key):
+                evicted += 1
+            total -= e.bytes
+        self.stats.evictions += evicted
+        return evicted
+
+    def summary(self) -> dict:
+        """Statistics plus the current size of the directory."""
+        entries = self.entries()
+        d = self.stats.to_dict()
+        d.update(entries=len(entries), bytes=sum(e.bytes for e in entries), policy=dataclasses.asdict(self.policy))
+        return d
+
+
+def _log_rm_error(func, path, exc_info) -> None:
+    # A concurrent worker may remove the same tree; anything else is worth a line.
+    if not isinstance(exc_info[1], FileNotFoundError):
+        logger.warning("could not remove %s: %s", path, exc_info[1])

@@ -1,0 +1,86 @@
+"""Pipelines by name: the registry the CLI and experiment scripts look up.
+
+A registry entry maps a name to a zero-argument factory returning a
+:class:`~pipelines.base.Pipeline`, either the callable itself or its import
+path ``"module:attribute"`` (imported only when the pipeline is requested, so
+registering a pipeline with heavy dependencies costs nothing elsewhere).
+Registering a pipeline is one line::
+
+    register_pipeline("stacking", "pipelines.stacking:make_pipeline")
+
+:func:`get_pipeline` also accepts any ``"module:attribute"`` path directly (a
+``Pipeline`` or a zero-argument factory), so a pipeline defined in a user's
+own module runs without being registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from pipelines.base import Pipeline
+
+__all__ = ["PIPELINES", "register_pipeline", "get_pipeline", "available_pipelines", "import_object"]
+
+PIPELINES: dict[str, Callable[[], Pipeline] | str] = {}
+
+
+def register_pipeline(name: str, factory: Callable[[], Pipeline] | str, *, overwrite: bool = False) -> None:
+    """Register a pipeline factory (or its ``"module:attribute"`` path) under ``name``."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"pipeline name must be a non-empty string without ':', got {name!r}")
+    if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
+        raise TypeError(f"pipeline {name!r}: factory must be callable or 'module:attribute', got {factory!r}")
+    if name in PIPELINES and not overwrite:
+        raise ValueError(f"pipeline {name!r} is already registered")
+    PIPELINES[name] = factory
+
+
+def available_pipelines() -> list[str]:
+    return sorted(PIPELINES)
+
+
+def import_object(path: str):
+    """The object at ``"module:attribute"`` (dots in ``attribute`` walk nested names).
+
+    Raises:
+        ValueError: the module or attribute does not exist.
+    """
+    module, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {module!r} (from {path!r}): {e}") from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module!r} has no attribute {attr!r} (from {path!r})") from None
+    return obj
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """The pipeline registered as ``name``, or found at ``"module:attribute"``.
+
+    Raises:
+        ValueError: unknown name, unimportable path, or an object that is not
+            a pipeline (the message lists the registered names).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"pipeline must be a non-empty name, got {name!r}")
+    if name in PIPELINES:
+        target = PIPELINES[name]
+    elif ":" in name:
+        target = name
+    else:
+        raise ValueError(f"unknown pipeline {name!r}; registered: {available_pipelines()} (or pass 'module:attribute')")
+    obj = import_object(target) if isinstance(target, str) else target
+    if not isinstance(obj, Pipeline):
+        obj = obj() if callable(obj) else obj
+    if not isinstance(obj, Pipeline):
+        raise ValueError(f"pipeline {name!r} resolved to {type(obj).__name__}, not a Pipeline")
+    return obj
+
+
+register_pipeline("toy", "pipelines.toy:make_toy")
+register_pipeline("toy-small", "pipelines.toy:make_toy_small")

@@ -1,0 +1,107 @@
+"""Pipelines used by the runtime tests (importable as ``tests.pipelines_for_tests:<name>``).
+
+``CALLS`` counts stage executions per (pipeline, stage) in this process, so a
+test can tell a restored or re-told trial from a rerun one.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+
+import jax.numpy as jnp
+
+from eeipu_jax.space import Categorical, Float
+from pipelines.base import Pipeline, Stage
+from pipelines.toy import make_toy_small
+
+CALLS: collections.Counter = collections.Counter()
+COMPLETED: collections.Counter = collections.Counter()
+
+
+def _counted(pipeline: Pipeline, name: str) -> Pipeline:
+    def wrap(stage: Stage) -> Stage:
+        def fn(inputs, params, key):
+            CALLS[(name, stage.name)] += 1
+            return stage.fn(inputs, params, key)
+
+        return Stage(stage.name, fn, stage.params)
+
+    return Pipeline(name, pipeline.version, tuple(wrap(s) for s in pipeline.stages), pipeline.prepare)
+
+
+@functools.lru_cache(maxsize=None)
+def counting_toy() -> Pipeline:
+    """The small demo pipeline with stage calls counted under ``"counting_toy"``.
+
+    One instance per process, so its jitted stages compile once for all tests.
+    """
+    return _counted(make_toy_small(), "counting_toy")
+
+
+def slow_toy() -> Pipeline:
+    """The small demo pipeline whose training stage sleeps 0.15 s (kill tests)."""
+    return make_toy_small(stage_sleep=(0.0, 0.15, 0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def flaky() -> Pipeline:
+    """Two stages; stage ``prep``'s ``mode`` makes the trial fail in each supported way.
+
+    ``ok``: fine; ``raise``: ``prep`` raises; ``nan``: the objective is NaN;
+    ``sleep``: ``prep`` sleeps 30 s (for time limits; ``COMPLETED`` counts
+    ``prep`` calls that returned).
+    """
+
+    def prep(data, p, key):
+        CALLS[("flaky", "prep")] += 1
+        if p["mode"] == "raise":
+            raise RuntimeError("prep exploded on purpose")
+        if p["mode"] == "sleep":
+            time.sleep(30.0)
+        COMPLETED[("flaky", "prep")] += 1
+        return {"v": jnp.asarray(p["a"], jnp.float32) * data["scale"], "nan": jnp.asarray(p["mode"] == "nan")}
+
+    def fit(inputs, p, key):
+        CALLS[("flaky", "fit")] += 1
+        value = -((inputs["v"] - p["b"]) ** 2)
+        return {"objective": jnp.where(inputs["nan"], jnp.nan, value), "v": inputs["v"]}
+
+    return Pipeline(
+        "flaky",
+        "1",
+        (
+            Stage("prep", prep, (Categorical("mode", ("ok", "raise", "nan", "sleep")), Float("a", 0.0, 1.0))),
+            Stage("fit", fit, (Float("b", 0.0, 1.0),)),
+        ),
+        prepare=lambda: {"scale": jnp.float32(2.0)},
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def failing_toy() -> Pipeline:
+    """The counted small demo pipeline, failing in parts of its space.
+
+    ``train`` raises when ``lr > 0.02``; the objective is NaN when
+    ``scale > 1.2``. Same search space as :func:`counting_toy`, so the
+    optimizer compiles once for both.
+    """
+    base = counting_toy()
+    features, train, evaluate = base.stages
+
+    def failing_train(inputs, p, key):
+        if p["lr"] > 0.02:
+            raise RuntimeError(f"diverged at lr={p['lr']:.3g} (on purpose)")
+        return train.fn(inputs, p, key)
+
+    def nan_evaluate(inputs, p, key):
+        out = evaluate.fn(inputs, p, key)
+        return {**out, "objective": jnp.nan} if p["scale"] > 1.2 else out
+
+    return Pipeline(
+        "failing_toy",
+        base.version,
+        (features, Stage("train", failing_train, train.params), Stage("evaluate", nan_evaluate, evaluate.params)),
+        base.prepare,
+    )

@@ -1,0 +1,275 @@
+"""Stage cache: keys, exact round trips, atomicity, corruption, LRU, top-Q policy."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pipelines.cache import PACK_BYTES, CachePolicy, StageCache, parse_bytes, prefix_keys, stage_cache_key
+from pipelines.toy import make_toy_small
+
+Pair = collections.namedtuple("Pair", "left right")
+
+
+def _meta(j=0, costs=(1.0,)):
+    return {"pipeline": "p", "version": "1", "stage": j, "seed": 0, "params": {}, "prefix_costs": list(costs)}
+
+
+def _disk_bytes(root):
+    total = 0
+    for dirpath, _, files in os.walk(os.path.join(root, "entries")):
+        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    return total
+
+
+def _data_files(cache, key):
+    data = os.path.join(cache.entry_path(key), "data")
+    files = [os.path.join(r, f) for r, _, fs in os.walk(data) for f in fs]
+    return sorted(files, key=os.path.getsize)
+
+
+def _same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+# ------------------------------------------------------------------ keys
+def test_key_is_sha256_of_documented_json():
+    params = {"prep": {"lr": 0.1, "n": 3, "kind": "a"}, "train": {"wd": 1e-5}}
+    doc = '{"params":{"prep":{"kind":"a","lr":0.1,"n":3},"train":{"wd":1e-05}},"pipeline":"pipe","seed":7,"stage":1,"version":"2"}'
+    assert stage_cache_key("pipe", "2", 1, params, 7) == hashlib.sha256(doc.encode()).hexdigest()
+
+
+def test_key_changes_exactly_with_the_prefix():
+    pipe = make_toy_small()
+    space = pipe.space
+    base = space.from_unit(np.full(space.dim, 0.3))
+    keys = prefix_keys(pipe, base, seed=0)
+    assert len(keys) == pipe.n_stages - 1 and len(set(keys)) == len(keys)
+    other = space.from_unit(np.full(space.dim, 0.7))
+    for k, stage in enumerate(pipe.stages):
+        for p in stage.params:
+            changed = {s: dict(v) for s, v in base.items()}
+            changed[stage.name][p.name] = other[stage.name][p.name]
+            assert changed[stage.name][p.name] != base[stage.name][p.name]
+            new = prefix_keys(pipe, changed, seed=0)
+            for j in range(pipe.n_stages - 1):
+                # stage j's key depends on stages 0..j only
+                assert (new[j] != keys[j]) == (k <= j), (stage.name, p.name, j)
+    # The last bit of a float is a different key (keys are exact).
+    nudged = {s: dict(v) for s, v in base.items()}
+    nudged["features"]["lengthscale"] = np.nextafter(base["features"]["lengthscale"], 10.0)
+    assert prefix_keys(pipe, nudged, seed=0)[0] != keys[0]
+    # Seed, name and version are part of every key.
+    assert not set(prefix_keys(pipe, base, seed=1)) & set(keys)
+    assert not set(prefix_keys(make_toy_small(data_seed=1), base, seed=0)) & set(keys)
+    assert not set(prefix_keys(make_toy_small(name="toy-other"), base, seed=0)) & set(keys)
+
+
+def test_key_rejects_values_without_a_stable_encoding():
+    with pytest.raises(TypeError, match="'x'"):
+        stage_cache_key("p", "1", 0, {"s": {"x": [1, 2]}}, 0)
+    with pytest.raises(ValueError, match="non-finite"):
+        stage_cache_key("p", "1", 0, {"s": {"x": float("nan")}}, 0)
+    with pytest.raises(ValueError, match="2 stage"):
+        stage_cache_key("p", "1", 1, {"s": {"x": 1}}, 0)
+
+
+def test_parse_bytes():
+    assert parse_bytes("500MB") == 500 * 10**6
+    assert parse_bytes("2GiB") == 2 * 2**30
+    assert parse_bytes("1e6") == 10**6
+    for bad in ("-1", "12 parsecs", "0"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+
+
+def test_policy_validation_names_the_field():
+    with pytest.raises(ValueError, match="policy"):
+        CachePolicy("lru")
+    with pytest.raises(ValueError, match="q"):
+        CachePolicy("top_q", q=0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        CachePolicy("all", max_bytes=-5)
+
+
+# ------------------------------------------------------------ round trip
+def test_round_trip_preserves_structure_types_and_bits(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    rng = np.random.default_rng(0)
+    committed = jax.device_put(jnp.arange(4.0), jax.devices()[0])
+    tree = {
+        "f32": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
+        "bf16": jnp.asarray(rng.normal(size=7), jnp.bfloat16),
+        "np64": rng.normal(size=(2, 2)),
+        "np_nan": np.array([np.nan, -0.0, np.inf]),
+        "scalar": np.float32(2.5),
+        "ints": jnp.arange(6, dtype=jnp.int8).reshape(2, 3),
+        "empty": np.zeros((0, 3), np.float32),
+        "key": jax.random.key(5),
+        "committed": committed,
+        "py": [1, 2.5, float("nan"), "text", None, True],
+        "tuple": (jnp.ones(2), Pair(jnp.zeros(1), np.ones(1))),
+        "nested": {"x": {"y": jnp.full((2,), 3.0)}},
+        # Leaves over PACK_BYTES are stored on their own, the others packed per dtype.
+        "big_jax": jnp.asarray(rng.normal(size=(600, 600)), jnp.float32),
+        "big_np": rng.normal(size=200_000),
+    }
+    assert tree["big_jax"].nbytes >= PACK_BYTES and tree["big_np"].nbytes >= PACK_BYTES
+    key = stage_cache_key("p", "1", 0, {"s": {"a": 1}}, 0)
+    assert cache.save(key, tree, _meta()) > 0
+    out, meta = cache.restore(key)
+
+    assert meta["prefix_costs"] == [1.0]
+    assert list(out) == list(tree)
+    for name in ("f32", "bf16", "np64", "np_nan", "ints", "empty", "committed", "big_jax", "big_np"):
+        assert _same_bits(out[name], tree[name]), name
+        assert type(out[name]) is type(tree[name]), name
+    assert isinstance(out["np64"], np.ndarray) and isinstance(out["f32"], jax.Array)
+    assert out["np64"].base is None or out["np64"].base.size == out["np64"].size  # not a view of a pack
+    assert out["committed"].committed and not out["f32"].committed
+    assert type(out["scalar"]) is np.float32 and out["scalar"] == tree["scalar"]
+    assert _same_bits(jax.random.key_data(out["key"]), jax.random.key_data(tree["key"]))
+    assert jax.random.key_impl(out["key"]) == jax.random.key_impl(tree["key"])
+    assert out["py"][:2] == [1, 2.5] and np.isnan(out["py"][2]) and out["py"][3:] == ["text", None, True]
+    assert isinstance(out["tuple"], tuple) and isinstance(out["tuple"][1], Pair)
+    assert isinstance(out["tuple"][1].right, np.ndarray)
+    assert _same_bits(out["nested"]["x"]["y"], tree["nested"]["x"]["y"])
+
+
+def test_unsupported_node_is_refused_with_its_path(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+
+    class Box:
+        pass
+
+    with pytest.raises(TypeError, match=r"output\['a'\]\[1\]"):
+        cache.save("k" * 64, {"a": [jnp.ones(1), Box()]}, _meta())
+    with pytest.raises(TypeError, match="dtype"):
+        cache.save("k" * 64, {"s": np.array(["x"])}, _meta())
+    assert os.listdir(os.path.join(tmp_path, "entries")) == []
+    assert os.listdir(os.path.join(tmp_path, "tmp")) == []  # nothing half-written left behind
+
+
+def test_existing_key_is_not_rewritten(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    assert cache.save("a" * 64, {"x": jnp.ones(3)}, _meta()) > 0
+    assert cache.save("a" * 64, {"x": jnp.zeros(3)}, _meta()) == 0
+    assert _same_bits(cache.restore("a" * 64)[0]["x"], jnp.ones(3))
+
+
+# ------------------------------------------------------- atomicity, trust
+def test_half_written_entry_is_invisible_and_cleaned(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    key = "b" * 64
+    partial = os.path.join(tmp_path, "tmp", f"{key}.deadbeef")
+    os.makedirs(os.path.join(partial, "data"))
+    with open(os.path.join(partial, "data", "chunk"), "wb") as f:
+        f.write(b"\0" * 100)
+    assert key not in cache and cache.restore(key) is None and cache.entries() == []
+    StageCache(tmp_path, CachePolicy("all"), stale_tmp_seconds=0.0)  # reopening cleans leftovers
+    assert os.listdir(os.path.join(tmp_path, "tmp")) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
+def test_damaged_entry_is_discarded_with_a_warning(tmp_path, caplog, damage):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    key = "c" * 64
+    x = jnp.asarray(np.random.default_rng(1).normal(size=20_000), jnp.float32)
+    cache.save(key, {"x": x}, _meta())
+    biggest = _data_files(cache, key)[-1]
+    if damage == "truncate":
+        with open(biggest, "r+b") as f:
+            f.truncate(os.path.getsize(biggest) // 2)
+    elif damage == "flip":  # same size, one byte altered: only the checksum sees it
+        with open(biggest, "r+b") as f:
+            f.seek(os.path.getsize(biggest) // 2)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0xFF]))
+    elif damage == "delete":
+        os.remove(biggest)
+    else:
+        with open(os.path.join(cache.entry_path(key), "meta.json"), "w") as f:
+            f.write("{not json")
+    with caplog.at_level(logging.WARNING, logger="pipelines.cache"):
+        assert cache.restore(key) is None
+    assert any("discarding cache entry" in r.message for r in caplog.records)
+    assert not os.path.exists(cache.entry_path(key))
+    assert cache.stats.corrupted == 1
+    # The slot can be filled again and then restores correctly.
+    cache.save(key, {"x": x}, _meta())
+    assert _same_bits(cache.restore(key)[0]["x"], x)
+
+
+# ------------------------------------------------------------------- LRU
+def test_lru_eviction_keeps_the_byte_limit(tmp_path):
+    x = {"x": jnp.asarray(np.random.default_rng(2).normal(size=25_000), jnp.float32)}  # ~100 kB
+    probe = StageCache(tmp_path / "probe", CachePolicy("all"))
+    probe.save("0" * 64, x, _meta())
+    one = _disk_bytes(probe.root)
+    limit = int(2.5 * one)
+    cache = StageCache(tmp_path / "c", CachePolicy("all", max_bytes=limit))
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    cache.save(a, x, _meta())
+    cache.save(b, x, _meta())
+    assert cache.restore(a) is not None  # a is now more recent than b
+    cache.save(c, x, _meta())  # over the limit: the least recently used (b) goes
+    assert {e.key for e in cache.entries()} == {a, c}
+    assert _disk_bytes(cache.root) <= limit
+    assert cache.total_bytes() == _disk_bytes(cache.root)
+    cache.save(d, x, _meta())  # now a is the oldest access
+    assert {e.key for e in cache.entries()} == {c, d}
+    assert _disk_bytes(cache.root) <= limit
+    assert cache.stats.evictions == 2
+
+
+def test_output_larger_than_the_limit_is_not_written(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all", max_bytes=1000))
+    assert cache.save("e" * 64, {"x": jnp.zeros(10_000)}, _meta()) == 0
+    assert cache.entries() == [] and cache.stats.skipped_too_large == 1
+
+
+# ---------------------------------------------------------------- top-Q
+def test_top_q_admits_and_prunes_only_this_runs_entries(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("top_q", q=2))
+    x = {"x": jnp.ones(4)}
+    foreign = "f" * 64  # written by another run sharing the directory
+    cache.save(foreign, x, _meta())
+    trials = {1.0: ("a1" * 32, "a2" * 32), 3.0: ("b1" * 32, "b2" * 32), 2.0: ("c1" * 32, "b2" * 32)}
+    for y, keys in trials.items():
+        assert cache.admits(y)
+        for k in keys:
+            cache.save(k, x, _meta())
+        cache.record_trial(y, keys)
+    # Top two are 3.0 and 2.0; trial 1.0's entries are gone, the shared b2 stays.
+    assert {e.key for e in cache.entries()} == {foreign, "b1" * 32, "b2" * 32, "c1" * 32}
+    assert not cache.admits(1.5) and cache.admits(2.5) and not cache.admits(float("nan"))
+    cache.record_trial(float("nan"), ("d1" * 32, "d2" * 32))  # failed trials never rank
+    assert cache.keep_set() == {"b1" * 32, "b2" * 32, "c1" * 32}
+    assert cache.stats.pruned == 2
+
+
+def test_all_policy_admits_everything(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    cache.save("a" * 64, {"x": jnp.ones(2)}, _meta())
+    cache.record_trial(-1e9, ("a" * 64,))
+    assert cache.admits(-1e10) and cache.admits(float("nan"))
+    assert len(cache.entries()) == 1
+
+
+def test_summary_is_json(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    cache.save("a" * 64, {"x": jnp.ones(2)}, _meta(costs=(2.0,)))
+    cache.restore_longest(("a" * 64,))
+    s = json.loads(json.dumps(cache.summary()))
+    assert s["hits_per_depth"] == {"1": 1} and s["compute_seconds_restored"] == 2.0
+    assert s["entries"] == 1 and s["bytes"] == _disk_bytes(cache.root)

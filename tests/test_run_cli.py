@@ -1,0 +1,231 @@
+"""The tuning driver and its CLI: records, budget, failures, resume after a crash or a kill."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from eeipu_jax import loop as bo
+from eeipu_jax.checkpoint import restore_state
+from experiments import run as run_mod
+from experiments.run import RunConfigError, RunSpec, main, read_trials, run_tuning
+from tests import pipelines_for_tests as tp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small optimizer configuration shared by every in-process run (compiled once).
+SMALL_BO = (("n_random", 64), ("mc_samples", 64), ("n_refine", 0), ("n_per_prefix", 8))
+SMALL_BO_ARGS = [a for k, v in SMALL_BO for a in ("--bo", f"{k}={v}")]
+N_WARMUP = 6
+
+
+def _spec(tmp_path, **kw):
+    base = dict(
+        pipeline="tests.pipelines_for_tests:counting_toy",
+        method="eeipu",
+        budget=1e6,
+        seed=0,
+        out=str(tmp_path / "run"),
+        n_warmup=N_WARMUP,
+        bo_options=SMALL_BO,
+        progress=False,
+        cache_policy="all",
+    )
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def _latest_state(run_dir, spec):
+    plan = run_mod._plan(spec)
+    n, path = run_mod._checkpoint_dirs(run_dir)[-1]
+    state, _ = restore_state(path, bo.init(plan.config, spec.budget), with_key=True)
+    return n, state
+
+
+# -------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--pipeline", "no-such-pipeline"], "--pipeline"),
+        (["--pipeline", "no_such_module:thing"], "--pipeline"),
+        (["--method", "nope"], "--method"),
+        (["--budget", "-5"], "--budget"),
+        (["--budget", "nan"], "--budget"),
+        (["--n-warmup", "1"], "n_warmup"),
+        (["--bo", "bogus=1"], "--bo bogus"),
+        (["--bo", "n_random=many"], "--bo n_random"),
+        (["--cache-q", "0"], "cache q"),
+        (["--stage-timeout", "0"], "--stage-timeout"),
+        (["--resume"], "--resume"),
+    ],
+)
+def test_bad_configuration_is_refused_before_compute(tmp_path, capsys, args, field):
+    argv = ["--pipeline", "toy-small", "--budget", "10", "--out", str(tmp_path / "r"), "--no-progress"]
+    code = main(argv + args)
+    err = capsys.readouterr().err
+    assert code == 2 and field in err, err
+    assert not os.path.exists(tmp_path / "r" / "trials.jsonl")
+    assert not os.path.exists(tmp_path / "r" / "config.json")
+
+
+def test_argparse_rejects_unknown_choices_and_sizes(tmp_path, capsys):
+    base = ["--pipeline", "toy-small", "--budget", "10", "--out", str(tmp_path / "r")]
+    for extra, field in ((["--cache-policy", "lru"], "--cache-policy"), (["--cache-max-bytes", "9 parsecs"], "--cache-max-bytes")):
+        with pytest.raises(SystemExit) as e:
+            main(base + extra)
+        assert e.value.code == 2 and field in capsys.readouterr().err
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunConfigError, match="--out"):
+        run_tuning(_spec(tmp_path, out=str(blocker / "run")))
+    with pytest.raises(RunConfigError, match="--cache-dir"):
+        run_tuning(_spec(tmp_path, cache_dir=str(blocker / "cache")))
+    with pytest.raises(RunConfigError, match="--cache-policy"):
+        run_tuning(_spec(tmp_path, cache_policy="lru"))
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for option in ("--pipeline", "--method", "--budget", "--seed", "--out", "--cache-dir", "--cache-policy",
+                   "--cache-q", "--cache-max-bytes", "--resume", "toy-small", "eeipu"):
+        assert option in out
+
+
+# ------------------------------------------------------------- a real run
+def test_run_records_every_trial_and_resumes_after_a_crash(tmp_path, monkeypatch, caplog):
+    spec = _spec(tmp_path, max_trials=8)
+    run_dir = spec.out
+    summary = run_tuning(spec)
+    trials = read_trials(os.path.join(run_dir, "trials.jsonl"))
+    assert [r["index"] for r in trials] == list(range(8)) and summary["n_trials"] == 8
+    assert sum(r["warmup"] for r in trials) == N_WARMUP
+    n, state = _latest_state(run_dir, spec)
+    assert n == int(state.n) == 8
+    np.testing.assert_array_equal(np.asarray(state.y[:8]), np.asarray([r["y"] for r in trials], np.float32))
+    assert float(state.spent) == pytest.approx(sum(r["charged"] for r in trials), rel=1e-5)
+    assert json.load(open(os.path.join(run_dir, "config.json")))["method"] == "eeipu"
+    for r in trials:  # records are complete and consistent with the cache keys
+        assert r["status"] == "ok" and len(r["stage_costs"]) == 3 and len(r["cache_keys"]) == 2
+        if r["memo_depth"]:
+            assert r["stage_seconds"][r["memo_depth"] - 1] == pytest.approx(r["restore_seconds"])
+
+    # A crash after trial 9's line is fsynced but before its checkpoint.
+    real_save = run_mod._save_checkpoint
+
+    def crash_at_9(path, state, key):
+        if int(state.n) == 10:
+            raise OSError("simulated crash while checkpointing")
+        real_save(path, state, key)
+
+    monkeypatch.setattr(run_mod, "_save_checkpoint", crash_at_9)
+    with pytest.raises(OSError, match="simulated"):
+        run_tuning(dataclasses.replace(spec, resume=True, max_trials=5))
+    monkeypatch.undo()
+    before = read_trials(os.path.join(run_dir, "trials.jsonl"))
+    assert len(before) == 10 and _latest_state(run_dir, spec)[0] == 9
+    with open(os.path.join(run_dir, "trials.jsonl"), "a") as f:
+        f.write('{"index": 10, "status": "o')  # and a line cut short by the crash
+
+    evaluations = tp.CALLS[("counting_toy", "evaluate")]
+    with caplog.at_level(logging.WARNING, logger="experiments.run"):
+        run_tuning(dataclasses.replace(spec, resume=True, max_trials=2))
+    assert any("half-written line" in r.message for r in caplog.records)
+    after = read_trials(os.path.join(run_dir, "trials.jsonl"))
+    assert [r["index"] for r in after] == list(range(12))
+    assert after[:10] == before  # nothing finished lost or changed
+    # Trial 9 was re-told from its line, not rerun: only the 2 new trials evaluated.
+    assert tp.CALLS[("counting_toy", "evaluate")] == evaluations + 2
+    n, state = _latest_state(run_dir, spec)
+    assert n == int(state.n) == 12
+    np.testing.assert_array_equal(np.asarray(state.X[:12]), np.asarray([r["x"] for r in after], np.float32))
+    assert float(state.spent) == pytest.approx(sum(r["charged"] for r in after), rel=1e-5)
+
+    # Resuming with other settings, or starting over in the same directory, is refused.
+    with pytest.raises(RunConfigError, match="budget"):
+        run_tuning(dataclasses.replace(spec, resume=True, budget=5.0))
+    with pytest.raises(RunConfigError, match="--resume"):
+        run_tuning(spec)
+
+
+def test_budget_stops_the_run(tmp_path):
+    spec = _spec(tmp_path, budget=2.0, pipeline="tests.pipelines_for_tests:counting_toy")
+    summary = run_tuning(spec)
+    trials = read_trials(os.path.join(spec.out, "trials.jsonl"))
+    assert trials[-1]["spent"] >= 2.0 and summary["spent"] >= 2.0
+    assert len(trials) == 1 or trials[-2]["spent"] < 2.0  # stopped at the first trial past the budget
+
+
+def test_failed_trials_are_recorded_charged_and_the_run_continues(tmp_path):
+    # Seed 0's warm-up hits the failing regions: [ok, ok, nan, nan, raise, nan].
+    spec = _spec(tmp_path, pipeline="tests.pipelines_for_tests:failing_toy", max_trials=8, seed=0)
+    summary = run_tuning(spec)
+    trials = read_trials(os.path.join(spec.out, "trials.jsonl"))
+    assert len(trials) == 8
+    failed = [r for r in trials if r["status"] == "failed"]
+    assert summary["n_failed"] == len(failed) >= 4
+    assert any("RuntimeError" in r["error"] and r["failed_stage"] == 1 for r in failed)
+    assert any("non-finite" in r["error"] for r in failed)
+    for r in failed:
+        assert r["y"] is None and r["charged"] > 0
+        if r["failed_stage"] == 1:
+            assert r["stage_costs"][2] is None  # evaluate never ran
+    assert trials[-1]["index"] > failed[0]["index"]  # trials continued after a failure
+    n, state = _latest_state(spec.out, spec)
+    assert [bool(f) for f in np.asarray(state.failed[:8])] == [r["status"] == "failed" for r in trials]
+    assert float(state.spent) == pytest.approx(sum(r["charged"] for r in trials), rel=1e-5)
+    assert summary["best"]["y"] == max(r["y"] for r in trials if r["y"] is not None)
+
+
+# ---------------------------------------------------------------- kill -9
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    argv = [
+        "--pipeline", "tests.pipelines_for_tests:slow_toy", "--method", "eeipu", "--budget", "1000",
+        "--seed", "1", "--out", str(out), "--n-warmup", str(N_WARMUP), "--no-progress", *SMALL_BO_ARGS,
+    ]
+    trials_path = out / "trials.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", *argv], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the run did not record its trials in time"
+            time.sleep(0.02)
+        time.sleep(0.08)  # into the next trial's 0.15 s training stage
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    before = read_trials(str(trials_path))
+    assert len(before) >= N_WARMUP + 2
+
+    # Resume through the same command line (in this process, which has the
+    # optimizer compiled already).
+    assert main(argv + ["--resume", "--max-trials", "3"]) == 0, capsys.readouterr().err
+    after = read_trials(str(trials_path))
+    assert [r["index"] for r in after] == list(range(len(before) + 3))
+    assert after[: len(before)] == before
+    spec = RunSpec(pipeline="tests.pipelines_for_tests:slow_toy", method="eeipu", budget=1000.0, seed=1,
+                   out=str(out), n_warmup=N_WARMUP, bo_options=tuple((k, str(v)) for k, v in SMALL_BO))
+    n, state = _latest_state(str(out), spec)
+    assert n == int(state.n) == len(after)
+    assert math.isclose(float(state.spent), sum(r["charged"] for r in after), rel_tol=1e-5)
