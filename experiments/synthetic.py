@@ -84,6 +84,13 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
     return dict(pipeline=pipeline_name, method=method, seconds=seconds, seeds=len(seeds))
 
 
+def _init_worker(counter):
+    """Give each worker process its own CPU for XLA (see eeipu_jax._runtime)."""
+    with counter.get_lock():
+        os.environ["EEIPU_JAX_CPU"] = str(counter.value)
+        counter.value += 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m experiments.synthetic",
@@ -131,7 +138,9 @@ def main(argv=None):
             bar.update()
     else:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        counter = ctx.Value("i", 0)
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(counter,)) as pool:
             futs = {pool.submit(run_job, p, m, cfg_dict, out, args.driver): (p, m) for p, m in jobs}
             for fut in cf.as_completed(futs):
                 timings.append(fut.result())

@@ -69,9 +69,13 @@ def draw(results_dir: str, out_dir: str | None = None) -> list[str]:
         order = sorted(methods, key=lambda m: (m == "eeipu", m))
         for m in order:
             curves = np.stack([best_vs_budget(r, grid) for r in methods[m]])
-            with np.errstate(invalid="ignore"):
-                mean = np.nanmean(curves, axis=0) if np.isfinite(curves).any() else curves[0]
-                se = np.nanstd(curves, axis=0) / np.sqrt(np.maximum(np.isfinite(curves).sum(0), 1))
+            # Drawn from the spend at which every seed has finished its warm-up,
+            # so the mean is always over the same seeds.
+            ok = np.isfinite(curves).all(0)
+            filled = np.where(ok, curves, 0.0)
+            mean = np.where(ok, filled.mean(0), np.nan)
+            n = curves.shape[0]
+            se = np.where(ok, filled.std(0, ddof=1) / np.sqrt(n), np.nan) if n > 1 else np.zeros_like(mean)
             c = _COLORS.get(m)
             ax.plot(grid, mean, label=m, color=c, lw=2.2 if m == "eeipu" else 1.4)
             ax.fill_between(grid, mean - se, mean + se, color=c, alpha=0.15, lw=0)

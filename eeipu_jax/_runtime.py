@@ -1,0 +1,82 @@
+"""CPU runtime set-up done once, when eeipu_jax is imported.
+
+jaxlib < 0.11 runs batched LAPACK calls (Cholesky, triangular solves: the
+core of every GP fit) by splitting the batch over XLA's intra-op thread pool
+and blocking a pool thread until the chunks finish. When several such calls
+run at once they can occupy every pool thread and wait on each other forever
+(seen here: vmapped BO runs hanging in ``block_until_ready`` with all threads
+idle), and on a loaded machine the scheduling alone made batched solves 60x
+slower. With a one-thread pool that path is never taken (jaxlib runs the
+batch inline when the pool has a single thread).
+
+The pool is sized from the CPU affinity of the thread that creates the CPU
+backend, so we create the backend while this thread is pinned to one CPU and
+restore the affinity afterwards: XLA's threads stay on one core, Python
+threads are free. Parallelism comes from processes instead (the experiment
+scripts run one job per core). The CPU used is ``$EEIPU_JAX_CPU`` if set,
+else the pytest-xdist worker number, else the process id, modulo the
+available CPUs.
+
+Skipped when ``EEIPU_JAX_NO_PIN=1``, when a GPU plugin is installed, when the
+platform has no ``sched_setaffinity``, or when the JAX backend already exists
+(then a warning says so).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+
+def _cpu_index(n: int) -> int:
+    if os.environ.get("EEIPU_JAX_CPU", "").strip().lstrip("-").isdigit():
+        return int(os.environ["EEIPU_JAX_CPU"]) % n
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return int(worker[2:]) % n
+    return os.getpid() % n
+
+
+def _has_gpu_plugin() -> bool:
+    return any(
+        importlib.util.find_spec(name) is not None
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+    )
+
+
+def pin_xla_cpu_threads() -> int | None:
+    """Create the JAX CPU backend with a one-thread intra-op pool (see module doc).
+
+    Returns:
+        The CPU the XLA threads run on, or ``None`` if nothing was done.
+    """
+    if os.environ.get("EEIPU_JAX_NO_PIN") or not hasattr(os, "sched_setaffinity"):
+        return None
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if (platforms and "cpu" not in platforms.split(",")) or (not platforms and _has_gpu_plugin()):
+        return None
+    from jax._src import xla_bridge
+
+    if getattr(xla_bridge, "_backends", None):
+        warnings.warn(
+            "eeipu_jax was imported after the JAX backend started; XLA's CPU thread pool "
+            "could not be limited to one thread (batched LAPACK calls may deadlock on "
+            "jaxlib < 0.11). Import eeipu_jax before running any JAX computation.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    mask = os.sched_getaffinity(0)
+    if len(mask) <= 1:
+        return None
+    cpus = sorted(mask)
+    cpu = cpus[_cpu_index(len(cpus))]
+    os.sched_setaffinity(0, {cpu})
+    try:
+        import jax
+
+        jax.devices()
+    finally:
+        os.sched_setaffinity(0, mask)
+    return cpu
