@@ -1,0 +1,106 @@
+"""Results files, summary statistics, headline ratios and the figure script."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import common
+from paper_figures import synthetic as figs
+
+
+def _fake_run(out, method, seed, ys, spent_per_trial, n_warmup=3, memo=None):
+    n = len(ys)
+    memo = memo or [0] * n
+    common.write_run(
+        os.path.join(out, "runs", f"run_p3_{method}_{seed}.json"),
+        pipeline="p3", method=method, seed=seed, budget=100.0, n_warmup=n_warmup,
+        x_raw=np.zeros((n, 2)), y=np.asarray(ys, float), stage_costs=np.ones((n, 3)),
+        memo_depth=np.asarray(memo), charged=np.full(n, spent_per_trial), eta=np.full(n, np.nan),
+        extra=dict(optimum=5.0),
+    )
+
+
+@pytest.fixture()
+def results(tmp_path):
+    out = str(tmp_path)
+    # eeipu: 3 warm-up + 5 BO trials; ei: 3 warm-up + 2 BO trials (and a failed trial)
+    _fake_run(out, "eeipu", 0, [0, 1, 0, 2, 3, 1, 4, 2], 10.0, memo=[0, 0, 0, 1, 2, 0, 1, 0])
+    _fake_run(out, "eeipu", 1, [1, 0, 0, 1, 2, 2, 2, 2], 10.0)
+    _fake_run(out, "ei", 0, [0, 1, 0, 1.5, float("nan")], 25.0)
+    _fake_run(out, "ei", 1, [1, 0, 0, 1.5, 1.0], 25.0)
+    return out
+
+
+def test_summary_statistics_by_hand(results):
+    runs = common.read_runs(results)
+    assert [(r["method"], r["seed"]) for r in runs] == [("eeipu", 0), ("eeipu", 1), ("ei", 0), ("ei", 1)]
+    assert runs[2]["trials"][-1]["spent"] == pytest.approx(125.0)
+    assert runs[2]["trials"][4]["y"] is None  # NaN stored as null
+    table = common.summarize(runs)["p3"]
+    assert table["eeipu"]["iterations"] == 5 and table["ei"]["iterations"] == 2
+    # best: eeipu seeds 4 and 2 -> mean 3, se = std([4, 2], ddof=1) / sqrt(2) = 1
+    assert table["eeipu"]["best"] == pytest.approx(3.0)
+    assert table["eeipu"]["best_se"] == pytest.approx(1.0)
+    # gain after warm-up: eeipu (4 - 1) and (2 - 1) -> 2; ei (1.5 - 1) and (1.5 - 1) -> 0.5
+    assert table["eeipu"]["gain"] == pytest.approx(2.0)
+    assert table["ei"]["gain"] == pytest.approx(0.5)
+    assert table["eeipu"]["memoized"] == pytest.approx(1.5)  # 3 memoized BO trials in seed 0, 0 in seed 1
+    head = common.headline({"p3": table})
+    h = head["per_pipeline"]["p3"]["per_baseline"]["ei"]
+    assert h["candidates"] == pytest.approx(5 / 2 - 1)
+    assert h["gain"] == pytest.approx(2.0 / 0.5 - 1)
+    assert head["mean"]["candidates"] == pytest.approx(1.5)
+    md = common.format_table({"p3": table}, head)
+    assert "| eeipu | 2 | 5.0 ± 0.0 |" in md and "+150% candidates" in md
+
+
+def test_best_vs_budget_step_function(results):
+    run = [r for r in common.read_runs(results) if r["method"] == "eeipu" and r["seed"] == 0][0]
+    grid = np.array([0.0, 25.0, 30.0, 45.0, 80.0])
+    # spend after trial i is 10 (i + 1); warm-up ends at 30 (3 trials)
+    got = figs.best_vs_budget(run, grid)
+    assert np.isnan(got[0]) and np.isnan(got[1])
+    np.testing.assert_allclose(got[2:], [1.0, 2.0, 4.0])
+
+
+def test_figure_script_writes_png_pdf_and_table(results, tmp_path):
+    paths = figs.draw(results, str(tmp_path / "figs"))
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == ["p3.pdf", "p3.png", "summary.md"]
+    for p in paths:
+        assert os.path.getsize(p) > 500
+    with open(paths[0], "rb") as f:
+        assert f.read(8) in (b"\x89PNG\r\n\x1a\n", b"%PDF-1.4")
+
+
+def test_config_loading_and_overrides():
+    cfg = common.load_config("synthetic_smoke")
+    assert cfg.name == "synthetic_smoke" and "eeipu" in cfg.methods
+    common.apply_overrides(cfg, ["seeds=7", "methods=['ei']", "bo.n_warmup=6"])
+    assert cfg.seeds == 7 and list(cfg.methods) == ["ei"] and cfg.bo.n_warmup == 6
+    with pytest.raises(KeyError, match="unknown config key"):
+        common.apply_overrides(cfg, ["nope=1"])
+    with pytest.raises(FileNotFoundError, match="known configs"):
+        common.load_config("does_not_exist")
+
+
+def test_synthetic_main_job_end_to_end(tmp_path):
+    """The README's main job at a tiny size: results files, summary, figures."""
+    from experiments import synthetic
+
+    out = str(tmp_path / "res")
+    table = synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
+                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"])
+    rows = table["synthetic3"]["ei"]
+    assert rows["seeds"] == 2 and rows["iterations"] >= 1
+    runs = common.read_runs(out)
+    assert {r["seed"] for r in runs} == {0, 1}
+    for r in runs:
+        spent = [t["spent"] for t in r["trials"]]
+        assert spent[-1] >= 110.0 > spent[-2]  # stopped by the budget, one trial of overshoot at most
+        assert all(t["memo_depth"] == 0 for t in r["trials"])  # EI never memoizes
+    assert os.path.exists(os.path.join(out, "figures", "synthetic3.png"))
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["table"]["synthetic3"]["ei"]["iterations"] == rows["iterations"]
