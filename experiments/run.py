@@ -58,6 +58,7 @@ import jax
 import numpy as np
 
 from eeipu_jax import acquisition as acqlib
+from eeipu_jax.utils import enable_compilation_cache
 from eeipu_jax import loop as bo
 from eeipu_jax.checkpoint import restore_state, save_state
 from pipelines.cache import CachePolicy, StageCache, parse_bytes
@@ -450,9 +451,7 @@ def run_tuning(spec: RunSpec) -> dict:
             that does not match the run directory.
     """
     plan = _plan(spec)
-    if spec.jax_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(spec.jax_cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    enable_compilation_cache(os.path.abspath(spec.jax_cache_dir) if spec.jax_cache_dir else None)
     run_dir = os.path.abspath(spec.out)
     trials_path = os.path.join(run_dir, "trials.jsonl")
     with _lock(run_dir):
@@ -630,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="set another BOConfig field, e.g. --bo n_random=256 --bo top_q=5 (repeatable)")
     p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
     p("--jax-cache-dir", default=None,
-      help="JAX persistent compilation cache directory (a resumed run skips recompiling)")
+      help="JAX persistent compilation cache directory (a resumed run skips recompiling); default "
+           "$EEIPU_JAX_XLA_CACHE or ~/.cache/eeipu_jax/xla ('off' in that variable disables it)")
     p("--resume", action="store_true",
       help="continue the run in --out (same settings; finished trials are kept, the interrupted one rerun)")
     p("--no-progress", action="store_true", help="no progress bar")

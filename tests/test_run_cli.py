@@ -205,7 +205,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, caps
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 900  # a guard against a hang, not a timing check
         while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the run did not record its trials in time"
