@@ -2,8 +2,9 @@
 
 One ``ask`` scores a single fixed-shape batch:
 
-* ``n_random`` shifted-Sobol points in the unit cube (memo depth 0), and, for
-  memoizing methods,
+* ``n_random`` shifted-Sobol points in the unit cube (memo depth 0),
+* optionally ``n_local`` Gaussian perturbations of each top observation
+  (memo depth 0), and, for memoizing methods,
 * for each of the top-``Q`` observations (by objective) and each prefix length
   ``j = 1 .. K-1``, ``n_per_prefix`` points whose columns of stages ``0..j-1``
   are copied from that observation (so the run can restore its cached stage
@@ -78,6 +79,17 @@ def prefix_pool(X, y, pool_ok, q: int, prefix_masks):
     return idx, ok.T
 
 
+def _local(key, centres, n: int, scales, dtype):
+    """``n`` Gaussian perturbations of each centre, clipped to the cube.
+
+    Perturbation ``i`` uses ``scales[i % len(scales)]`` (unit-cube units), so
+    each centre gets a spread of step sizes.
+    """
+    z = jax.random.normal(key, (centres.shape[0], n, centres.shape[-1]), dtype)
+    sig = jnp.asarray([scales[i % len(scales)] for i in range(n)], dtype)[None, :, None]
+    return jnp.clip(centres[:, None, :] + sig * z, 0.0, 1.0)
+
+
 def candidate_batch(
     key,
     X,
@@ -89,21 +101,45 @@ def candidate_batch(
     q: int,
     prefix_masks,
     memoize: bool,
+    n_local: int = 0,
+    local_scales: tuple = (0.02, 0.05, 0.15),
 ) -> Batch:
-    """Build the candidate batch of one ``ask`` (see the module docstring)."""
+    """Build the candidate batch of one ``ask`` (see the module docstring).
+
+    With ``n_local > 0``, each of the top-``q`` observations also contributes
+    ``n_local`` Gaussian perturbations of itself (fresh runs, every method), and
+    for memoizing methods half of each prefix's free points perturb the source
+    observation's own free coordinates instead of being uniform: local search
+    around the best runs, which uniform points in a 5-10 dimensional cube
+    rarely provide.
+    """
     d = X.shape[1]
-    k_rand, k_pref = jax.random.split(key)
+    k_rand, k_pref, k_loc = jax.random.split(key, 3)
     xr = quasi_random(k_rand, n_random, d, X.dtype)
     parts = [Batch(xr, jnp.zeros(n_random, jnp.int32), jnp.full(n_random, -1, jnp.int32),
                    jnp.ones(n_random, bool))]
     K = prefix_masks.shape[0] - 1
+    if n_local > 0:
+        qq = min(q, X.shape[0])
+        top_val, top = jax.lax.top_k(jnp.where(pool_ok, y, -jnp.inf), qq)
+        xl = _local(k_loc, X[top], n_local, local_scales, X.dtype)
+        parts.append(Batch(
+            xl.reshape(-1, d),
+            jnp.zeros(qq * n_local, jnp.int32),
+            jnp.full(qq * n_local, -1, jnp.int32),
+            jnp.repeat(jnp.isfinite(top_val), n_local),
+        ))
     if memoize and K > 1 and n_per_prefix > 0:
         idx, ok = prefix_pool(X, y, pool_ok, q, prefix_masks)
         qq = idx.shape[0]
-        k_free, k_shift = jax.random.split(k_pref)
+        k_free, k_shift, k_near = jax.random.split(k_pref, 3)
         free = quasi_random(k_free, n_per_prefix, d, X.dtype)  # shared free part, shifted per slot
         shifts = jax.random.uniform(k_shift, (qq, K - 1, 1, d), X.dtype)
         free = jnp.mod(free[None, None] + shifts, 1.0)  # (q, K-1, n, d)
+        if n_local > 0:
+            n_near = n_per_prefix // 2
+            near = _local(k_near, X[idx], n_near, local_scales, X.dtype)  # (q, n_near, d)
+            free = free.at[:, :, :n_near].set(jnp.broadcast_to(near[:, None], (qq, K - 1, n_near, d)))
         depths = jnp.arange(1, K, dtype=jnp.int32)
         masks = prefix_masks[1:K]  # (K-1, d)
         xp = jnp.where(masks[None, :, None, :], X[idx][:, None, None, :], free)

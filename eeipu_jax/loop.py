@@ -65,6 +65,9 @@ class BOConfig:
         n_warmup: number of initial (non-BO) trials.
         n_random: quasi-random candidates per ask.
         n_per_prefix: candidates per memoized prefix (memoizing methods).
+        n_local: Gaussian perturbations of each top-``top_q`` observation added
+            to the batch (and, for memoizing methods, half of each prefix's
+            free points become perturbations of the source's own values).
         top_q: number of top observations whose prefixes are candidates.
         prefix_pool: ``"all"`` observations or only ``"post_warmup"`` ones (as
             the authors ran it) may provide prefixes.
@@ -88,6 +91,7 @@ class BOConfig:
     n_warmup: int = 10
     n_random: int = 512
     n_per_prefix: int = 32
+    n_local: int = 0
     top_q: int = 5
     prefix_pool: str = "all"
     n_refine: int = 4
@@ -120,6 +124,7 @@ class BOConfig:
             "n_warmup": self.n_warmup >= 2,
             "n_random": self.n_random >= 1,
             "n_per_prefix": self.n_per_prefix >= 0,
+            "n_local": self.n_local >= 0,
             "top_q": self.top_q >= 1,
             "n_refine": 0 <= self.n_refine <= self.n_random,
             "refine_steps": self.refine_steps >= 0,
@@ -446,6 +451,7 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
         q=config.top_q,
         prefix_masks=masks,
         memoize=method.memoize,
+        n_local=config.n_local,
     )
 
     def score(x, j):
