@@ -49,9 +49,15 @@ def main():
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep both drivers' results files in DIR/jitted and DIR/python (default: a temporary "
+                         "directory); DIR/jitted is then a complete results directory for paper_figures")
     args = ap.parse_args()
 
-    tmp = tempfile.mkdtemp(prefix="drivers-")
+    tmp = args.keep or tempfile.mkdtemp(prefix="drivers-")
+    for driver in ("jitted", "python"):
+        if os.path.exists(os.path.join(tmp, driver)):
+            sys.exit(f"{os.path.join(tmp, driver)} exists: results there would be reused, not timed")
     res = {}
     for driver in ("jitted", "python"):
         out = os.path.join(tmp, driver)
@@ -89,6 +95,7 @@ def main():
     lines.append("Drivers agree on iterations per job (within float rounding): " + ("yes" if agree else "NO"))
     md = "\n".join(lines)
     print(md)
+    print(f"results files: {tmp}/{{jitted,python}}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "synthetic_drivers.json"), "w") as f:
         json.dump(dict(config=args.config, overrides=args.overrides, workers=args.workers, speedup=speedup,

@@ -108,6 +108,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None,
                     help="parallel jobs (processes); default min(2, CPUs)")
     ap.add_argument("--no-figures", action="store_true", help="skip drawing figures")
+    ap.add_argument("--force", action="store_true",
+                    help="rerun jobs whose results files already exist (default: skip them, so an "
+                         "interrupted comparison resumes and new methods can be added to a results dir)")
     args = ap.parse_args(argv)
 
     cfg = common.apply_overrides(common.load_config(args.config), args.overrides)
@@ -125,7 +128,15 @@ def main(argv=None):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
 
-    jobs = [(p, m) for p in cfg.pipelines for m in cfg.methods]
+    seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
+
+    def finished(p, m):
+        return all(os.path.exists(os.path.join(out, "runs", f"run_{p}_{m}_{s}.json")) for s in seeds)
+
+    jobs = [(p, m) for p in cfg.pipelines for m in cfg.methods if args.force or not finished(p, m)]
+    skipped = len(cfg.pipelines) * len(cfg.methods) - len(jobs)
+    if skipped:
+        print(f"{skipped} job(s) already have results in {out}/runs (skipped; --force reruns them)")
     workers = args.workers or min(2, os.cpu_count() or 1)
     cfg_dict = cfg.to_dict()
     timings = []
@@ -150,7 +161,7 @@ def main(argv=None):
     wall = time.perf_counter() - t0
 
     runs = common.read_runs(os.path.join(out, "runs"))
-    runs = [r for r in runs if r["pipeline"] in cfg.pipelines and r["method"] in cfg.methods]
+    runs = [r for r in runs if r["pipeline"] in cfg.pipelines and r["method"] in cfg.methods and r["seed"] in seeds]
     table = common.summarize(runs)
     head = common.headline(table)
     md = common.format_table(table, head)

@@ -104,3 +104,9 @@ def test_synthetic_main_job_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(out, "figures", "synthetic3.png"))
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["table"]["synthetic3"]["ei"]["iterations"] == rows["iterations"]
+    # A second invocation finds every results file and reruns nothing (resume / add methods).
+    mtimes = {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in os.listdir(os.path.join(out, "runs"))}
+    again = synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1", "--no-figures",
+                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"])
+    assert again["synthetic3"]["ei"] == rows
+    assert {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in mtimes} == mtimes
