@@ -17,6 +17,12 @@ scripts run one job per core). The CPU used is ``$EEIPU_JAX_CPU`` if set,
 else the pytest-xdist worker number, else the process id, modulo the
 available CPUs.
 
+Host-side BLAS gets one thread too (``OPENBLAS_NUM_THREADS`` defaults to 1 for
+libraries loaded later, and threadpoolctl limits those already loaded): the
+BO step runs in XLA and host BLAS calls are tiny, but an idle OpenBLAS worker
+thread busy-waits, and SciPy's (loaded for the Sobol sequences) was measured
+taking half of the core that XLA computes on for a whole vmapped run.
+
 Skipped when ``EEIPU_JAX_NO_PIN=1``, when a GPU plugin is installed, when the
 platform has no ``sched_setaffinity``, or when the JAX backend already exists
 (then a warning says so).
@@ -45,6 +51,20 @@ def _has_gpu_plugin() -> bool:
     )
 
 
+def limit_host_blas_threads() -> None:
+    """One thread for host BLAS libraries (see module doc); ``OPENBLAS_NUM_THREADS``
+    / ``OMP_NUM_THREADS`` set by the user are respected."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if var in os.environ:
+            return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import threadpoolctl
+    except ImportError:  # optional: only libraries loaded from now on are limited
+        return
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
 def pin_xla_cpu_threads() -> int | None:
     """Create the JAX CPU backend with a one-thread intra-op pool (see module doc).
 
@@ -67,6 +87,7 @@ def pin_xla_cpu_threads() -> int | None:
             stacklevel=3,
         )
         return None
+    limit_host_blas_threads()
     mask = os.sched_getaffinity(0)
     if len(mask) <= 1:
         return None
