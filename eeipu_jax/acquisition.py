@@ -189,11 +189,19 @@ class Method:
     Attributes:
         name: registry key.
         score: the acquisition, ``score(x, memo_depth, AcqState) -> float``.
-        cost_model: ``"none"``, ``"total"`` (one GP on the summed cost) or
-            ``"stages"`` (one GP per stage).
+        cost_model: ``"none"``, ``"total"`` (one GP on the summed cost),
+            ``"stages"`` (one GP per stage) or ``"prefix_objective"`` (no cost
+            GP; one objective GP per stage prefix, whose warm-start
+            parameters live in the state's cost-model slots; see
+            :mod:`eeipu_jax.msbo`).
         memoize: whether the method proposes memoized-prefix candidates (and
             the driver restores cached stages for it).
         description: one line for ``--help`` and tables.
+        propose: optional ``propose(key, state, config) -> (Proposal, state)``
+            replacing the default BO step (fit surrogates, score one candidate
+            batch with ``score``, refine) for methods that search differently
+            (:mod:`eeipu_jax.lambo`, :mod:`eeipu_jax.msbo`). It runs inside the
+            jitted ``ask``, so it must be traceable with fixed shapes.
     """
 
     name: str
@@ -201,9 +209,10 @@ class Method:
     cost_model: str = "none"
     memoize: bool = False
     description: str = ""
+    propose: Callable | None = None
 
     def __post_init__(self):
-        if self.cost_model not in ("none", "total", "stages"):
+        if self.cost_model not in ("none", "total", "stages", "prefix_objective"):
             raise ValueError(f"Method {self.name!r}: unknown cost_model {self.cost_model!r}")
 
 

@@ -162,7 +162,7 @@ class BOConfig:
 
     @property
     def n_cost_models(self) -> int:
-        return self.n_stages if self.method_def.cost_model == "stages" else 1
+        return self.n_stages if self.method_def.cost_model in ("stages", "prefix_objective") else 1
 
     def snap(self, u):
         """Snap unit-cube rows to representable points (JAX-traceable)."""
@@ -366,6 +366,17 @@ def _cost_data(state: BOState, config: BOConfig, valid):
     return log_c, ok & valid[:, None], jnp.asarray(input_masks, state.X.dtype)
 
 
+def effective_objective(state: BOState):
+    """``(valid, y_eff)``: which rows hold trials, and the objective with failed
+    trials set to the worst value observed (0 in padded rows)."""
+    N = state.X.shape[0]
+    valid = jnp.arange(N) < state.n
+    ok_y = valid & ~state.failed
+    worst = jnp.min(jnp.where(ok_y, state.y, jnp.inf))
+    worst = jnp.where(jnp.isfinite(worst), worst, 0.0)
+    return valid, jnp.where(valid, jnp.where(state.failed, worst, state.y), 0.0)
+
+
 def acquisition_state(key, state: BOState, config: BOConfig):
     """Fit all surrogates of ``config.method`` and build its :class:`AcqState`.
 
@@ -375,12 +386,7 @@ def acquisition_state(key, state: BOState, config: BOConfig):
     """
     method = config.method_def
     gcfg = config.gp
-    N = state.X.shape[0]
-    valid = jnp.arange(N) < state.n
-    ok_y = valid & ~state.failed
-    worst = jnp.min(jnp.where(ok_y, state.y, jnp.inf))
-    worst = jnp.where(jnp.isfinite(worst), worst, 0.0)
-    y_eff = jnp.where(valid, jnp.where(state.failed, worst, state.y), 0.0)
+    valid, y_eff = effective_objective(state)
     cold = (state.n_bo % config.refit_every) == 0
     k_fit, k_mc = jax.random.split(key)
 
@@ -389,7 +395,7 @@ def acquisition_state(key, state: BOState, config: BOConfig):
     best = jnp.max(jnp.where(valid, y_eff, -jnp.inf))
     targets, masks, input_masks = y_eff[:, None], valid[:, None], jnp.ones((1, config.dim), state.X.dtype)
     init = jax.tree.map(lambda a: a[None], state.obj_params)
-    has_costs = method.cost_model != "none"
+    has_costs = method.cost_model in ("total", "stages")
     if has_costs:
         log_c, cmasks, cinput = _cost_data(state, config, valid)
         targets = jnp.concatenate([targets, log_c], axis=1)
@@ -432,6 +438,8 @@ def acquisition_state(key, state: BOState, config: BOConfig):
 
 def _bo_proposal(key, state: BOState, config: BOConfig):
     method = config.method_def
+    if method.propose is not None:
+        return method.propose(key, state, config)
     k_fit, k_cand = jax.random.split(key)
     acq, obj_params, cost_params, y_eff = acquisition_state(k_fit, state, config)
 

@@ -8,7 +8,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.name = "synthetic_paper"
     c.pipelines = ["synthetic3", "synthetic5", "synthetic10"]
-    c.methods = ["ei", "eips", "carbo", "ms_carbo", "eeipu"]
+    c.methods = ["ei", "eips", "carbo", "ms_carbo", "lambo", "ms_bo", "eeipu"]
     c.seeds = 10
     c.seed_offset = 0
     c.budget = None  # each pipeline's own budget

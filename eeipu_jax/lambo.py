@@ -1,0 +1,165 @@
+"""LaMBO: lazy modular Bayesian optimization (Lin et al., 2021).
+
+LaMBO tunes a modular pipeline whose early modules are expensive to switch. It
+partitions the early stages' space with a multi-stage exploration tree
+(MSET), runs a slowly-moving bandit over the tree's leaves, and searches each
+iteration inside the leaf the bandit picks, switching early-stage regions
+lazily. This module implements it as follows (every choice is ours where the
+paper leaves room, and differs from the EEIPU authors' code where noted):
+
+**Tree (MSET).** One level per non-last stage ``s = 0..K-2``; level ``s``
+splits stage ``s``'s box in two halves along that stage's first column (at
+0.5 in the unit cube). A leaf is a choice of half for every early stage, so
+there are ``2^(K-1)`` leaves, they partition the whole box, and leaf ``l``'s
+bit ``s`` (most significant bit = stage 0) says which half of stage ``s`` it
+holds. The last stage is never partitioned. (The authors' MSET took "lower
+half of all of a stage's columns" vs "upper half of all of them", two boxes
+that do not cover the space.)
+
+**Bandit.** Exponential weights with uniform mixing (EXP3): a leaf's
+probability is ``p = (1 - gamma) softmax(-lr * L) + gamma / n_leaves`` where
+``L`` accumulates importance-weighted losses ``loss_t / p_t(leaf_t)`` of the
+leaf each BO trial fell in. A trial's loss is ``1 - r`` with ``r`` its
+objective rescaled to ``[0, 1]`` over every trial seen so far (failed trials:
+loss 1). The whole bandit state is a deterministic function of the trials in
+order, so it is replayed inside ``ask`` from the observations (a
+``fori_loop`` over the fixed-capacity arrays): it needs no extra state and
+survives checkpoints and ``--resume`` unchanged. ``lr = 1``, ``gamma = 0.1``.
+
+**Lazy switching.** As in the slowly-moving bandit LaMBO builds on (and the
+authors' implementation of it), signs ``sigma_h in {-1, +1}`` are drawn
+uniformly for ``h = 0..H-1`` (``H = K - 1``) with ``sigma_{H-1} = -1``; the
+first ``h`` with ``sigma_h = -1`` is the number of top levels that must stay
+where the previous trial was. The next leaf is drawn from the bandit's
+probabilities restricted to the previous trial's subtree at that depth, so
+the earliest (most expensive) stages switch least often.
+
+**Search inside the leaf.** Quasi-random candidates are mapped into the
+chosen leaf (early stages' split columns into their half; the rest over the
+full box) and scored by GP-UCB with ``beta = BOConfig.ucb_beta`` (0.2, the
+value in the authors' runs). The authors' code computed the leaf box but then
+searched the whole box (their LaMBO reduces to GP-UCB); here the leaf
+constrains the search, as the paper describes. The switching cost LaMBO
+trades off is not modelled separately: every trial is charged in full and
+nothing is memoized, as for the EEIPU paper's baselines.
+
+Everything is jittable with fixed shapes (``n_leaves = 2^(K-1)``), so LaMBO
+runs under both drivers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eeipu_jax import acquisition as acqlib
+from eeipu_jax import candidates as candlib
+
+__all__ = ["split_columns", "leaf_of", "leaf_bits", "bandit_probabilities", "switch_depth", "propose",
+           "LEARNING_RATE", "GAMMA"]
+
+LEARNING_RATE = 1.0
+GAMMA = 0.1
+
+
+def split_columns(stage_of_column) -> np.ndarray:
+    """Column index split at each tree level: the first column of stages ``0..K-2``."""
+    soc = np.asarray(stage_of_column)
+    K = int(soc.max()) + 1
+    return np.array([int(np.argmax(soc == s)) for s in range(K - 1)], np.int32)
+
+
+def leaf_bits(n_levels: int) -> np.ndarray:
+    """``(2^H, H)`` bits of each leaf, most significant (stage 0) first."""
+    leaves = np.arange(2**n_levels)
+    return ((leaves[:, None] >> (n_levels - 1 - np.arange(n_levels))[None, :]) & 1).astype(np.int32)
+
+
+def leaf_of(x, split_cols) -> jax.Array:
+    """Leaf index of unit-cube points ``x (..., d)``."""
+    H = len(split_cols)
+    bits = (x[..., np.asarray(split_cols)] >= 0.5).astype(jnp.int32)
+    return jnp.sum(bits * (2 ** (H - 1 - jnp.arange(H))), axis=-1)
+
+
+def bandit_probabilities(leaves, y, use, n_leaves: int, lr: float = LEARNING_RATE, gamma: float = GAMMA):
+    """Replay the EXP3 bandit over the trials in order.
+
+    Args:
+        leaves: ``(N,)`` leaf of each trial.
+        y: ``(N,)`` objective (NaN for failed trials).
+        use: ``(N,)`` which rows are bandit rounds (BO trials, in order).
+        n_leaves: number of leaves.
+
+    Returns:
+        ``(n_leaves,)`` probabilities after the last round.
+    """
+    def probs(L):
+        return (1.0 - gamma) * jax.nn.softmax(-lr * L) + gamma / n_leaves
+
+    def body(i, carry):
+        L, lo, hi = carry
+        ok = use[i]
+        yi = y[i]
+        finite = jnp.isfinite(yi)
+        lo_new = jnp.where(ok & finite, jnp.minimum(lo, yi), lo)
+        hi_new = jnp.where(ok & finite, jnp.maximum(hi, yi), hi)
+        r = jnp.where(hi_new > lo_new, (yi - lo_new) / (hi_new - lo_new), 0.5)
+        loss = jnp.where(finite, 1.0 - r, 1.0)
+        p = probs(L)
+        upd = jnp.zeros_like(L).at[leaves[i]].set(loss / p[leaves[i]])
+        return jnp.where(ok, L + upd, L), lo_new, hi_new
+
+    L0 = jnp.zeros((n_leaves,), y.dtype)
+    L, _, _ = jax.lax.fori_loop(0, y.shape[0], body, (L0, jnp.asarray(jnp.inf, y.dtype), jnp.asarray(-jnp.inf, y.dtype)))
+    return probs(L)
+
+
+def switch_depth(key, n_levels: int):
+    """Number of top tree levels kept from the previous leaf (0 = free switch)."""
+    if n_levels == 0:
+        return jnp.asarray(0, jnp.int32)
+    sigma = jax.random.bernoulli(key, 0.5, (n_levels,))  # True = -1
+    sigma = sigma.at[n_levels - 1].set(True)
+    return jnp.argmax(sigma).astype(jnp.int32)
+
+
+def propose(key, state, config):
+    """One LaMBO step (the ``propose`` hook of the registered method)."""
+    from eeipu_jax import loop
+
+    split_cols = split_columns(config.stage_of_column)
+    H = len(split_cols)
+    n_leaves = 2**H
+    bits = jnp.asarray(leaf_bits(H))
+    k_fit, k_depth, k_arm, k_cand = jax.random.split(key, 4)
+    acq, obj_params, cost_params, _ = loop.acquisition_state(k_fit, state, config)
+
+    N = state.X.shape[0]
+    rows = jnp.arange(N)
+    valid = rows < state.n
+    leaves = leaf_of(state.X, split_cols)
+    p = bandit_probabilities(leaves, jnp.where(valid, state.y, jnp.nan), valid & ~state.warmup, n_leaves)
+    prev = leaves[jnp.maximum(state.n - 1, 0)]
+    h = switch_depth(k_depth, H)
+    same_top = jnp.all((bits == bits[prev][None, :]) | (jnp.arange(H)[None, :] >= h), axis=1)
+    arm = jax.random.categorical(k_arm, jnp.where(same_top, jnp.log(p), -jnp.inf))
+
+    cand = candlib.quasi_random(k_cand, config.n_random, config.dim, state.X.dtype)
+    half = bits[arm].astype(state.X.dtype)  # (H,)
+    cand = cand.at[:, split_cols].set(0.5 * half[None, :] + 0.5 * cand[:, split_cols])
+    vals = jax.vmap(lambda x: acqlib.ucb(x, 0, acq))(cand)
+    vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
+    i = jnp.argmax(vals)
+    x = config.snap(cand[i])
+    prop = loop.Proposal(x=x, memo_depth=jnp.asarray(0, jnp.int32), source=jnp.asarray(-1, jnp.int32),
+                         score=vals[i], eta=acq.eta)
+    return prop, state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1)
+
+
+acqlib.register(acqlib.Method(
+    "lambo", acqlib.ucb, "none", False,
+    "lazy modular BO: EXP3 bandit over a tree of early-stage regions, lazy switching, GP-UCB in the leaf",
+    propose=propose,
+))

@@ -1,0 +1,122 @@
+"""LaMBO and MS_BO: tree membership, bandit replay, switching depth, prefix posteriors, short runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eeipu_jax import acquisition, gp, lambo, loop, msbo, simulate
+from pipelines.synthetic import get_pipeline
+from tests.test_gp import reference_posterior
+
+SOC = (0, 0, 1, 1, 1, 2, 3, 3)  # K = 4 stages: 3 tree levels, 8 leaves
+
+
+def test_methods_are_registered():
+    assert {"lambo", "ms_bo"} <= set(acquisition.METHODS)
+    assert acquisition.get_method("ms_bo").propose is msbo.propose
+    assert loop.BOConfig(stage_of_column=SOC, bins=(0,) * 8, method="ms_bo").n_cost_models == 4
+
+
+def test_leaf_membership_against_a_loop_over_leaf_boxes():
+    split = lambo.split_columns(SOC)
+    assert split.tolist() == [0, 2, 5]  # first column of stages 0, 1, 2; the last stage is not split
+    bits = lambo.leaf_bits(3)
+    X = np.random.default_rng(0).uniform(size=(300, 8)).astype(np.float32)
+    X[:5, 2] = 0.5  # the boundary belongs to the upper half
+    got = np.asarray(lambo.leaf_of(jnp.asarray(X), split))
+    for x, leaf in zip(X, got):
+        inside = []
+        for l in range(8):  # leaf l: stage s's split column in [0, .5) if bit 0, [.5, 1] if bit 1
+            lo = np.where(bits[l] == 1, 0.5, 0.0)
+            hi = np.where(bits[l] == 1, 1.0, 0.5)
+            c = x[split]
+            if np.all((c >= lo) & ((c < hi) | (hi == 1.0))):
+                inside.append(l)
+        assert inside == [leaf]  # exactly one leaf: the tree partitions the box
+
+
+def test_bandit_replay_against_a_numpy_exp3_loop():
+    rng = np.random.default_rng(1)
+    N, n_leaves = 24, 4
+    leaves = rng.integers(0, n_leaves, N)
+    y = rng.normal(size=N)
+    y[7] = np.nan  # a failed trial: loss 1
+    use = np.ones(N, bool)
+    use[:5] = False  # warm-up rows are not bandit rounds
+    use[20:] = False  # padding
+    # Reference: plain Python EXP3 with uniform mixing.
+    L = np.zeros(n_leaves)
+    lo, hi = np.inf, -np.inf
+    lr, gamma = lambo.LEARNING_RATE, lambo.GAMMA
+
+    def probs(L):
+        w = np.exp(-lr * (L - L.min()))
+        return (1 - gamma) * w / w.sum() + gamma / n_leaves
+
+    for i in range(N):
+        if not use[i]:
+            continue
+        if np.isfinite(y[i]):
+            lo, hi = min(lo, y[i]), max(hi, y[i])
+            loss = 1.0 - ((y[i] - lo) / (hi - lo) if hi > lo else 0.5)
+        else:
+            loss = 1.0
+        p = probs(L)
+        L[leaves[i]] += loss / p[leaves[i]]
+    ref = probs(L)
+    got = np.asarray(lambo.bandit_probabilities(jnp.asarray(leaves), jnp.asarray(y, jnp.float32),
+                                                jnp.asarray(use), n_leaves))
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    assert got.sum() == pytest.approx(1.0, abs=1e-6) and got.min() >= gamma / n_leaves - 1e-7
+
+
+def test_switch_depth_follows_the_slowly_moving_bandit_law():
+    keys = jax.random.split(jax.random.key(0), 20000)
+    h = np.asarray(jax.vmap(lambda k: lambo.switch_depth(k, 3))(keys))
+    freq = np.bincount(h, minlength=3) / len(h)
+    np.testing.assert_allclose(freq, [0.5, 0.25, 0.25], atol=0.015)  # first sigma = -1, the last forced
+    assert int(lambo.switch_depth(jax.random.key(1), 0)) == 0
+
+
+def test_prefix_gps_match_numpy_posteriors_on_their_prefixes():
+    cfg = loop.BOConfig(stage_of_column=(0, 0, 1, 2), bins=(0,) * 4, method="ms_bo", n_warmup=3)
+    state = loop.init(cfg, 100.0, capacity=16)
+    rng = np.random.default_rng(2)
+    X = rng.uniform(size=(9, 4)).astype(np.float32)
+    y = np.sin(3 * X[:, 0]) + X[:, 2] - X[:, 3] ** 2
+    for x, v in zip(X, y):
+        state = loop.tell(state, x, float(v), np.ones(3, np.float32))
+    params, posts, best = jax.jit(msbo.fit_prefix_gps, static_argnums=2)(jax.random.key(0), state, cfg)
+    masks = msbo.prefix_input_masks(cfg.stage_of_column, 3)
+    assert masks.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    ystd = (y - y.mean()) / y.std(ddof=1)
+    Xs = rng.uniform(size=(5, 4)).astype(np.float32)
+    for k in range(3):
+        p = jax.tree.map(lambda a: a[k], params)
+        ls, amp, noise = (np.asarray(v, np.float64) for v in gp.constrain(p, cfg.gp))
+        cols = masks[k].astype(bool)
+        mu_ref, var_ref, _ = reference_posterior(X[:, cols].astype(np.float64), ystd, Xs[:, cols].astype(np.float64),
+                                                 ls[cols], amp, noise, float(p.mean))
+        post = jax.tree.map(lambda a: a[k], posts)
+        mu, var = jax.vmap(lambda x: gp.predict(post, x))(jnp.asarray(Xs))
+        np.testing.assert_allclose(np.asarray(mu), mu_ref, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(np.asarray(var), var_ref, rtol=2e-3, atol=2e-3)
+        mu_obs, _, _ = reference_posterior(X[:, cols].astype(np.float64), ystd, X[:, cols].astype(np.float64),
+                                           ls[cols], amp, noise, float(p.mean))
+        assert float(best[k]) == pytest.approx(mu_obs.max(), abs=2e-3)  # incumbent: best posterior mean
+        assert float(best[k]) <= ystd.max() + 1e-3
+
+
+@pytest.mark.parametrize("method", ["ms_bo", "lambo"])
+def test_short_runs_improve_on_the_warm_up(method):
+    """Four seeds of the 3-stage pipeline at the paper's budget (jitted driver)."""
+    pipe = get_pipeline("synthetic3")
+    cfg = loop.BOConfig.from_space(pipe.space, method=method, n_warmup=10)
+    keys = jnp.stack([jax.random.key(s) for s in range(4)])
+    runs = simulate.run_jitted(keys, pipe, cfg, 400.0)
+    warm = np.array([np.nanmax(r.y[:10]) for r in runs])
+    best = np.array([np.nanmax(r.y) for r in runs])
+    assert all(len(r.y) > 15 for r in runs)
+    assert best.mean() > warm.mean() and (best > warm).sum() >= 2
+    assert all(np.all(r.memo_depth == 0) for r in runs)  # baselines never memoize
