@@ -84,3 +84,6 @@ def get_pipeline(name: str) -> Pipeline:
 
 register_pipeline("toy", "pipelines.toy:make_toy")
 register_pipeline("toy-small", "pipelines.toy:make_toy_small")
+register_pipeline("stacking", "pipelines.stacking:make_pipeline")
+register_pipeline("stacking-tiny", "pipelines.stacking:make_tiny")
+register_pipeline("stacking-gpu", "pipelines.stacking:make_gpu")
