@@ -1,6 +1,7 @@
 """The ``eeipu`` command: one entry point for the experiment scripts.
 
     eeipu synthetic [...]   the synthetic comparison      (python -m experiments.synthetic)
+    eeipu real [...]        the real-pipeline comparison  (python -m experiments.real)
     eeipu run [...]         a tuning run on a pipeline    (python -m experiments.run)
     eeipu figures DIR       figures from a results folder (python -m paper_figures.synthetic)
 """
@@ -11,6 +12,7 @@ import sys
 
 _COMMANDS = {
     "synthetic": ("experiments.synthetic", "the synthetic comparison (methods x pipelines x seeds)"),
+    "real": ("experiments.real", "the real-pipeline comparison (stacking, segmentation, language)"),
     "run": ("experiments.run", "a crash-safe tuning run on a (real) pipeline with the stage cache"),
     "figures": ("paper_figures.synthetic", "draw figures and the summary table from a results folder"),
 }
