@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
 from eeipu_jax.space import Float, Int
 from pipelines.base import Pipeline, Stage
@@ -190,7 +191,6 @@ def _mlp_fit_predict(key, x, y, x_eval, lr, *, hidden: int, steps: int):
 
 def level0_learners(size: StackingSize, p: dict, seed: int, key: jax.Array) -> dict:
     """``name -> fit_predict(x_train, y_train, x_eval) -> P(y=1 | x_eval)`` for the four learners."""
-    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
     def sk(model):
         def fit_predict(x, y, x_eval):
