@@ -12,7 +12,7 @@ import sys
 
 _COMMANDS = {
     "synthetic": ("experiments.synthetic", "the synthetic comparison (methods x pipelines x seeds)"),
-    "real": ("experiments.real", "the real-pipeline comparison (methods x pipelines x seeds, wall-clock budget)"),
+    "real": ("experiments.real", "the real-pipeline comparison (stacking, segmentation, language)"),
     "run": ("experiments.run", "a crash-safe tuning run on a (real) pipeline with the stage cache"),
     "figures": ("paper_figures.synthetic", "draw figures and the summary table from a results folder"),
     "stage-regret": ("paper_figures.stage_regret", "per-stage regret of the best points of synthetic runs"),

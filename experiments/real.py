@@ -1,19 +1,31 @@
-"""The real-pipeline comparison: methods x pipelines x seeds at a fixed wall-clock budget.
+"""The real-pipeline comparison: methods x pipelines x seeds at one wall-clock budget.
 
 Usage::
 
-    python -m experiments.real --config real_cpu                    # the CPU-size comparison
-    python -m experiments.real --config real_cpu --set seeds=1 --set budget=30.0 --set "methods=['ei','eeipu']"
+    python -m experiments.real --config real_cpu                       # the full CPU comparison
+    python -m experiments.real --config real_smoke                     # stacking, EI vs EEIPU, 30 s
+    python -m experiments.real --config real_cpu --set seeds=5 --set "pipelines=['stacking']"
 
-Each run is a crash-safe tuning run (:func:`experiments.run.run_tuning`: orbax
-stage cache, trials.jsonl, BOState checkpoints) in ``<out>/tuning/<pipeline>/<method>/seed<k>``
-with its own stage cache. Before its timed run, each worker process runs one
-untimed trial of the pipeline (imports, data preparation and JAX compilation),
-so that no method's first trial pays the process's start-up. Finished runs are
-converted into the synthetic benchmark's results format
-(``<out>/runs/run_<pipeline>_<method>_<seed>.json``), so the summary, the
-headline ratios and the figures are computed by the same code; a run whose
-results file exists is skipped (resume, or add methods to a results directory).
+Each (pipeline, method, seed) job is one crash-safe tuning run
+(:func:`experiments.run.run_tuning`, called in-process) with its own run and
+stage-cache directories, ``<out>/tuning/<pipeline>/<method>/seed<k>/``. Every
+method of a seed starts from the same warm-up configurations (the optimizer's
+key depends on the seed only) and gets the same budget of measured seconds.
+When a run ends its ``trials.jsonl`` is converted into the synthetic
+benchmark's results format, ``<out>/runs/run_<pipeline>_<method>_<seed>.json``
+(:func:`experiments.common.write_run`), so the summaries
+(:func:`experiments.common.summarize`, :func:`~experiments.common.headline`)
+and the figures (:mod:`paper_figures.real`) work unchanged.
+
+Jobs run in ``--workers`` processes (default 2), each with
+``OMP_NUM_THREADS=1`` unless it is set; a progress bar counts finished runs.
+Rerunning the same command resumes: runs with a results file are skipped, an
+interrupted run continues from its checkpoint (``RunSpec.resume``).
+
+Outputs: ``<out>/summary.md`` (iterations and best objective per method,
+mean ± standard error, and the paper's two headline figures computed its way,
+beside the paper's +103% / +108%), ``<out>/summary.json``, and figures in
+``<out>/figures``.
 """
 
 from __future__ import annotations
@@ -21,6 +33,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import logging
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -31,147 +45,222 @@ from tqdm import tqdm
 
 from experiments import common
 
-__all__ = ["run_one", "convert", "main"]
+__all__ = ["run_job", "trials_to_run", "plan_jobs", "main", "PAPER_HEADLINE"]
 
-PAPER = {"candidates": 1.03, "gain": 1.08}  # the paper's real-pipeline headline figures (+103%, +108%)
+logger = logging.getLogger(__name__)
+
+#: The paper's headline figures (abstract of arXiv 2411.03731), averaged over its real pipelines.
+PAPER_HEADLINE = {"candidates": 1.03, "gain": 1.08}
 
 
-def convert(run_dir: str, out_path: str, *, pipeline: str, method: str, seed: int, budget: float,
-            n_warmup: int, extra: dict | None = None) -> None:
-    """A tuning run's ``trials.jsonl`` as a results file (:func:`experiments.common.write_run`).
+def _budget(cfg: dict, pipeline: str) -> float:
+    return float((cfg.get("budgets") or {}).get(pipeline, cfg["budget"]))
 
-    Failed trials keep ``y = NaN``; ``x`` holds the unit-cube point.
+
+def _run_dir(out: str, pipeline: str, method: str, seed: int) -> str:
+    return os.path.join(out, "tuning", pipeline, method, f"seed{seed}")
+
+
+def _result_path(out: str, pipeline: str, method: str, seed: int) -> str:
+    return os.path.join(out, "runs", f"run_{pipeline}_{method}_{seed}.json")
+
+
+def trials_to_run(trials_path: str, *, pipeline_name: str, method: str, seed: int, budget: float,
+                  n_warmup: int, out_path: str, extra: dict | None = None) -> int:
+    """Convert one tuning run's ``trials.jsonl`` into a results file.
+
+    ``x`` holds each trial's raw hyperparameter values in the search space's
+    column order (the unit-cube coordinates where a value is not numeric);
+    failed trials have ``y = None``.
+
+    Returns:
+        The number of trials converted.
     """
     from experiments.run import read_trials
-
-    recs = read_trials(os.path.join(run_dir, "trials.jsonl"))
-    if not recs:
-        raise ValueError(f"{run_dir}: no trials")
-    f = np.float64
-    common.write_run(
-        out_path, pipeline=pipeline, method=method, seed=seed, budget=budget, n_warmup=n_warmup,
-        x_raw=np.array([r["x"] for r in recs], f),
-        y=np.array([np.nan if r["y"] is None else r["y"] for r in recs], f),
-        stage_costs=np.array([[np.nan if c is None else c for c in r["stage_costs"]] for r in recs], f),
-        memo_depth=np.array([r["memo_depth"] for r in recs]),
-        charged=np.array([r["charged"] for r in recs], f),
-        eta=np.array([np.nan if r.get("eta") is None else r["eta"] for r in recs], f),
-        extra=dict(extra or {}, statuses=[r["status"] for r in recs]),
-    )
-
-
-def _process_warmup(pipeline_name: str, seed: int) -> float:
-    """One untimed trial at the middle of the box (imports, data, compilation)."""
     from pipelines.registry import get_pipeline
-    from pipelines.runner import Runner
 
-    pipe = get_pipeline(pipeline_name)
-    t0 = time.perf_counter()
-    Runner(pipe, seed=seed, cache=None).run(pipe.space.from_unit(np.full(pipe.space.dim, 0.5)))
-    return time.perf_counter() - t0
+    records = read_trials(trials_path)
+    if not records:
+        raise ValueError(f"{trials_path} holds no trials")
+    space_names = [(s.name, [p.name for p in s.params]) for s in get_pipeline(pipeline_name).stages]
+
+    def raw_row(rec):
+        try:
+            return [float(rec["params"][s][p]) for s, names in space_names for p in names]
+        except (TypeError, ValueError, KeyError):
+            return [float(v) for v in rec["x"]]
+
+    def num(v):
+        return float("nan") if v is None else float(v)
+
+    common.write_run(
+        out_path, pipeline=pipeline_name, method=method, seed=seed, budget=budget, n_warmup=n_warmup,
+        x_raw=np.array([raw_row(r) for r in records], np.float64),
+        y=np.array([num(r["y"]) if r["status"] == "ok" else np.nan for r in records]),
+        stage_costs=np.array([[num(c) for c in r["stage_costs"]] for r in records]),
+        memo_depth=np.array([r["memo_depth"] for r in records]),
+        charged=np.array([r["charged"] for r in records]),
+        eta=np.array([num(r.get("eta")) for r in records]),
+        extra=dict(
+            status=[r["status"] for r in records],
+            stage_seconds=[[num(c) for c in r["stage_seconds"]] for r in records],
+            params=[r["params"] for r in records],
+            **(extra or {}),
+        ),
+    )
+    return len(records)
 
 
-def run_one(pipeline: str, method: str, seed: int, cfg: dict, out: str) -> dict:
-    """One tuning run and its results file (runs in a worker process)."""
+def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> dict:
+    """One tuning run (resumed if interrupted), then its results file. Runs in a worker."""
     from experiments.run import RunSpec, run_tuning
 
-    warm_seconds = _process_warmup(pipeline, seed)
-    run_dir = os.path.join(out, "tuning", pipeline, method, f"seed{seed}")
-    spec = RunSpec(pipeline=pipeline, method=method, budget=float(cfg["budget"]), seed=seed, out=run_dir,
-                   n_warmup=int(cfg["n_warmup"]), cache_policy=cfg["cache_policy"], progress=False,
-                   resume=os.path.exists(os.path.join(run_dir, "trials.jsonl")),
-                   stage_timeout=cfg.get("stage_timeout"))
+    result = _result_path(out, pipeline_name, method, seed)
+    if os.path.exists(result):
+        return dict(pipeline=pipeline_name, method=method, seed=seed, skipped=True, seconds=0.0)
+    run_dir = _run_dir(out, pipeline_name, method, seed)
+    budget = _budget(cfg, pipeline_name)
+    spec = RunSpec(
+        pipeline=pipeline_name, method=method, budget=budget, seed=int(seed), out=run_dir,
+        cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=cfg.get("cache_max_bytes"),
+        n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
+        bo_options=tuple(sorted((cfg.get("bo") or {}).items())), max_trials=cfg.get("max_trials"),
+        progress=False, resume=os.path.exists(os.path.join(run_dir, "config.json")),
+    )
     t0 = time.perf_counter()
     summary = run_tuning(spec)
     seconds = time.perf_counter() - t0
-    convert(run_dir, os.path.join(out, "runs", f"run_{pipeline}_{method}_{seed}.json"), pipeline=pipeline,
-            method=method, seed=seed, budget=float(cfg["budget"]), n_warmup=int(cfg["n_warmup"]),
-            extra=dict(driver="tuning-run", job_seconds=seconds, process_warmup_seconds=warm_seconds))
-    return dict(pipeline=pipeline, method=method, seed=seed, seconds=seconds, n_trials=summary.get("n_trials"))
+    trials_to_run(
+        os.path.join(run_dir, "trials.jsonl"), pipeline_name=pipeline_name, method=method, seed=seed,
+        budget=budget, n_warmup=int(cfg["n_warmup"]), out_path=result,
+        extra=dict(job_seconds=seconds, summary_spent=summary["spent"], n_failed=summary["n_failed"]),
+    )
+    return dict(pipeline=pipeline_name, method=method, seed=seed, skipped=False, seconds=seconds,
+                n_trials=summary["n_trials"], best=(summary["best"] or {}).get("y"))
+
+
+def plan_jobs(cfg) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """``(jobs, skipped_pipelines)``; raises on unknown methods or no pipeline left."""
+    from eeipu_jax.acquisition import get_method
+    from pipelines.registry import available_pipelines
+
+    for m in cfg.methods:
+        get_method(m)  # a clear error before any compute
+    if cfg.seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
+    known = set(available_pipelines())
+    pipelines = [p for p in cfg.pipelines if p in known or ":" in p]
+    skipped = [p for p in cfg.pipelines if p not in pipelines]
+    if not pipelines:
+        raise ValueError(f"none of the pipelines {list(cfg.pipelines)} is registered; registered: {sorted(known)}")
+    seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
+    # Seed-major order: with a limited time, every method gets the same seeds first.
+    return [(p, m, s) for p in pipelines for s in seeds for m in cfg.methods], skipped
 
 
 def _init_worker(counter):
+    """One CPU per worker for XLA, and single-threaded BLAS/OpenMP in the learners."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with counter.get_lock():
         os.environ["EEIPU_JAX_CPU"] = str(counter.value)
         counter.value += 1
 
 
-def headline_vs_paper(head: dict) -> str:
-    """The two headline figures beside the paper's."""
-    avg = head.get("mean", {})
-    if not avg:
+def _headline_md(head: dict) -> str:
+    if not head.get("mean"):
         return ""
-    c, g = avg.get("candidates"), avg.get("gain")
-    fmt = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{100 * v:+.0f}%"  # noqa: E731
-    return (f"EEIPU vs the average baseline, averaged over pipelines: {fmt(c)} candidates "
-            f"(paper: +{100 * PAPER['candidates']:.0f}%), {fmt(g)} gain of the metric after warm-up "
-            f"(paper: +{100 * PAPER['gain']:.0f}%).")
+    m = head["mean"]
+    return (
+        "\n## Headline figures (the paper's definitions, reference section 5.3)\n\n"
+        "| figure | here (EEIPU vs the average baseline, mean over pipelines) | paper |\n|---|---|---|\n"
+        f"| more candidates within the budget | {m['candidates']:+.0%} | +{PAPER_HEADLINE['candidates']:.0%} |\n"
+        f"| larger gain of the metric after warm-up | {m['gain']:+.0%} | +{PAPER_HEADLINE['gain']:.0%} |\n\n"
+        "Candidates = BO trials after warm-up within the budget (the last one may overshoot); gain = best "
+        "objective at the end minus best at the end of warm-up. The paper's numbers average its own three "
+        "real pipelines (Home Credit stacking, drone segmentation, T5 distillation on GPUs); ours are offline "
+        "CPU stand-ins, so only the direction is comparable.\n"
+    )
+
+
+def summarize_results(out: str, cfg, wall: float | None = None, jobs: list | None = None) -> str:
+    """Write ``summary.md`` / ``summary.json`` from the results files; returns the markdown."""
+    runs = common.read_runs(os.path.join(out, "runs"))
+    runs = [r for r in runs if r["pipeline"] in cfg.pipelines and r["method"] in cfg.methods]
+    table = common.summarize(runs)
+    head = common.headline(table)
+    md = common.format_table(table, head) + "\n" + _headline_md(head)
+    budgets = ", ".join(f"{p}: {_budget(cfg.to_dict(), p):g} s" for p in table)
+    intro = (f"Config `{cfg.name}`: seeds {cfg.seed_offset}..{cfg.seed_offset + cfg.seeds - 1}, "
+             f"warm-up {cfg.n_warmup}, budgets {budgets}" + (f", wall {wall:.0f} s" if wall else "") + ".\n\n")
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(intro + md)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(dict(table=table, headline=head, paper=PAPER_HEADLINE, wall_seconds=wall, jobs=jobs or []),
+                  f, indent=2, default=lambda v: None)
+    return intro + md
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m experiments.real", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="real_cpu", help="config name in experiments/configs or a path")
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.real",
+        description="Run the real-pipeline comparison (methods x pipelines x seeds) and summarize it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    ap.add_argument("--config", default="real_cpu",
+                    help="config name in experiments/configs or a path to a file with get_config()")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (repeatable)")
     ap.add_argument("--out", default=None, help="results directory (default results/<config name>)")
-    ap.add_argument("--workers", type=int, default=None, help="parallel runs (processes); default min(2, CPUs)")
+    ap.add_argument("--workers", type=int, default=2, help="parallel runs (processes)")
     ap.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     args = ap.parse_args(argv)
 
     cfg = common.apply_overrides(common.load_config(args.config), args.overrides)
-    from eeipu_jax.acquisition import get_method
-    from pipelines.registry import get_pipeline
-
-    for m in cfg.methods:
-        get_method(m)
-    for p in cfg.pipelines:
-        get_pipeline(p)
-    if cfg.seeds < 1 or not cfg.budget > 0:
-        raise ValueError(f"seeds must be >= 1 and budget > 0, got {cfg.seeds}, {cfg.budget}")
+    jobs, skipped = plan_jobs(cfg)
+    for p in skipped:
+        print(f"warning: pipeline {p!r} is not registered here; skipped", file=sys.stderr)
+    cfg.pipelines = [p for p in cfg.pipelines if p not in skipped]
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     out = args.out or os.path.join("results", cfg.name)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per run; workers inherit it
-
-    seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
-    jobs = [(p, m, s) for p in cfg.pipelines for m in cfg.methods for s in seeds
-            if not os.path.exists(os.path.join(out, "runs", f"run_{p}_{m}_{s}.json"))]
-    workers = args.workers or min(2, os.cpu_count() or 1)
     cfg_dict = cfg.to_dict()
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg_dict, f, indent=2)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the worker processes
+
+    timings = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"{cfg.name}: runs", unit="run", file=sys.stdout)
-    timings = []
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("i", 0)
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
-        futs = {pool.submit(run_one, p, m, s, cfg_dict, out): (p, m, s) for p, m, s in jobs}
-        for fut in cf.as_completed(futs):
-            timings.append(fut.result())
-            bar.set_postfix_str("/".join(map(str, futs[fut])))
+    if args.workers == 1:
+        for p, m, s in jobs:
+            bar.set_postfix_str(f"{p}/{m}/seed{s}")
+            timings.append(run_job(p, m, s, cfg_dict, out))
             bar.update()
+    else:
+        ctx = mp.get_context("spawn")  # JAX is not fork-safe
+        counter = ctx.Value("i", 0)
+        with cf.ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(counter,)) as pool:
+            futs = {pool.submit(run_job, p, m, s, cfg_dict, out): (p, m, s) for p, m, s in jobs}
+            for fut in cf.as_completed(futs):
+                timings.append(fut.result())
+                p, m, s = futs[fut]
+                bar.set_postfix_str(f"{p}/{m}/seed{s}")
+                bar.update()
     bar.close()
     wall = time.perf_counter() - t0
-
-    runs = [r for r in common.read_runs(os.path.join(out, "runs"))
-            if r["pipeline"] in cfg.pipelines and r["method"] in cfg.methods and r["seed"] in seeds]
-    table = common.summarize(runs)
-    head = common.headline(table)
-    md = common.format_table(table, head) + "\n\n" + headline_vs_paper(head)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(f"Config `{cfg.name}`, {cfg.seeds} seeds, budget {cfg.budget:g} s per run, wall {wall:.0f} s.\n\n{md}\n")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(dict(table=table, headline=head, wall_seconds=wall, runs=timings), f, indent=2)
+    md = summarize_results(out, cfg, wall, timings)
     print()
     print(md)
     print(f"\nwall time {wall:.0f} s; results in {out}/")
     if not args.no_figures:
-        from paper_figures import synthetic as figs
+        from paper_figures import real as figs
 
         print("figures: " + ", ".join(figs.draw(out)))
-    return table
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

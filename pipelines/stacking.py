@@ -1,195 +1,325 @@
-"""Stacking (model-ensemble) pipeline: level-0 learners with out-of-fold predictions -> meta-learner.
+"""The stacking (model-ensemble) pipeline: level-0 learners -> logistic meta-learner.
 
-The EEIPU paper's "ML, model ensembles" pipeline, at CPU size. Two timed stages,
-as in the paper (preprocessing is untimed and done once in ``prepare``):
+The paper's "ML, model ensembles" pipeline (arXiv 2411.03731; the authors'
+``stacking/modelling.py``), with its stage structure and hyperparameters:
 
-* **Stage 0, ``level0``** -- four learners, each fitted with 3-fold out-of-fold
-  (OOF) stacking (``KFold(3, shuffle=True, random_state=0)``): for each fold, fit
-  on two thirds of the training set, predict the held-out third (its OOF column)
-  and the test set (averaged over the folds). Hyperparameters and ranges are the
-  authors' (``sampling-range-stacking.json``):
+* **preprocessing** (``prepare``; untimed, not a BO stage, like the authors'):
+  the ``credit_table`` dataset (:mod:`pipelines.data.credit_table`, prepared
+  once through tfds), features standardized with the training statistics, a
+  fixed shuffled 3-fold split of the training rows (seed 0);
+* **stage 0, ``level0``** (the expensive stage): four learners, each with
+  3-fold out-of-fold (OOF) predictions on the training rows and the
+  fold-averaged prediction on the test rows:
 
-  ============================  ==============================================  ==============
-  parameter                     learner (scikit-learn)                          range
-  ============================  ==============================================  ==============
-  ``n_estimators0``             ExtraTrees ``n_estimators``                     int [1, 20]
-  ``learning_rate0``            gradient boosting, XGBoost's role: ``learning_rate``   [0.001, 0.999]
-  ``max_depth0``                ... and ``max_depth``                           int [1, 100]
-  ``n_estimators1``             RandomForest ``n_estimators``                   int [1, 20]
-  ``max_depth1``                RandomForest ``max_depth``                      int [1, 100]
-  ``learning_rate1``            gradient boosting, CatBoost's role: ``learning_rate`` [0.001, 0.999]
-  ============================  ==============================================  ==============
+  - ``hgb`` (the authors' XGBoost): scikit-learn ``HistGradientBoostingClassifier``
+    (logistic loss), ``learning_rate0``, ``max_depth0``;
+  - ``et``: ``ExtraTreesClassifier``, ``n_estimators0``;
+  - ``rf``: ``RandomForestClassifier``, ``n_estimators1``, ``max_depth1``;
+  - ``mlp`` (the authors' CatBoost, a fourth learner whose learning rate is
+    tuned): a one-hidden-layer JAX MLP trained full-batch with Adam at
+    ``lr = 0.1 * learning_rate1``;
 
-  XGBoost and CatBoost are not dependencies of this project; their roles are
-  played by scikit-learn's ``HistGradientBoostingClassifier`` (100 rounds, 15 at
-  the tiny size; the
-  CatBoost-like one with depth 6 and L2 leaf regularization 3, CatBoost's
-  defaults). Output: the OOF matrix ``(n_train, 4)`` and the test matrix
-  ``(n_test, 4)`` of positive-class probabilities (cached by the runtime).
-* **Stage 1, ``meta``** -- L2-regularized logistic regression on the four
-  meta-features, written in JAX: minimizes ``C * sum(logloss) + ||w||^2 / 2``
-  (scikit-learn's convention) with optax's L-BFGS until the gradient norm is
-  below ``tol`` or ``max_iter`` iterations (``C`` [0.1, 10], ``tol`` [1e-5, 1e-2]
-  log scale, ``max_iter`` int [10, 300]). Objective: test ROC-AUC (maximized).
+  output: the OOF matrix ``(n_train, 4)``, the test matrix ``(n_test, 4)`` and
+  the labels (cached by the runner with orbax);
+* **stage 1, ``meta``**: L2 logistic regression in JAX on the four
+  meta-features, scikit-learn's convention (mean log-loss plus
+  ``||w||^2 / (2 C n)``, intercept unpenalized), L-BFGS (optax) until the
+  largest gradient entry is below ``tol`` or ``max_iter`` iterations;
+  ``C``, ``tol``, ``max_iter``. Objective: ROC-AUC on the test rows (maximize).
 
-Stage 0 dominates the cost (seconds vs milliseconds), as in the paper, so
-memoizing it (a candidate that keeps the level-0 hyperparameters and changes
-only the meta-learner's) saves nearly a whole trial.
-
-Data: the ``credit_table`` tfds builder (:mod:`pipelines.data.credit_table`), an
-offline stand-in for the paper's Home Credit table; ``dataset="name"`` takes a
-public tfds dataset with ``x``/``y``-like features instead (needs internet).
-Sizes: ``cpu`` (8,000 rows, default), ``tiny`` (1,200 rows, for tests).
+Sizes (``size``): ``"tiny"`` (tests: 427/142 rows, milliseconds to a second
+per trial), ``"cpu"`` (default: 6,000/2,000 rows x 40 features, a few seconds
+per trial on one core), ``"gpu"``/``"paper"`` (75,000/25,000 rows, more
+boosting rounds and a wider MLP).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
 from eeipu_jax.space import Float, Int
 from pipelines.base import Pipeline, Stage
 
-__all__ = ["make_pipeline", "make_tiny", "roc_auc", "fit_logistic"]
+__all__ = ["StackingSize", "SIZES", "make_pipeline", "make_tiny", "roc_auc", "fit_logistic", "meta_objective", "level0_learners"]
 
-N_FOLDS = 3
-ROUNDS = {"cpu": 100, "tiny": 15}  # boosting rounds of the two gradient-boosting learners
-
-
-def roc_auc(scores, labels) -> float:
-    """ROC-AUC by the rank (Mann-Whitney) formula, ties counted as one half."""
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC-AUC needs both classes in the labels")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+LEARNERS = ("hgb", "et", "rf", "mlp")
 
 
-def _logistic_loss(params, x, y, c):
-    z = x @ params["w"] + params["b"]
-    logloss = jnp.sum(jnp.logaddexp(0.0, z) - y * z)
-    return c * logloss + 0.5 * jnp.sum(params["w"] ** 2)
+@dataclasses.dataclass(frozen=True)
+class StackingSize:
+    """Sizes of one scale of the pipeline.
+
+    Attributes:
+        data_config: ``credit_table`` config (``tiny``/``cpu``/``gpu``).
+        hgb_iter: boosting rounds of the gradient-boosted trees.
+        mlp_hidden: hidden units of the MLP learner.
+        mlp_steps: full-batch Adam steps of the MLP learner.
+        n_folds: folds of the out-of-fold predictions.
+    """
+
+    data_config: str
+    hgb_iter: int
+    mlp_hidden: int
+    mlp_steps: int
+    n_folds: int = 3
+
+
+SIZES = {
+    "tiny": StackingSize("tiny", hgb_iter=10, mlp_hidden=16, mlp_steps=30),
+    "cpu": StackingSize("cpu", hgb_iter=100, mlp_hidden=32, mlp_steps=200),
+    "gpu": StackingSize("gpu", hgb_iter=200, mlp_hidden=128, mlp_steps=400),
+}
+SIZES["paper"] = SIZES["gpu"]
+
+
+# ------------------------------------------------------------------ metrics
+@jax.jit
+def roc_auc(y_true: jax.Array, score: jax.Array) -> jax.Array:
+    """ROC-AUC by the rank formula (Mann-Whitney U), ties given average ranks.
+
+    Args:
+        y_true: ``(n,)`` labels in {0, 1} (both present).
+        score: ``(n,)`` scores, larger = more positive.
+
+    Returns:
+        The area under the ROC curve (NaN if one class is absent).
+    """
+    score = jnp.asarray(score, jnp.float32)
+    pos = jnp.asarray(y_true) > 0
+    s = jnp.sort(score)
+    # average 1-based rank of each value among ties
+    rank = 0.5 * (jnp.searchsorted(s, score, side="left") + jnp.searchsorted(s, score, side="right") + 1)
+    n_pos = jnp.sum(pos)
+    n_neg = pos.shape[0] - n_pos
+    u = jnp.sum(jnp.where(pos, rank, 0.0)) - n_pos * (n_pos + 1) / 2.0
+    return u / (n_pos * n_neg)
+
+
+# ------------------------------------------------------------- meta-learner
+@jax.jit
+def fit_logistic(x: jax.Array, y: jax.Array, C, tol, max_iter) -> tuple[jax.Array, jax.Array]:
+    """L2 logistic regression with scikit-learn's ``lbfgs`` conventions.
+
+    Minimizes ``mean_i logloss(y_i, w.x_i + b) + ||w||^2 / (2 C n)`` with optax
+    L-BFGS (zoom line search) until ``max |grad| <= tol`` or ``max_iter``
+    iterations. ``C``, ``tol`` and ``max_iter`` are traced (one compile).
+
+    Returns:
+        ``(coef (d + 1,), n_iter)``, the intercept last.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    n, d = x.shape
+    xb = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=1)
+    penalty = jnp.concatenate([jnp.ones(d, x.dtype), jnp.zeros(1, x.dtype)])
+
+    def loss(w):
+        z = xb @ w
+        return jnp.mean(jax.nn.softplus(z) - y * z) + jnp.sum(penalty * w * w) / (2.0 * C * n)
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+    grad_fn = jax.grad(loss)
+
+    def cond(carry):
+        _, _, it, gmax = carry
+        return (it < max_iter) & (gmax > tol)
+
+    def body(carry):
+        w, state, it, _ = carry
+        value, grad = value_and_grad(w, state=state)
+        updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=loss)
+        w = optax.apply_updates(w, updates)
+        return w, state, it + 1, jnp.max(jnp.abs(grad_fn(w)))
+
+    w0 = jnp.zeros(d + 1, x.dtype)
+    init = (w0, opt.init(w0), jnp.int32(0), jnp.max(jnp.abs(grad_fn(w0))))
+    w, _, it, _ = jax.lax.while_loop(cond, body, init)
+    return w, it
 
 
 @jax.jit
-def fit_logistic(x, y, c, tol, max_iter):
-    """L2 logistic regression (scikit-learn's objective) by optax L-BFGS.
+def meta_objective(train_meta, train_y, test_meta, test_y, C, tol, max_iter) -> dict:
+    """Fit the meta-learner; ``{"objective": test ROC-AUC, "train_auc", "n_iter"}``."""
+    w, n_iter = fit_logistic(train_meta, train_y, C, tol, max_iter)
+    return {
+        "objective": roc_auc(test_y, jnp.asarray(test_meta, jnp.float32) @ w[:-1] + w[-1]),
+        "train_auc": roc_auc(train_y, jnp.asarray(train_meta, jnp.float32) @ w[:-1] + w[-1]),
+        "n_iter": n_iter,
+    }
 
-    Stops when the gradient's infinity norm is below ``tol`` or after
-    ``max_iter`` iterations (both traced: one compilation for every value).
 
-    Returns:
-        ``(params, n_iter)``.
+# ------------------------------------------------------------ level-0 learners
+@functools.partial(jax.jit, static_argnames=("hidden", "steps"))
+def _mlp_fit_predict(key, x, y, x_eval, lr, *, hidden: int, steps: int):
+    """One-hidden-layer MLP, full-batch Adam on the log-loss; probabilities on ``x_eval``."""
+    k1, k2 = jax.random.split(key)
+    d = x.shape[1]
+    params = {
+        "w1": jax.random.normal(k1, (d, hidden), x.dtype) / math.sqrt(d),
+        "b1": jnp.zeros((hidden,), x.dtype),
+        "w2": jax.random.normal(k2, (hidden,), x.dtype) / math.sqrt(hidden),
+        "b2": jnp.zeros((), x.dtype),
+    }
+
+    def logits(p, inp):
+        return jnp.tanh(inp @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+    def loss(p):
+        z = logits(p, x)
+        return jnp.mean(jax.nn.softplus(z) - y * z)
+
+    opt = optax.adam(lr)
+
+    def step(_, carry):
+        p, s = carry
+        g = jax.grad(loss)(p)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    params, _ = jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))
+    return jax.nn.sigmoid(logits(params, x_eval))
+
+
+def level0_learners(size: StackingSize, p: dict, seed: int, key: jax.Array) -> dict:
+    """``name -> fit_predict(x_train, y_train, x_eval) -> P(y=1 | x_eval)`` for the four learners."""
+
+    def sk(model):
+        def fit_predict(x, y, x_eval):
+            return model.fit(x, y).predict_proba(x_eval)[:, 1]
+        return fit_predict
+
+    def mlp(x, y, x_eval):
+        out = _mlp_fit_predict(key, jnp.asarray(x), jnp.asarray(y, jnp.float32), jnp.asarray(x_eval),
+                               jnp.float32(0.1 * p["learning_rate1"]), hidden=size.mlp_hidden, steps=size.mlp_steps)
+        return np.asarray(out)
+
+    return {
+        "hgb": sk(HistGradientBoostingClassifier(
+            learning_rate=p["learning_rate0"], max_depth=int(p["max_depth0"]), max_iter=size.hgb_iter,
+            max_leaf_nodes=None, early_stopping=False, random_state=seed)),
+        "et": sk(ExtraTreesClassifier(n_estimators=int(p["n_estimators0"]), random_state=seed, n_jobs=1)),
+        "rf": sk(RandomForestClassifier(n_estimators=int(p["n_estimators1"]), max_depth=int(p["max_depth1"]),
+                                        random_state=seed, n_jobs=1)),
+        "mlp": mlp,
+    }
+
+
+# --------------------------------------------------------------- the pipeline
+def _prepare(size: StackingSize, data_dir: str | None) -> dict:
+    from pipelines.data import load_arrays
+
+    train = load_arrays("credit_table", "train", config=size.data_config, data_dir=data_dir)
+    test = load_arrays("credit_table", "test", config=size.data_config, data_dir=data_dir)
+    mean = train["x"].mean(axis=0)
+    std = train["x"].std(axis=0) + 1e-6
+    fold = np.random.default_rng(0).permutation(len(train["label"])) % size.n_folds
+    data = {
+        "x_train": ((train["x"] - mean) / std).astype(np.float32),
+        "y_train": train["label"].astype(np.int32),
+        "x_test": ((test["x"] - mean) / std).astype(np.float32),
+        "y_test": test["label"].astype(np.int32),
+        "fold": fold.astype(np.int32),
+    }
+    _compile_ahead(size, data)
+    return data
+
+
+def _compile_ahead(size: StackingSize, data: dict) -> None:
+    """Compile the jitted pieces for this data's shapes, untimed.
+
+    Stage costs should measure compute, not one-off XLA compilation (which
+    would otherwise be charged to whichever trial happens to come first and
+    depend on the state of the persistent compilation cache).
     """
-    params = {"w": jnp.zeros((x.shape[1],), x.dtype), "b": jnp.zeros((), x.dtype)}
-    loss = lambda p: _logistic_loss(p, x, y, c)  # noqa: E731
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def cond(carry):
-        _, state, i, gnorm = carry
-        return (i < max_iter) & (gnorm > tol)
-
-    def body(carry):
-        p, state, i, _ = carry
-        value, grad = value_and_grad(p, state=state)
-        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
-        p = optax.apply_updates(p, updates)
-        gnorm = jnp.max(jnp.abs(jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(jax.grad(loss)(p))])))
-        return p, state, i + 1, gnorm
-
-    init = (params, opt.init(params), jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, x.dtype))
-    p, _, n, _ = jax.lax.while_loop(cond, body, init)
-    return p, n
+    x, y, fold = data["x_train"], data["y_train"], data["fold"]
+    key = jax.random.key(0)
+    int(jax.random.randint(key, (), 0, 2**31 - 1))  # the eager op level0 uses to derive its seed
+    for f in range(size.n_folds):
+        tr, va = fold != f, fold == f
+        x_eval = np.concatenate([x[va], data["x_test"]])
+        _mlp_fit_predict(key, jnp.asarray(x[tr]), jnp.asarray(y[tr], jnp.float32), jnp.asarray(x_eval),
+                         jnp.float32(1e-3), hidden=size.mlp_hidden, steps=size.mlp_steps).block_until_ready()
+    k = len(LEARNERS)
+    out = meta_objective(np.zeros((len(y), k), np.float32), y, np.zeros((len(data["y_test"]), k), np.float32),
+                         data["y_test"], jnp.float32(1.0), jnp.float32(1e-4), jnp.int32(1))
+    jax.block_until_ready(out)
 
 
-def _learners(p: dict, seed: int, rounds: int):
-    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
-
-    return [
-        HistGradientBoostingClassifier(learning_rate=p["learning_rate0"], max_depth=int(p["max_depth0"]),
-                                       max_iter=rounds, early_stopping=False, random_state=seed),
-        ExtraTreesClassifier(n_estimators=int(p["n_estimators0"]), random_state=seed, n_jobs=1),
-        RandomForestClassifier(n_estimators=int(p["n_estimators1"]), max_depth=int(p["max_depth1"]),
-                               random_state=seed, n_jobs=1),
-        HistGradientBoostingClassifier(learning_rate=p["learning_rate1"], max_depth=6, l2_regularization=3.0,
-                                       max_iter=rounds, early_stopping=False, random_state=seed),
-    ]
-
-
-def _level0(data, p, key):
-    from sklearn.model_selection import KFold
-
-    rounds = ROUNDS[data["size"]]
-    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-    x, y, xt = data["train"]["x"], data["train"]["y"], data["test"]["x"]
-    oof = np.zeros((len(x), 4), np.float32)
-    test = np.zeros((len(xt), 4), np.float32)
-    for tr, va in KFold(N_FOLDS, shuffle=True, random_state=0).split(x):
-        for j, model in enumerate(_learners(p, seed, rounds)):
-            model.fit(x[tr], y[tr])
-            oof[va, j] = model.predict_proba(x[va])[:, 1]
-            test[:, j] += model.predict_proba(xt)[:, 1] / N_FOLDS
-    return {"oof": oof, "test": test, "y": y.astype(np.float32), "y_test": data["test"]["y"].astype(np.float32)}
-
-
-def _meta(level0, p, key):
-    del key  # deterministic
-    w, n_iter = fit_logistic(jnp.asarray(level0["oof"]), jnp.asarray(level0["y"]), jnp.float32(p["C"]),
-                             jnp.float32(p["tol"]), jnp.int32(p["max_iter"]))
-    scores = np.asarray(jnp.asarray(level0["test"]) @ w["w"] + w["b"])
-    return {"objective": roc_auc(scores, level0["y_test"]), "n_iter": int(n_iter)}
-
-
-def make_pipeline(size: str = "cpu", *, dataset: str | None = None, data_dir: str | None = None) -> Pipeline:
-    """The stacking pipeline.
+def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str | None = None) -> Pipeline:
+    """Build the stacking pipeline.
 
     Args:
-        size: ``"cpu"`` (8,000 rows) or ``"tiny"`` (1,200 rows).
-        dataset: a public tfds dataset name to use instead of the offline table
-            (its ``features``/``label``-style columns must be exposed as ``x``/``y``).
-        data_dir: tfds data directory (default: see :mod:`pipelines.data.common`).
+        size: ``"tiny"``, ``"cpu"``, ``"gpu"`` or ``"paper"`` (see :data:`SIZES`).
+        data_dir: tfds data directory (default: ``$EEIPU_JAX_DATA_DIR`` or
+            ``~/.cache/eeipu_jax/tensorflow_datasets``).
+        name: pipeline name (default ``"stacking"``, ``"stacking-<size>"`` for
+            other sizes).
+
+    Returns:
+        A two-stage :class:`~pipelines.base.Pipeline`.
     """
-    if size not in ("cpu", "tiny"):
-        raise ValueError(f"stacking: size must be 'cpu' or 'tiny', got {size!r}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
+    sz = SIZES[size]
+    name = name or ("stacking" if size == "cpu" else f"stacking-{size}")
 
-    def prepare():
-        from pipelines.data.common import load_arrays
-        from pipelines.data.credit_table import CreditTable
+    def level0(data, p, key):
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        learners = level0_learners(sz, p, seed, key)
+        x, y, fold = data["x_train"], data["y_train"], data["fold"]
+        oof = np.zeros((len(y), len(LEARNERS)), np.float32)
+        test = np.zeros((len(data["y_test"]), len(LEARNERS)), np.float32)
+        for f in range(sz.n_folds):
+            tr, va = fold != f, fold == f
+            x_eval = np.concatenate([x[va], data["x_test"]])
+            for j, lname in enumerate(LEARNERS):
+                pred = learners[lname](x[tr], y[tr], x_eval)
+                oof[va, j] = pred[: va.sum()]
+                test[:, j] += pred[va.sum():] / sz.n_folds
+        return {"train_meta": oof, "train_y": y, "test_meta": test, "test_y": data["y_test"]}
 
-        source = dataset or CreditTable
-        cfg = None if dataset else size
-        out = {"size": size}
-        for split in ("train", "test"):
-            arrays = load_arrays(source, split, data_dir_path=data_dir, config=cfg)
-            out[split] = {"x": np.asarray(arrays["x"], np.float32), "y": np.asarray(arrays["y"], np.int64)}
-        return out
+    def meta(feats, p, key):
+        del key  # deterministic
+        return meta_objective(feats["train_meta"], feats["train_y"], feats["test_meta"], feats["test_y"],
+                              jnp.float32(p["C"]), jnp.float32(p["tol"]), jnp.int32(p["max_iter"]))
 
-    stages = (
-        Stage("level0", _level0, (
-            Int("n_estimators0", 1, 20),
-            Float("learning_rate0", 0.001, 0.999),
-            Int("max_depth0", 1, 100),
-            Int("n_estimators1", 1, 20),
-            Int("max_depth1", 1, 100),
-            Float("learning_rate1", 0.001, 0.999),
-        )),
-        Stage("meta", _meta, (
-            Float("C", 0.1, 10.0),
-            Float("tol", 1e-5, 1e-2, log=True),
-            Int("max_iter", 10, 300),
-        )),
+    return Pipeline(
+        name=name,
+        version=f"1:{size}:{sz.data_config}:h{sz.hgb_iter}:m{sz.mlp_hidden}x{sz.mlp_steps}:f{sz.n_folds}",
+        stages=(
+            Stage("level0", level0, (
+                Int("n_estimators0", 1, 20),
+                Float("learning_rate0", 0.001, 0.999, log=True),
+                Int("max_depth0", 1, 12),
+                Int("n_estimators1", 1, 20),
+                Int("max_depth1", 1, 32),
+                Float("learning_rate1", 0.001, 0.999, log=True),
+            )),
+            Stage("meta", meta, (
+                Float("C", 0.1, 10.0, log=True),
+                Float("tol", 1e-5, 1e-2, log=True),
+                Int("max_iter", 10, 300),
+            )),
+        ),
+        prepare=lambda: _prepare(sz, data_dir),
+        description=f"stacking ({size}): 4 level-0 learners with 3-fold OOF -> JAX logistic regression, test ROC-AUC",
     )
-    name = "stacking" if size == "cpu" else f"stacking-{size}"
-    return Pipeline(name=name, version=f"1-{dataset or 'credit_table'}", stages=stages, prepare=prepare,
-                    description="level-0 ensemble with 3-fold OOF predictions -> JAX logistic meta-learner (ROC-AUC)")
 
 
-def make_tiny() -> Pipeline:
-    return make_pipeline("tiny")
+def make_tiny(**kwargs) -> Pipeline:
+    """The stacking pipeline at test size."""
+    return make_pipeline("tiny", **kwargs)
+
+
+def make_gpu(**kwargs) -> Pipeline:
+    """The stacking pipeline at the larger size."""
+    return make_pipeline("gpu", **kwargs)

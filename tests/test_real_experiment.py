@@ -1,4 +1,5 @@
-"""The real-pipeline comparison script on the tiny stacking pipeline."""
+"""The real-pipeline comparison script on stacking-tiny: runs, conversion to the
+results format, summary, figures, resume."""
 
 import json
 import os
@@ -7,32 +8,56 @@ import numpy as np
 import pytest
 
 from experiments import common
+from experiments import real
+
+ARGS = [
+    "--config", "real_smoke", "--workers", "1",
+    "--set", "pipelines=['stacking-tiny', 'not-registered']",
+    "--set", "methods=['ei', 'eeipu']",
+    "--set", "seeds=1", "--set", "budget=1e6", "--set", "n_warmup=3", "--set", "max_trials=6",
+    "--set", "bo={'n_random': 64, 'mc_samples': 64, 'n_refine': 0, 'n_per_prefix': 8}",
+]
 
 
-@pytest.mark.slow  # two spawned tuning runs with their JAX compilations: minutes on 2 cores
-def test_real_comparison_end_to_end(tmp_path, monkeypatch):
-    from experiments import real
-
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EEIPU_JAX_DATA_DIR", str(tmp_path / "tfds"))
+
+
+def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
     out = str(tmp_path / "res")
-    table = real.main(["--config", "real_cpu", "--out", out, "--workers", "1", "--no-figures",
-                       "--set", "pipelines=['stacking-tiny']", "--set", "methods=['ei','eeipu']",
-                       "--set", "seeds=1", "--set", "budget=12.0", "--set", "n_warmup=3"])
+    assert real.main(ARGS + ["--out", out]) == 0
+    assert "not registered" in capsys.readouterr().err
     runs = common.read_runs(os.path.join(out, "runs"))
-    assert {(r["method"], r["seed"]) for r in runs} == {("ei", 0), ("eeipu", 0)}
+    assert sorted((r["pipeline"], r["method"], r["seed"]) for r in runs) == [
+        ("stacking-tiny", "eeipu", 0), ("stacking-tiny", "ei", 0)]
     for r in runs:
-        trials = r["trials"]
-        spent = [t["spent"] for t in trials]
-        assert spent[-1] >= 12.0 > spent[-2]  # stopped by the wall-clock budget
-        assert sum(t["warmup"] for t in trials) == 3
-        # The results file is the tuning run's trials.jsonl, trial for trial.
-        with open(os.path.join(out, "tuning", "stacking-tiny", r["method"], "seed0", "trials.jsonl")) as f:
-            recs = [json.loads(line) for line in f if line.strip()]
-        assert [t["y"] for t in trials] == [rec["y"] for rec in recs]
-        assert [t["memo_depth"] for t in trials] == [rec["memo_depth"] for rec in recs]
-        np.testing.assert_allclose(spent[-1], sum(rec["charged"] for rec in recs))
-    assert all(t["memo_depth"] == 0 for r in runs if r["method"] == "ei" for t in r["trials"])
-    row = table["stacking-tiny"]["eeipu"]
-    assert row["seeds"] == 1 and row["iterations"] >= 1
-    with open(os.path.join(out, "summary.md")) as f:
-        assert "paper: +103%" in f.read()
+        lines = [json.loads(s) for s in open(os.path.join(out, "tuning", "stacking-tiny", r["method"], "seed0",
+                                                          "trials.jsonl"))]
+        assert len(r["trials"]) == len(lines) >= 3
+        np.testing.assert_allclose([t["spent"] for t in r["trials"]], np.cumsum([ln["charged"] for ln in lines]))
+        assert [t["y"] for t in r["trials"]] == [ln["y"] for ln in lines]
+        # raw values in the search space's column order: level0 (6 columns) then meta (3)
+        first = lines[0]["params"]
+        assert r["trials"][0]["x"][0] == first["level0"]["n_estimators0"]
+        assert r["trials"][0]["x"][-1] == first["meta"]["max_iter"]
+        assert r["n_warmup"] == 3 and r["budget"] == 1e6
+    # Same seed, same warm-up configurations for both methods.
+    assert runs[0]["trials"][0]["x"] == runs[1]["trials"][0]["x"]
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "**stacking-tiny**" in md and "+103%" in md and "+108%" in md
+    assert os.path.exists(os.path.join(out, "figures", "stacking-tiny.png"))
+    assert os.path.exists(os.path.join(out, "figures", "stacking-tiny_iterations.png"))
+    # Resume: finished runs are skipped, results untouched.
+    mtimes = {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in os.listdir(os.path.join(out, "runs"))}
+    assert real.main(ARGS + ["--out", out, "--no-figures"]) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert all(j["skipped"] for j in summary["jobs"])
+    assert {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in mtimes} == mtimes
+
+
+def test_bad_config_fails_before_compute():
+    with pytest.raises(ValueError, match="unknown method"):
+        real.main(["--config", "real_smoke", "--set", "methods=['nope']", "--no-figures"])
+    with pytest.raises(ValueError, match="none of the pipelines"):
+        real.main(["--config", "real_smoke", "--set", "pipelines=['nope']", "--no-figures"])

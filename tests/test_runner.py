@@ -199,3 +199,22 @@ def test_stage_over_its_time_limit_is_interrupted(tmp_path):
     assert res.status == "failed" and "time limit" in res.error and res.failed_stage == 0
     assert tp.COMPLETED[("flaky", "prep")] == done  # the 30 s sleep never returned
     assert np.isnan(res.stage_costs[1]) and res.charged > 0
+
+
+def test_prepare_is_not_charged():
+    import time
+
+    from eeipu_jax.space import Float
+    from pipelines.base import Pipeline, Stage
+
+    def slow_prepare():
+        time.sleep(0.5)
+        return {"a": np.float32(1.0)}
+
+    pipe = Pipeline("slow-prepare", "1", stages=(
+        Stage("s0", lambda d, p, k: {"v": d["a"] * p["x"]}, (Float("x", 0.0, 1.0),)),
+        Stage("s1", lambda o, p, k: o["v"] + p["y"], (Float("y", 0.0, 1.0),)),
+    ), prepare=slow_prepare)
+    res = Runner(pipe, seed=0).run({"s0": {"x": 0.5}, "s1": {"y": 0.25}})
+    assert res.ok and res.objective == pytest.approx(0.75)
+    assert res.charged < 0.4  # the 0.5 s of preparation is not part of the trial's charge

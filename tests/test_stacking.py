@@ -1,114 +1,109 @@
-"""Stacking pipeline and its offline tfds data: end to end, memoized restarts, failures, metrics."""
+"""The stacking pipeline: metric and meta-learner against scikit-learn, one trial,
+memoized restarts, failed trials inside a tuning run."""
 
-import math
-import os
+import dataclasses
+import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
+from experiments.run import RunSpec, run_tuning
+from pipelines.base import Stage
 from pipelines.cache import CachePolicy, StageCache
 from pipelines.registry import get_pipeline
 from pipelines.runner import Runner
+from pipelines.stacking import fit_logistic, make_tiny, roc_auc
+
+SMALL_BO = (("n_random", 64), ("mc_samples", 64), ("n_refine", 0), ("n_per_prefix", 8))
+P1 = {
+    "level0": {"n_estimators0": 5, "learning_rate0": 0.1, "max_depth0": 3, "n_estimators1": 4,
+               "max_depth1": 5, "learning_rate1": 0.2},
+    "meta": {"C": 1.0, "tol": 1e-4, "max_iter": 100},
+}
+P2 = {"level0": P1["level0"], "meta": {"C": 0.2, "tol": 1e-3, "max_iter": 30}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="module")
 def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("tfds"))
-    os.environ["EEIPU_JAX_DATA_DIR"] = d
+    mp = pytest.MonkeyPatch()
+    d = tmp_path_factory.mktemp("tfds")
+    mp.setenv("EEIPU_JAX_DATA_DIR", str(d))
     yield d
-    os.environ.pop("EEIPU_JAX_DATA_DIR", None)
+    mp.undo()
 
 
-PARAMS = {"level0": dict(n_estimators0=5, learning_rate0=0.1, max_depth0=3, n_estimators1=5, max_depth1=6,
-                         learning_rate1=0.2),
-          "meta": dict(C=1.0, tol=1e-4, max_iter=100)}
-
-
-def test_builder_prepares_once_and_reloads_without_tensorflow(data_dir):
-    import sys
-
-    from pipelines.data.common import load_arrays
-    from pipelines.data.credit_table import CreditTable
-
-    train = load_arrays(CreditTable, "train", config="tiny")
-    test = load_arrays(CreditTable, "test", config="tiny")
-    assert train["x"].shape == (900, 40) and test["x"].shape == (300, 40) and train["x"].dtype == np.float32
-    assert 0.03 < train["y"].mean() < 0.2  # imbalanced, as a default-rate table
-    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs if "array_record" in f)
-    assert files
-    mtimes = [os.path.getmtime(f) for f in files]
-    CreditTable._split_generators = None  # a second load must not generate again
-    try:
-        again = load_arrays(CreditTable, "train", config="tiny")
-    finally:
-        del CreditTable._split_generators
-    np.testing.assert_array_equal(again["x"], train["x"])
-    assert [os.path.getmtime(f) for f in files] == mtimes
-    assert "tensorflow" not in sys.modules
-    with pytest.raises(ValueError, match="unknown split"):
-        load_arrays(CreditTable, "validation", config="tiny")
-    with pytest.raises(ValueError, match="unknown config"):
-        load_arrays(CreditTable, "train", config="huge")
-
-
-def test_roc_auc_against_sklearn_and_a_pair_count():
-    from sklearn.metrics import roc_auc_score
-
-    from pipelines.stacking import roc_auc
-
+def test_roc_auc_matches_sklearn_with_ties():
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200)
-    s = np.round(rng.normal(size=200) + y, 1)  # with ties
-    assert roc_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    pos, neg = s[y == 1], s[y == 0]
-    pairs = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
-    assert roc_auc(s, y) == pytest.approx(pairs, abs=1e-12)
+    y = rng.integers(0, 2, 300)
+    score = np.round(rng.normal(size=300) + y, 1)  # many ties
+    assert float(roc_auc(y, score)) == pytest.approx(roc_auc_score(y, score), abs=1e-6)
+    assert float(roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))) == pytest.approx(0.75)
 
 
-def test_logistic_meta_learner_matches_sklearn():
-    from sklearn.linear_model import LogisticRegression
-
-    from pipelines.stacking import fit_logistic
-
+def test_logistic_matches_sklearn():
     rng = np.random.default_rng(1)
-    x = rng.uniform(size=(300, 4)).astype(np.float32)
-    y = (x @ np.array([2.0, -1.0, 0.5, 0.0]) + 0.3 * rng.normal(size=300) > 0.7).astype(np.float32)
-    w, n = fit_logistic(jnp.asarray(x), jnp.asarray(y), jnp.float32(0.5), jnp.float32(1e-5), jnp.int32(300))
-    ref = LogisticRegression(C=0.5, tol=1e-8, max_iter=1000).fit(x, y)
-    np.testing.assert_allclose(np.asarray(w["w"]), ref.coef_[0], rtol=2e-3, atol=2e-3)
-    assert float(w["b"]) == pytest.approx(ref.intercept_[0], abs=2e-3)
-    _, n1 = fit_logistic(jnp.asarray(x), jnp.asarray(y), jnp.float32(0.5), jnp.float32(1e-5), jnp.int32(3))
-    assert int(n1) == 3 and int(n) <= 300  # max_iter bounds the iterations
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 + rng.normal(size=400) > 0).astype(np.int32)
+    for C in (0.1, 3.0):
+        w, n_iter = fit_logistic(x, y, np.float32(C), np.float32(1e-7), np.int32(500))
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(x, y)
+        np.testing.assert_allclose(np.asarray(w[:-1]), ref.coef_[0], rtol=2e-3, atol=2e-4)
+        assert float(w[-1]) == pytest.approx(ref.intercept_[0], abs=1e-3)
+        assert 0 < int(n_iter) < 500
+    _, n_iter = fit_logistic(x, y, np.float32(1.0), np.float32(1e-7), np.int32(3))
+    assert int(n_iter) == 3  # max_iter stops it
 
 
-def test_trial_end_to_end_and_memoized_restart_gives_the_same_objective(data_dir, tmp_path):
+def test_one_trial_end_to_end():
     pipe = get_pipeline("stacking-tiny")
-    cache = StageCache(str(tmp_path / "cache"), CachePolicy("all"))
-    full = Runner(pipe, seed=0, cache=cache).run(PARAMS)
-    assert full.ok and full.memo_depth == 0 and 0.5 < full.objective <= 1.0
-    assert full.stage_costs[0] > full.stage_costs[1]  # the level-0 stage dominates the cost
-    again = Runner(pipe, seed=0, cache=cache).run(PARAMS)
-    assert again.memo_depth == 1 and again.objective == full.objective
-    fresh = Runner(pipe, seed=0, cache=None).run(PARAMS)
-    assert fresh.objective == full.objective  # same seed, from scratch
+    res = Runner(pipe, seed=0).run(P1, keep_outputs=True)
+    assert res.ok, res.error
+    feats = res.outputs[0]
+    assert feats["train_meta"].shape == (427, 4) and feats["test_meta"].shape == (142, 4)
+    assert np.all((feats["train_meta"] >= 0) & (feats["train_meta"] <= 1))
+    # Independent meta-learner and metric: sklearn on the same meta-features.
+    ref = LogisticRegression(C=1.0, tol=1e-4, max_iter=100).fit(feats["train_meta"], feats["train_y"])
+    expected = roc_auc_score(feats["test_y"], ref.decision_function(feats["test_meta"]))
+    assert res.objective == pytest.approx(expected, abs=2e-3)
+    assert 0.9 < res.objective <= 1.0
+    assert res.stage_costs[0] > 0 and res.stage_costs[1] > 0
 
 
-def test_a_raising_stage_is_a_failed_trial_and_the_run_goes_on(data_dir, tmp_path, monkeypatch):
-    from pipelines import stacking
+def test_memoized_restart_equals_full_run(tmp_path):
+    pipe = make_tiny()
+    cache = StageCache(tmp_path / "cache", CachePolicy("all"))
+    first = Runner(pipe, seed=3, cache=cache).run(P1)
+    assert first.ok and first.memo_depth == 0
+    memo = Runner(pipe, seed=3, cache=StageCache(tmp_path / "cache", CachePolicy("all"))).run(P2)
+    assert memo.ok and memo.memo_depth == 1  # level0 restored from orbax
+    scratch = Runner(pipe, seed=3).run(P2)
+    assert scratch.memo_depth == 0
+    assert memo.objective == scratch.objective
 
-    real = stacking._learners
 
-    def learners(p, seed, rounds):  # a level-0 learner that rejects one configuration
-        if p["n_estimators0"] == 7:
-            raise ValueError("ExtraTrees exploded")
-        return real(p, seed, rounds)
+def failing_tiny():
+    """stacking-tiny whose meta stage raises on its second call (an injected bad trial)."""
+    pipe = make_tiny(name="stacking-tiny-failing")
+    meta = pipe.stages[1]
+    calls = {"n": 0}
 
-    monkeypatch.setattr(stacking, "_learners", learners)
-    pipe = stacking.make_pipeline("tiny")
-    runner = Runner(pipe, seed=0, cache=None)
-    bad = {"level0": dict(PARAMS["level0"], n_estimators0=7), "meta": PARAMS["meta"]}
-    res = runner.run(bad)
-    assert res.status == "failed" and math.isnan(res.objective) and res.failed_stage == 0
-    assert "exploded" in res.error and res.charged > 0
-    assert runner.run(PARAMS).ok  # the next trial runs
+    def fn(feats, p, key):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("injected failure")
+        return meta.fn(feats, p, key)
+
+    return dataclasses.replace(pipe, stages=(pipe.stages[0], Stage(meta.name, fn, meta.params)))
+
+
+def test_failed_stage_is_a_failed_trial_and_the_run_goes_on(tmp_path):
+    spec = RunSpec(pipeline="tests.test_stacking:failing_tiny", method="ei", budget=1e6, seed=0,
+                   out=str(tmp_path / "run"), n_warmup=3, max_trials=5, bo_options=SMALL_BO, progress=False)
+    summary = run_tuning(spec)
+    lines = [json.loads(s) for s in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in lines] == ["ok", "failed", "ok", "ok", "ok"]
+    assert "injected failure" in lines[1]["error"] and lines[1]["failed_stage"] == 1
+    assert summary["n_trials"] == 5 and summary["n_failed"] == 1
+    assert summary["best"]["y"] == max(r["y"] for r in lines if r["status"] == "ok")
