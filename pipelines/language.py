@@ -1,0 +1,371 @@
+"""The language pipeline: T5-style teacher fine-tuning and distillation into a smaller student.
+
+The paper's "T5 distillation" pipeline (arXiv 2411.03731), with its stage
+structure and hyperparameters, on the offline ``pydoc_text`` dataset
+(:mod:`pipelines.data.pydoc_text`: Python docstrings -> their first
+sentence, a summarization-like seq2seq task):
+
+* **preparation** (``prepare``; untimed, not a BO stage): the train and
+  validation pairs, and a small encoder-decoder (:mod:`pipelines.t5`)
+  *pretrained* once on the ``pretrain`` corpus split (paragraphs of the Python
+  documentation) with a T5-like span-corruption task (one span replaced by a
+  sentinel; the target is the span). The pretrained parameters are saved
+  under the data directory (``<data_dir>/pretrained/``), keyed by the model
+  config, the step count and the data config, and loaded on later calls;
+* **stage 0, ``preprocess``**: byte tokenization to fixed-length int arrays
+  and batching (shuffled with the stage's key, remainder dropped);
+  ``batch_size`` (rounded down to a multiple of 8 to bound compilations);
+* **stage 1, ``teacher``**: fine-tuning of the pretrained model (AdamW,
+  ``lr``, ``weight_decay``) for a fixed number of epochs;
+* **stages 2-4, ``distill1..3``**: three distillation chunks, each
+  ``lr``, ``temperature``, ``weight_decay``; the student (a narrower,
+  shallower model) minimizes ``T^2 KL(softmax(t/T) || softmax(s/T)) +
+  CE(labels)`` per target token (Hinton et al. 2015), the teacher's logits
+  computed on the fly with the fine-tuned teacher. Each chunk continues from
+  the previous chunk's student parameters **and optimizer state** (AdamW
+  moments and step counter; the chunk's learning rate and weight decay
+  replace the previous ones through ``optax.inject_hyperparams``). The
+  authors' code re-initialized the student in every chunk, which makes the
+  first two chunks irrelevant to the objective; we do not copy that.
+  The last chunk also evaluates: objective = ROUGE-L F1 (word level,
+  lower-cased alphanumeric tokens) of the student's greedy decodes against
+  the validation references (maximize).
+
+Sizes (``size``): ``"tiny"`` (tests), ``"cpu"`` (default: seconds per stage
+on one core), ``"gpu"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from eeipu_jax.space import Float, Int
+from pipelines.base import Pipeline, Stage
+from pipelines.t5 import BOS, EOS, OFFSET, PAD, SENTINEL, T5, T5Config, decode_ids, encode_texts, greedy_decode, shift_right
+
+__all__ = [
+    "LangSize", "SIZES", "lcs_length", "rouge_l_f1", "rouge_l_corpus", "span_corruption", "pretrain_teacher",
+    "make_pipeline", "make_tiny", "make_gpu",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LangSize:
+    """Sizes of one scale of the pipeline.
+
+    Attributes:
+        data_config: ``pydoc_text`` config.
+        teacher: teacher model config.
+        student: student model config (same lengths).
+        n_train: training pairs used (at most).
+        n_val: validation pairs used (at most).
+        pretrain_steps: span-corruption steps of the one-off pretraining.
+        pretrain_batch: batch size of the pretraining.
+        teacher_epochs: fine-tuning epochs of the teacher.
+        chunk_epochs: epochs of each distillation chunk.
+    """
+
+    data_config: str
+    teacher: T5Config
+    student: T5Config
+    n_train: int
+    n_val: int
+    pretrain_steps: int
+    pretrain_batch: int
+    teacher_epochs: int
+    chunk_epochs: int
+
+
+SIZES = {
+    "tiny": LangSize("tiny", T5Config(32, 2, 1, 64, 64, 24), T5Config(16, 2, 1, 32, 64, 24),
+                     n_train=64, n_val=16, pretrain_steps=10, pretrain_batch=16, teacher_epochs=1, chunk_epochs=1),
+    "cpu": LangSize("cpu", T5Config(64, 4, 2, 128, 128, 48), T5Config(32, 2, 1, 64, 128, 48),
+                    n_train=384, n_val=48, pretrain_steps=300, pretrain_batch=32, teacher_epochs=2, chunk_epochs=1),
+    "gpu": LangSize("gpu", T5Config(256, 4, 4, 1024, 512, 96), T5Config(128, 4, 2, 512, 512, 96),
+                    n_train=100_000, n_val=100_000, pretrain_steps=5000, pretrain_batch=64, teacher_epochs=5,
+                    chunk_epochs=3),
+}
+
+
+# ------------------------------------------------------------------ ROUGE-L
+def lcs_length(a: list, b: list) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, NumPy rows)."""
+    if not a or not b:
+        return 0
+    prev = np.zeros(len(b) + 1, np.int64)
+    bb = np.asarray(b, dtype=object)
+    for x in a:
+        match = np.concatenate([[0], np.where(bb == x, prev[:-1] + 1, 0)])
+        cur = np.maximum(match, prev)
+        # left-to-right running max gives max(cur[j], cur[j-1]) chains
+        cur = np.maximum.accumulate(cur)
+        prev = cur
+    return int(prev[-1])
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def rouge_l_f1(candidate: str, reference: str) -> float:
+    """Sentence ROUGE-L F1 (Lin 2004, beta = 1) on lower-cased alphanumeric word tokens."""
+    c, r = _words(candidate), _words(reference)
+    lcs = lcs_length(c, r)
+    if lcs == 0:
+        return 0.0
+    p, q = lcs / len(c), lcs / len(r)
+    return 2 * p * q / (p + q)
+
+
+def rouge_l_corpus(candidates, references) -> float:
+    """Mean sentence ROUGE-L F1."""
+    if len(candidates) != len(references) or not len(candidates):
+        raise ValueError(f"need equally many candidates and references (got {len(candidates)}, {len(references)})")
+    return float(np.mean([rouge_l_f1(c, r) for c, r in zip(candidates, references)]))
+
+
+# ----------------------------------------------------------------- training
+def _masked_ce(logits, tgt):
+    mask = (tgt != PAD).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _adamw():
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
+
+
+def _with_hyper(state, lr, wd):
+    hp = dict(state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    hp["weight_decay"] = jnp.asarray(wd, jnp.float32)
+    return state._replace(hyperparams=hp)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "epochs"))
+def finetune(params, src, tgt, lr, wd, *, cfg: T5Config, epochs: int):
+    """Cross-entropy training over the batches ``src (nb, B, Ls)``, ``tgt (nb, B, Lt)`` for ``epochs``.
+
+    Returns:
+        ``(params, mean loss of the last epoch)``.
+    """
+    model = T5(cfg)
+    opt = _adamw()
+    state = _with_hyper(opt.init(params), lr, wd)
+
+    def step(carry, batch):
+        p, s = carry
+        s_, t_ = batch
+        loss, g = jax.value_and_grad(lambda q: _masked_ce(model.apply({"params": q}, s_, shift_right(t_)), t_))(p)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), loss
+
+    def epoch(carry, _):
+        carry, losses = jax.lax.scan(step, carry, (src, tgt))
+        return carry, jnp.mean(losses)
+
+    (params, _), losses = jax.lax.scan(epoch, (params, state), None, length=epochs)
+    return params, losses[-1]
+
+
+def distill_loss(student_logits, teacher_logits, tgt, temperature):
+    """Per-token ``T^2 KL(teacher_T || student_T) + CE(student, labels)``, averaged over non-PAD targets."""
+    mask = (tgt != PAD).astype(jnp.float32)
+    log_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    log_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(student_logits, tgt)
+    return jnp.sum((temperature**2 * kl + ce) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("teacher_cfg", "student_cfg", "epochs"))
+def distill_chunk(student, opt_state, teacher, src, tgt, lr, wd, temperature, *, teacher_cfg: T5Config,
+                  student_cfg: T5Config, epochs: int):
+    """One distillation chunk continuing ``(student, opt_state)``; returns ``(student, opt_state, loss)``."""
+    t_model, s_model = T5(teacher_cfg), T5(student_cfg)
+    opt = _adamw()
+    state = _with_hyper(opt_state, lr, wd)
+
+    def step(carry, batch):
+        p, s = carry
+        s_, t_ = batch
+        dec_in = shift_right(t_)
+        t_logits = jax.lax.stop_gradient(t_model.apply({"params": teacher}, s_, dec_in))
+        loss, g = jax.value_and_grad(
+            lambda q: distill_loss(s_model.apply({"params": q}, s_, dec_in), t_logits, t_, temperature))(p)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), loss
+
+    def epoch(carry, _):
+        carry, losses = jax.lax.scan(step, carry, (src, tgt))
+        return carry, jnp.mean(losses)
+
+    (student, state), losses = jax.lax.scan(epoch, (student, state), None, length=epochs)
+    return student, state, losses[-1]
+
+
+def init_params(key, cfg: T5Config):
+    """Fresh parameters of a model with ``cfg``."""
+    return T5(cfg).init(key, jnp.zeros((1, cfg.src_len), jnp.int32), jnp.zeros((1, cfg.tgt_len), jnp.int32))["params"]
+
+
+# -------------------------------------------------------------- pretraining
+def span_corruption(texts, cfg: T5Config, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """T5-like pretraining pairs: one span of each text replaced by SENTINEL; target = the span + EOS."""
+    src = np.zeros((len(texts), cfg.src_len), np.int32)
+    tgt = np.zeros((len(texts), cfg.tgt_len), np.int32)
+    for i, t in enumerate(texts):
+        ids = [b + OFFSET for b in t.encode("utf-8")][: cfg.src_len]
+        span = int(min(cfg.tgt_len - 1, max(1, len(ids) // 4)))
+        start = int(rng.integers(0, max(1, len(ids) - span + 1)))
+        s = ids[:start] + [SENTINEL] + ids[start + span:]
+        src[i, : len(s)] = s[: cfg.src_len]
+        y = ids[start:start + span] + [EOS]
+        tgt[i, : len(y)] = y
+    return src, tgt
+
+
+def pretrain_teacher(texts, cfg: T5Config, steps: int, batch: int, seed: int = 0):
+    """Span-corruption pretraining (AdamW 1e-3, constant); returns the parameters."""
+    rng = np.random.default_rng(seed)
+    src, tgt = span_corruption(list(texts), cfg, rng)
+    n_batches = max(1, len(src) // batch)
+    params = init_params(jax.random.key(seed), cfg)
+    done = 0
+    while done < steps:
+        k = min(n_batches, steps - done)
+        perm = rng.permutation(len(src))[: k * batch]
+        if len(perm) < k * batch:  # corpus smaller than a batch: sample with replacement
+            perm = rng.integers(0, len(src), k * batch)
+        perm = perm.reshape(k, batch)
+        params, _ = finetune(params, jnp.asarray(src[perm]), jnp.asarray(tgt[perm]), 1e-3, 1e-4, cfg=cfg, epochs=1)
+        done += k
+    return params
+
+
+def _load_or_pretrain(sz: LangSize, data_dir: str | None, corpus) -> dict:
+    from pipelines.data.common import default_data_dir
+
+    tag = hashlib.sha256(repr((sz.teacher, sz.pretrain_steps, sz.pretrain_batch, sz.data_config, 1)).encode()).hexdigest()[:16]
+    path = os.path.join(data_dir or default_data_dir(), "pretrained", f"t5-{tag}.msgpack")
+    template = init_params(jax.random.key(0), sz.teacher)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return serialization.from_bytes(template, f.read())
+    params = pretrain_teacher(corpus, sz.teacher, sz.pretrain_steps, sz.pretrain_batch)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(serialization.to_bytes(params))
+    os.replace(tmp, path)  # atomic: concurrent workers never read a partial file
+    return params
+
+
+def _prepare(sz: LangSize, data_dir: str | None) -> dict:
+    from pipelines.data.common import load_splits
+
+    d = load_splits("pydoc_text", ("train", "validation", "pretrain"), config=sz.data_config, data_dir=data_dir)
+    cfg = sz.teacher
+    train, val = d["train"], d["validation"]
+    return {
+        "train_src": train["source"][: sz.n_train],
+        "train_tgt": train["target"][: sz.n_train],
+        "val_src": encode_texts(val["source"][: sz.n_val], cfg.src_len),
+        "val_tgt": encode_texts(val["target"][: sz.n_val], cfg.tgt_len),
+        "teacher_init": _load_or_pretrain(sz, data_dir, d["pretrain"]["source"]),
+    }
+
+
+# ------------------------------------------------------------------ pipeline
+def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str | None = None) -> Pipeline:
+    """Build the language (T5-style distillation) pipeline.
+
+    Args:
+        size: ``"tiny"``, ``"cpu"`` or ``"gpu"`` (see :data:`SIZES`).
+        data_dir: tfds data directory (also holds the pretrained teacher).
+        name: pipeline name (default ``"language"``, ``"language-<size>"`` otherwise).
+
+    Returns:
+        A five-stage :class:`~pipelines.base.Pipeline`.
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
+    sz = SIZES[size]
+    name = name or ("language" if size == "cpu" else f"language-{size}")
+    tc, sc = sz.teacher, sz.student
+
+    def preprocess(data, p, key):
+        n = len(data["train_src"])
+        batch = min(int(p["batch_size"]), n) // 8 * 8
+        if batch < 8:
+            raise ValueError(f"batch_size {p['batch_size']} gives batches of {batch} ({n} training pairs); need >= 8")
+        src = encode_texts(data["train_src"], tc.src_len)
+        tgt = encode_texts(data["train_tgt"], tc.tgt_len)
+        nb = n // batch
+        perm = np.asarray(jax.random.permutation(key, n))[: nb * batch].reshape(nb, batch)
+        return {"src": jnp.asarray(src[perm]), "tgt": jnp.asarray(tgt[perm]), "val_src": jnp.asarray(data["val_src"]),
+                "val_tgt": jnp.asarray(data["val_tgt"]), "teacher": data["teacher_init"]}
+
+    def teacher(data, p, key):
+        del key  # starts from the pretrained parameters; batches already shuffled
+        params, loss = finetune(data["teacher"], data["src"], data["tgt"], jnp.float32(p["lr"]),
+                                jnp.float32(p["weight_decay"]), cfg=tc, epochs=sz.teacher_epochs)
+        return {**data, "teacher": params, "teacher_loss": loss}
+
+    def chunk(index: int):
+        def fn(data, p, key):
+            if index == 0:
+                student = init_params(key, sc)
+                opt_state = _adamw().init(student)
+            else:
+                student, opt_state = data["student"], data["opt_state"]
+            student, opt_state, loss = distill_chunk(
+                student, opt_state, data["teacher"], data["src"], data["tgt"], jnp.float32(p["lr"]),
+                jnp.float32(p["weight_decay"]), jnp.float32(p["temperature"]),
+                teacher_cfg=tc, student_cfg=sc, epochs=sz.chunk_epochs)
+            out = {k: v for k, v in data.items() if k not in ("teacher_loss",)}
+            out.update(student=student, opt_state=opt_state, distill_loss=loss)
+            if index < 2:
+                return out
+            decoded = np.asarray(greedy_decode(student, data["val_src"], cfg=sc))
+            cands = [decode_ids(r) for r in decoded]
+            refs = [decode_ids(r) for r in np.asarray(data["val_tgt"])]
+            return {"objective": rouge_l_corpus(cands, refs), "distill_loss": loss}
+        return fn
+
+    def chunk_params():
+        return (Float("lr", 1e-4, 1e-2, log=True), Float("temperature", 1.0, 8.0), Float("weight_decay", 1e-5, 1e-1, log=True))
+
+    return Pipeline(
+        name=name,
+        version=f"1:{size}:{sz.data_config}:{tc}:{sc}:{sz.n_train}:{sz.n_val}:{sz.pretrain_steps}:{sz.teacher_epochs}:{sz.chunk_epochs}",
+        stages=(
+            Stage("preprocess", preprocess, (Int("batch_size", 8, 64),)),
+            Stage("teacher", teacher, (Float("lr", 1e-5, 3e-3, log=True), Float("weight_decay", 1e-5, 1e-1, log=True))),
+            Stage("distill1", chunk(0), chunk_params()),
+            Stage("distill2", chunk(1), chunk_params()),
+            Stage("distill3", chunk(2), chunk_params()),
+        ),
+        prepare=lambda: _prepare(sz, data_dir),
+        description=f"language ({size}): tokenize -> fine-tune T5-style teacher -> 3 distillation chunks, val ROUGE-L",
+    )
+
+
+def make_tiny(**kwargs) -> Pipeline:
+    """The language pipeline at test size."""
+    return make_pipeline("tiny", **kwargs)
+
+
+def make_gpu(**kwargs) -> Pipeline:
+    """The language pipeline at the larger size."""
+    return make_pipeline("gpu", **kwargs)
