@@ -120,3 +120,25 @@ def test_short_runs_improve_on_the_warm_up(method):
     assert all(len(r.y) > 15 for r in runs)
     assert best.mean() > warm.mean() and (best > warm).sum() >= 2
     assert all(np.all(r.memo_depth == 0) for r in runs)  # baselines never memoize
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lambo", "ms_bo"])
+def test_real_run_resumed_from_its_checkpoint_proposes_what_an_uninterrupted_run_does(tmp_path, method):
+    """The bandit/prefix-GP state is rebuilt from the checkpointed observations: 5 trials, then
+    --resume for 4 more, must propose exactly the 9 points a single 9-trial run proposes."""
+    import dataclasses
+
+    from experiments.run import RunSpec, read_trials, run_tuning
+
+    base = RunSpec(pipeline="tests.pipelines_for_tests:counting_toy", method=method, budget=1e6, seed=0,
+                   out=str(tmp_path / "split"), n_warmup=3, progress=False,
+                   bo_options=(("n_random", 64), ("n_refine", 0)), max_trials=5)
+    run_tuning(base)
+    run_tuning(dataclasses.replace(base, resume=True, max_trials=4))
+    run_tuning(dataclasses.replace(base, out=str(tmp_path / "whole"), max_trials=9))
+    split = read_trials(str(tmp_path / "split" / "trials.jsonl"))
+    whole = read_trials(str(tmp_path / "whole" / "trials.jsonl"))
+    assert [r["index"] for r in split] == list(range(9))
+    np.testing.assert_array_equal(np.array([r["x"] for r in split]), np.array([r["x"] for r in whole]))
+    assert all(r["memo_depth"] == 0 for r in split)  # charged in full, never restored from the cache
