@@ -1,3 +1,4 @@
+import pytest
 """Shared test settings: CPU, quiet logs, and a persistent XLA cache shared by
 the test workers (compiling the BO step dominates test time on a CPU)."""
 
@@ -13,3 +14,13 @@ os.environ.setdefault(
 from eeipu_jax.utils import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()
+
+
+@pytest.fixture(scope="module")
+def module_data_dir(tmp_path_factory):
+    """A fresh tfds data directory ($EEIPU_JAX_DATA_DIR) shared by one test module."""
+    mp = pytest.MonkeyPatch()
+    d = tmp_path_factory.mktemp("tfds")
+    mp.setenv("EEIPU_JAX_DATA_DIR", str(d))
+    yield d
+    mp.undo()

@@ -24,13 +24,7 @@ P1 = {"preprocess": {"batch_size": 16}, "teacher": {"lr": 1e-3, "weight_decay": 
       "distill1": C1, "distill2": C1, "distill3": C1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def data_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    d = tmp_path_factory.mktemp("tfds")
-    mp.setenv("EEIPU_JAX_DATA_DIR", str(d))
-    yield d
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_data_dir")  # tfds data prepared once per module
 
 
 def _lcs_brute(a, b):

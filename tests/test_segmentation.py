@@ -26,13 +26,7 @@ P1 = {
 P2 = {"augment": P1["augment"], "train": P1["train"], "crf": {"sigma": 2.0, "compat": 2.5, "confidence": 0.7}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def data_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    d = tmp_path_factory.mktemp("tfds")
-    mp.setenv("EEIPU_JAX_DATA_DIR", str(d))
-    yield d
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_data_dir")  # tfds data prepared once per module
 
 
 def test_mean_field_step_matches_numpy_loops():

@@ -25,13 +25,7 @@ P1 = {
 P2 = {"level0": P1["level0"], "meta": {"C": 0.2, "tol": 1e-3, "max_iter": 30}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def data_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    d = tmp_path_factory.mktemp("tfds")
-    mp.setenv("EEIPU_JAX_DATA_DIR", str(d))
-    yield d
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_data_dir")  # tfds data prepared once per module
 
 
 def test_roc_auc_matches_sklearn_with_ties():
