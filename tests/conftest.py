@@ -1,8 +1,9 @@
-import pytest
 """Shared test settings: CPU, quiet logs, and a persistent XLA cache shared by
 the test workers (compiling the BO step dominates test time on a CPU)."""
 
 import os
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
