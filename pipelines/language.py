@@ -73,6 +73,10 @@ class LangSize:
         pretrain_batch: batch size of the pretraining.
         teacher_epochs: fine-tuning epochs of the teacher.
         chunk_epochs: epochs of each distillation chunk.
+        precompile: compile the teacher fine-tuning and the distillation
+            chunk for every batch size the search space can produce, and the
+            decoding, in ``prepare`` (untimed; see :mod:`pipelines.compile`)
+            instead of inside the first trial that uses each.
     """
 
     data_config: str
@@ -84,16 +88,18 @@ class LangSize:
     pretrain_batch: int
     teacher_epochs: int
     chunk_epochs: int
+    precompile: bool = False
 
 
 SIZES = {
     "tiny": LangSize("tiny", T5Config(32, 2, 1, 64, 64, 24), T5Config(16, 2, 1, 32, 64, 24),
                      n_train=64, n_val=16, pretrain_steps=10, pretrain_batch=16, teacher_epochs=1, chunk_epochs=1),
     "cpu": LangSize("cpu", T5Config(64, 4, 2, 128, 128, 48), T5Config(32, 2, 1, 64, 128, 48),
-                    n_train=384, n_val=48, pretrain_steps=300, pretrain_batch=32, teacher_epochs=2, chunk_epochs=1),
+                    n_train=384, n_val=48, pretrain_steps=300, pretrain_batch=32, teacher_epochs=2, chunk_epochs=1,
+                    precompile=True),
     "gpu": LangSize("gpu", T5Config(256, 4, 4, 1024, 512, 96), T5Config(128, 4, 2, 512, 512, 96),
                     n_train=100_000, n_val=100_000, pretrain_steps=5000, pretrain_batch=64, teacher_epochs=5,
-                    chunk_epochs=3),
+                    chunk_epochs=3, precompile=True),
 }
 
 
@@ -277,13 +283,69 @@ def _prepare(sz: LangSize, data_dir: str | None) -> dict:
     d = load_splits("pydoc_text", ("train", "validation", "pretrain"), config=sz.data_config, data_dir=data_dir)
     cfg = sz.teacher
     train, val = d["train"], d["validation"]
-    return {
+    data = {
         "train_src": train["source"][: sz.n_train],
         "train_tgt": train["target"][: sz.n_train],
         "val_src": encode_texts(val["source"][: sz.n_val], cfg.src_len),
         "val_tgt": encode_texts(val["target"][: sz.n_val], cfg.tgt_len),
         "teacher_init": _load_or_pretrain(sz, data_dir, d["pretrain"]["source"]),
     }
+    if sz.precompile:
+        precompile_stages(data, sz)
+    return data
+
+
+_BATCH_RANGE = (8, 64)  # the ``batch_size`` hyperparameter's bounds
+
+
+def train_batch(batch_size: int, n: int) -> int:
+    """The batch size used for ``batch_size``: at most ``n``, rounded down to a multiple of 8."""
+    return min(int(batch_size), n) // 8 * 8
+
+
+def precompile_stages(data: dict, sz: LangSize, batch_sizes=None) -> float:
+    """Compile :func:`finetune` and :func:`distill_chunk` for every batch the
+    ``batch_size`` range produces (or for ``batch_sizes``) and the greedy
+    decoding once, for the shapes of ``data`` (``prepare``'s output).
+
+    The first chunk's optimizer state is freshly initialized (weakly typed
+    hyperparameters), the later chunks' comes out of the previous chunk or
+    the stage cache: all three forms are compiled (identical ones once).
+
+    Returns:
+        The seconds spent.
+    """
+    from pipelines.base import stage_key
+    from pipelines.compile import precompile
+
+    tc, sc = sz.teacher, sz.student
+    n = len(data["train_src"])
+    lo, hi = _BATCH_RANGE
+    batches = sorted({train_batch(b, n) for b in (batch_sizes or range(lo, hi + 1))} - {0})
+    f32 = jax.ShapeDtypeStruct((), jnp.float32)
+
+    def strong(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+    teacher = jax.eval_shape(lambda t: t, data["teacher_init"])
+    student0 = jax.eval_shape(lambda k: init_params(k, sc), stage_key(0, 2))
+    opt0 = jax.eval_shape(lambda s: _adamw().init(s), student0)
+    chunk_static = dict(teacher_cfg=tc, student_cfg=sc, epochs=sz.chunk_epochs)
+    fine, chunks = [], []
+    student1 = None
+    for b in batches:
+        src = jax.ShapeDtypeStruct((n // b, b, tc.src_len), jnp.int32)
+        tgt = jax.ShapeDtypeStruct((n // b, b, tc.tgt_len), jnp.int32)
+        fine.append(((teacher, src, tgt, f32, f32), dict(cfg=tc, epochs=sz.teacher_epochs)))
+        student1, opt1, _ = jax.eval_shape(functools.partial(distill_chunk, **chunk_static),
+                                           student0, opt0, teacher, src, tgt, f32, f32, f32)
+        forms = {repr(f): f for f in ((student0, opt0), (student1, opt1), (strong(student1), strong(opt1)))}
+        chunks += [((st, op, teacher, src, tgt, f32, f32, f32), chunk_static) for st, op in forms.values()]
+    seconds = precompile(finetune, fine, label=f"finetune ({sz.data_config})")
+    seconds += precompile(distill_chunk, chunks, label=f"distill_chunk ({sz.data_config})")
+    val_src = jax.ShapeDtypeStruct(np.shape(data["val_src"]), jnp.int32)
+    seconds += precompile(greedy_decode, [((student1, val_src), dict(cfg=sc))], label=f"greedy_decode ({sz.data_config})")
+    return seconds
 
 
 # ------------------------------------------------------------------ pipeline
@@ -306,7 +368,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
 
     def preprocess(data, p, key):
         n = len(data["train_src"])
-        batch = min(int(p["batch_size"]), n) // 8 * 8
+        batch = train_batch(p["batch_size"], n)
         if batch < 8:
             raise ValueError(f"batch_size {p['batch_size']} gives batches of {batch} ({n} training pairs); need >= 8")
         src = encode_texts(data["train_src"], tc.src_len)
@@ -350,7 +412,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
         name=name,
         version=f"1:{size}:{sz.data_config}:{tc}:{sc}:{sz.n_train}:{sz.n_val}:{sz.pretrain_steps}:{sz.teacher_epochs}:{sz.chunk_epochs}",
         stages=(
-            Stage("preprocess", preprocess, (Int("batch_size", 8, 64),)),
+            Stage("preprocess", preprocess, (Int("batch_size", *_BATCH_RANGE),)),
             Stage("teacher", teacher, (Float("lr", 1e-5, 3e-3, log=True), Float("weight_decay", 1e-5, 1e-1, log=True))),
             Stage("distill1", chunk(0), chunk_params()),
             Stage("distill2", chunk(1), chunk_params()),

@@ -75,6 +75,10 @@ class SegSize:
         downsample: integer factor the images are reduced by in ``prepare``
             (2x2 mean pooling of images, every other pixel of masks).
         n_train: training images used (the first ``n_train``; ``None``: all).
+        precompile: compile the training for every batch size the search
+            space can produce, and the evaluation, in ``prepare`` (untimed;
+            see :mod:`pipelines.compile`) instead of inside the first trial
+            that uses each.
     """
 
     data_config: str
@@ -84,14 +88,15 @@ class SegSize:
     crf_radius: int = 4
     downsample: int = 1
     n_train: int | None = None
+    precompile: bool = False
 
 
 SIZES = {
     "tiny": SegSize("tiny", width=4, depth=1, epochs=1, crf_radius=3),
     # Measured on one core: width 8 costs ~4x width 4 per image (XLA CPU convolutions
     # with few channels), so the cpu size keeps width 4 on 32x32 images.
-    "cpu": SegSize("cpu", width=4, depth=2, epochs=3, crf_radius=3, downsample=2, n_train=128),
-    "gpu": SegSize("gpu", width=32, depth=3, epochs=10, crf_radius=6),
+    "cpu": SegSize("cpu", width=4, depth=2, epochs=3, crf_radius=3, downsample=2, n_train=128, precompile=True),
+    "gpu": SegSize("gpu", width=32, depth=3, epochs=10, crf_radius=6, precompile=True),
 }
 
 
@@ -293,12 +298,48 @@ def _prepare(sz: SegSize, data_dir: str | None) -> dict:
         return a[:, ::f, ::f].astype(np.int32)
 
     n = sz.n_train
-    return {
+    data = {
         "x_train": images(d["train"]["image"][:n]),
         "y_train": masks(d["train"]["mask"][:n]),
         "x_val": images(d["validation"]["image"]),
         "y_val": masks(d["validation"]["mask"]),
     }
+    if sz.precompile:
+        precompile_stages(data, sz)
+    return data
+
+
+def train_batch(batch_size: int, n: int) -> int:
+    """The batch size the training uses for ``batch_size``: at most ``n``, rounded down to a multiple of 4."""
+    return min(int(batch_size), n) // 4 * 4
+
+
+def precompile_stages(data: dict, sz: SegSize, batch_sizes=None) -> float:
+    """Compile :func:`train_unet` for every batch the ``batch_size`` range
+    produces (or for ``batch_sizes``) and :func:`evaluate` once, for the shapes
+    of ``data`` (``prepare``'s output). Returns the seconds spent."""
+    from pipelines.base import stage_key
+    from pipelines.compile import precompile
+
+    f32 = jax.ShapeDtypeStruct((), jnp.float32)
+    key = jax.eval_shape(lambda: stage_key(0, 1))
+    x, y = jax.eval_shape(augment_copies, key, jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"]))
+    n = x.shape[0]
+    lo, hi = _BATCH_RANGE
+    batches = sorted({train_batch(b, n) for b in (batch_sizes or range(lo, hi + 1))} - {0})
+    static = dict(width=sz.width, depth=sz.depth, epochs=sz.epochs)
+    seconds = precompile(train_unet, [((key, x, y, f32, f32), dict(static, batch=b)) for b in batches],
+                         label=f"train_unet ({sz.data_config})")
+    params, _ = jax.eval_shape(functools.partial(train_unet, batch=batches[0], **static), key, x, y, f32, f32)
+    x_val = jax.ShapeDtypeStruct(data["x_val"].shape, jnp.float32)
+    y_val = jax.ShapeDtypeStruct(data["y_val"].shape, jnp.int32)
+    seconds += precompile(evaluate, [((params, x_val, y_val, f32, f32, f32),
+                                      dict(width=sz.width, depth=sz.depth, radius=sz.crf_radius))],
+                          label=f"evaluate ({sz.data_config})")
+    return seconds
+
+
+_BATCH_RANGE = (4, 32)  # the ``batch_size`` hyperparameter's bounds
 
 
 def _normalize(x, mean, std):
@@ -332,7 +373,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
 
     def train(data, p, key):
         n = data["x"].shape[0]
-        batch = min(int(p["batch_size"]), n) // 4 * 4
+        batch = train_batch(p["batch_size"], n)
         if batch < 4:
             raise ValueError(f"batch_size {p['batch_size']} gives batches of {batch} (training set of {n}); need >= 4")
         params, loss = train_unet(key, data["x"], data["y"], jnp.float32(p["peak_lr"]), jnp.float32(p["weight_decay"]),
@@ -353,7 +394,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
                 Float("std_r", 0.05, 0.5, log=True), Float("std_g", 0.05, 0.5, log=True), Float("std_b", 0.05, 0.5, log=True),
             )),
             Stage("train", train, (
-                Int("batch_size", 4, 32),
+                Int("batch_size", *_BATCH_RANGE),
                 Float("peak_lr", 1e-3, 1e-1, log=True),
                 Float("weight_decay", 1e-5, 1e-1, log=True),
             )),
