@@ -17,7 +17,9 @@ benchmark's results format, ``<out>/runs/run_<pipeline>_<method>_<seed>.json``
 (:func:`experiments.common.summarize`, :func:`~experiments.common.headline`)
 and the figures (:mod:`paper_figures.real`) work unchanged.
 
-Jobs run in ``--workers`` processes (default 2), each with
+First each pipeline with runs left is prepared once (:func:`prepare_pipeline`:
+data, pretraining, compilation into the persistent cache), then the jobs run
+in ``--workers`` processes (default 2), each with
 ``OMP_NUM_THREADS=1`` unless it is set; a progress bar counts finished runs.
 Rerunning the same command resumes: runs with a results file are skipped, an
 interrupted run continues from its checkpoint (``RunSpec.resume``).
@@ -45,7 +47,7 @@ from tqdm import tqdm
 
 from experiments import common
 
-__all__ = ["run_job", "trials_to_run", "plan_jobs", "main", "PAPER_HEADLINE"]
+__all__ = ["run_job", "prepare_pipeline", "trials_to_run", "plan_jobs", "main", "PAPER_HEADLINE"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,20 @@ def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> 
     )
     return dict(pipeline=pipeline_name, method=method, seed=seed, skipped=False, seconds=seconds,
                 n_trials=summary["n_trials"], best=(summary["best"] or {}).get("y"))
+
+
+def prepare_pipeline(pipeline_name: str, jax_cache_dir: str | None = None) -> dict:
+    """Run a pipeline's ``prepare()`` once, untimed: the tfds data, any one-off
+    pretraining and, with the persistent compilation cache on (as in every
+    tuning run), the stage functions' compilation, so that the runs that
+    follow load them instead of each compiling them. Runs in a worker."""
+    from eeipu_jax.utils import enable_compilation_cache
+    from pipelines.registry import get_pipeline
+
+    enable_compilation_cache(os.path.abspath(jax_cache_dir) if jax_cache_dir else None)
+    t0 = time.perf_counter()
+    get_pipeline(pipeline_name).prepare()
+    return dict(pipeline=pipeline_name, prepare_seconds=time.perf_counter() - t0)
 
 
 def plan_jobs(cfg) -> tuple[list[tuple[str, str, int]], list[str]]:
@@ -232,8 +248,13 @@ def main(argv=None):
 
     timings = []
     t0 = time.perf_counter()
+    todo = [j for j in jobs if not os.path.exists(_result_path(out, *j))]
+    to_prepare = sorted({p for p, _, _ in todo})
     bar = tqdm(total=len(jobs), desc=f"{cfg.name}: runs", unit="run", file=sys.stdout)
     if args.workers == 1:
+        for p in to_prepare:
+            bar.set_postfix_str(f"prepare {p}")
+            timings.append(prepare_pipeline(p))
         for p, m, s in jobs:
             bar.set_postfix_str(f"{p}/{m}/seed{s}")
             timings.append(run_job(p, m, s, cfg_dict, out))
@@ -243,6 +264,8 @@ def main(argv=None):
         counter = ctx.Value("i", 0)
         with cf.ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
                                     initargs=(counter,)) as pool:
+            bar.set_postfix_str("prepare " + ", ".join(to_prepare))
+            timings += [f.result() for f in [pool.submit(prepare_pipeline, p) for p in to_prepare]]
             futs = {pool.submit(run_job, p, m, s, cfg_dict, out): (p, m, s) for p, m, s in jobs}
             for fut in cf.as_completed(futs):
                 timings.append(fut.result())

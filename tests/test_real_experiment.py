@@ -28,6 +28,8 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
     out = str(tmp_path / "res")
     assert real.main(ARGS + ["--out", out]) == 0
     assert "not registered" in capsys.readouterr().err
+    jobs = json.load(open(os.path.join(out, "summary.json")))["jobs"]
+    assert [j["pipeline"] for j in jobs if "prepare_seconds" in j] == ["stacking-tiny"]  # prepared once, first
     runs = common.read_runs(os.path.join(out, "runs"))
     assert sorted((r["pipeline"], r["method"], r["seed"]) for r in runs) == [
         ("stacking-tiny", "eeipu", 0), ("stacking-tiny", "ei", 0)]
@@ -52,7 +54,7 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
     mtimes = {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in os.listdir(os.path.join(out, "runs"))}
     assert real.main(ARGS + ["--out", out, "--no-figures"]) == 0
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert all(j["skipped"] for j in summary["jobs"])
+    assert summary["jobs"] and all(j["skipped"] for j in summary["jobs"])  # nothing left: nothing prepared
     assert {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in mtimes} == mtimes
 
 
