@@ -10,6 +10,7 @@ import pytest
 
 from pipelines import language, segmentation
 from pipelines.base import stage_key
+from pipelines.cache import CachePolicy, StageCache
 
 pytestmark = pytest.mark.usefixtures("module_data_dir")
 
@@ -42,7 +43,7 @@ def _run(pipeline, data, params, upto=None):
     return out
 
 
-def test_segmentation_precompiled_trial_does_not_compile(compile_log):
+def test_segmentation_precompiled_trial_does_not_compile(compile_log, tmp_path):
     pipe = segmentation.make_tiny()
     data = pipe.prepare()
     compile_log()
@@ -55,6 +56,14 @@ def test_segmentation_precompiled_trial_does_not_compile(compile_log):
         "crf": dict(sigma=1.0, compat=1.0, confidence=1.0),
     }
     _run(pipe, data, params)
+    assert compile_log() == []
+    # A memoized trial: the first stage's output restored from the stage cache.
+    cache = StageCache(str(tmp_path / "cache"), CachePolicy("all"))
+    meta = dict(pipeline=pipe.name, version=pipe.version, stage=0, seed=0, params={}, prefix_costs=[1.0])
+    assert cache.save("k" * 64, _run(pipe, data, params, upto=1), meta) > 0
+    restored, _ = cache.restore("k" * 64)
+    for j in (1, 2):
+        restored = pipe.stages[j].fn(restored, params[pipe.stages[j].name], stage_key(0, j))
     assert compile_log() == []
     params["train"]["batch_size"] = 12  # not precompiled
     _run(pipe, data, params, upto=2)
