@@ -16,9 +16,10 @@ def get_config():
     c.seeds = 3
     c.seed_offset = 0
     c.budget = 150.0  # wall seconds of trials per run (the paper: 500 s for stacking)
-    # Per-pipeline budgets (seconds); a pipeline not listed uses `budget`. A language trial
-    # costs ~6-9 s on one core, so its runs get more to leave room after the 10 warm-up trials.
-    c.budgets = ml_collections.ConfigDict({"language": 180.0})
+    # Per-pipeline budgets (seconds); a pipeline not listed uses `budget`. A segmentation trial
+    # costs ~5 s and a language trial ~6-9 s on one core, so their runs get more to leave room
+    # after the 10 warm-up trials.
+    c.budgets = ml_collections.ConfigDict({"segmentation": 180.0, "language": 240.0})
     c.n_warmup = 10
     c.epsilon = 0.1
     c.cache_policy = "top_q"
