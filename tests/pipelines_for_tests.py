@@ -7,6 +7,7 @@ test can tell a restored or re-told trial from a rerun one.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import time
 
@@ -105,3 +106,20 @@ def failing_toy() -> Pipeline:
         (features, Stage("train", failing_train, train.params), Stage("evaluate", nan_evaluate, evaluate.params)),
         base.prepare,
     )
+
+
+def fail_on_call(pipeline: Pipeline, stage_index: int, call: int = 2, name: str | None = None) -> Pipeline:
+    """``pipeline`` (renamed ``name``) whose stage ``stage_index`` raises
+    ``ValueError("injected failure")`` on its ``call``-th execution in this
+    process and runs normally otherwise: an injected bad trial."""
+    st = pipeline.stages[stage_index]
+    calls = {"n": 0}
+
+    def fn(data, p, key):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise ValueError("injected failure")
+        return st.fn(data, p, key)
+
+    stages = pipeline.stages[:stage_index] + (Stage(st.name, fn, st.params),) + pipeline.stages[stage_index + 1:]
+    return dataclasses.replace(pipeline, name=name or pipeline.name, stages=stages)

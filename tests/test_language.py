@@ -11,6 +11,7 @@ import pytest
 
 from experiments.run import RunSpec, run_tuning
 from pipelines.base import Stage
+from tests.pipelines_for_tests import fail_on_call
 from pipelines.cache import CachePolicy, StageCache
 from pipelines.language import SIZES, distill_loss, lcs_length, make_tiny, rouge_l_f1
 from pipelines.registry import get_pipeline
@@ -116,17 +117,7 @@ def test_memoized_restart_equals_full_run_and_restores_optimizer_state(tmp_path)
 
 def failing_tiny():
     """language-tiny whose teacher stage raises on its second call (an injected bad trial)."""
-    pipe = make_tiny(name="language-tiny-failing")
-    st = pipe.stages[1]
-    calls = {"n": 0}
-
-    def fn(data, p, key):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ValueError("injected failure")
-        return st.fn(data, p, key)
-
-    return dataclasses.replace(pipe, stages=(pipe.stages[0], Stage(st.name, fn, st.params)) + pipe.stages[2:])
+    return fail_on_call(make_tiny(), 1, name="language-tiny-failing")
 
 
 @pytest.mark.slow

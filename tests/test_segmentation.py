@@ -1,7 +1,6 @@
 """The segmentation pipeline: CRF step, schedule, mIoU and augmentation against NumPy,
 one trial on the offline data, memoized restarts, failed trials inside a tuning run."""
 
-import dataclasses
 import json
 import math
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.run import RunSpec, run_tuning
-from pipelines.base import Stage
+from tests.pipelines_for_tests import fail_on_call
 from pipelines.cache import CachePolicy, StageCache
 from pipelines.registry import get_pipeline
 from pipelines.runner import Runner
@@ -112,17 +111,7 @@ def test_memoized_restart_equals_full_run(tmp_path):
 
 def failing_tiny():
     """segmentation-tiny whose train stage raises on its second call (an injected bad trial)."""
-    pipe = make_tiny(name="segmentation-tiny-failing")
-    train = pipe.stages[1]
-    calls = {"n": 0}
-
-    def fn(data, p, key):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ValueError("injected failure")
-        return train.fn(data, p, key)
-
-    return dataclasses.replace(pipe, stages=(pipe.stages[0], Stage(train.name, fn, train.params), pipe.stages[2]))
+    return fail_on_call(make_tiny(), 1, name="segmentation-tiny-failing")
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """The stacking pipeline: metric and meta-learner against scikit-learn, one trial,
 memoized restarts, failed trials inside a tuning run."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from experiments.run import RunSpec, run_tuning
-from pipelines.base import Stage
+from tests.pipelines_for_tests import fail_on_call
 from pipelines.cache import CachePolicy, StageCache
 from pipelines.registry import get_pipeline
 from pipelines.runner import Runner
@@ -79,17 +78,7 @@ def test_memoized_restart_equals_full_run(tmp_path):
 
 def failing_tiny():
     """stacking-tiny whose meta stage raises on its second call (an injected bad trial)."""
-    pipe = make_tiny(name="stacking-tiny-failing")
-    meta = pipe.stages[1]
-    calls = {"n": 0}
-
-    def fn(feats, p, key):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ValueError("injected failure")
-        return meta.fn(feats, p, key)
-
-    return dataclasses.replace(pipe, stages=(pipe.stages[0], Stage(meta.name, fn, meta.params)))
+    return fail_on_call(make_tiny(), 1, name="stacking-tiny-failing")
 
 
 def test_failed_stage_is_a_failed_trial_and_the_run_goes_on(tmp_path):
