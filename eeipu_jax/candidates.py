@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from eeipu_jax.costs import _sobol_table
 
-__all__ = ["Batch", "quasi_random", "prefix_pool", "candidate_batch", "refine"]
+__all__ = ["Batch", "quasi_random", "prefix_pool", "candidate_batch", "top_per_depth", "refine"]
 
 
 class Batch(NamedTuple):
@@ -148,6 +148,25 @@ def candidate_batch(
         vp = jnp.broadcast_to(ok[:, :, None], (qq, K - 1, n_per_prefix))
         parts.append(Batch(xp.reshape(-1, d), dp.reshape(-1), sp.reshape(-1), vp.reshape(-1)))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+
+def top_per_depth(vals, depth, n_depths: int, k: int):
+    """Indices of the ``k`` best candidates of each memo depth ``0 .. n_depths-1``.
+
+    Args:
+        vals: ``(b,)`` scores (``-inf`` for invalid candidates).
+        depth: ``(b,)`` memo depth of each candidate.
+        n_depths: number of depth groups (static).
+        k: candidates per group (static).
+
+    Returns:
+        ``(idx, ok)``, both ``(n_depths * k,)``, group by group, best first:
+        candidate indices and whether each is a real member of its group (a
+        group with fewer than ``k`` finite scores is padded with ``ok=False``).
+    """
+    in_group = depth[None, :] == jnp.arange(n_depths, dtype=depth.dtype)[:, None]
+    top_val, top = jax.lax.top_k(jnp.where(in_group, vals[None, :], -jnp.inf), k)
+    return top.reshape(-1), jnp.isfinite(top_val).reshape(-1)
 
 
 def refine(score, x0, free, steps: int, lr: float):

@@ -71,7 +71,8 @@ class BOConfig:
         top_q: number of top observations whose prefixes are candidates.
         prefix_pool: ``"all"`` observations or only ``"post_warmup"`` ones (as
             the authors ran it) may provide prefixes.
-        n_refine: best candidates refined by gradient steps (0 disables).
+        n_refine: best candidates refined by gradient steps (0 disables); for
+            memoizing methods, the best ``n_refine`` of each memo depth.
         refine_steps: Adam steps per refinement.
         refine_lr: refinement learning rate (unit-cube units).
         mc_samples: quasi-random samples for the expected inverse cost.
@@ -95,8 +96,8 @@ class BOConfig:
     top_q: int = 5
     prefix_pool: str = "all"
     n_refine: int = 4
-    refine_steps: int = 15
-    refine_lr: float = 0.02
+    refine_steps: int = 30
+    refine_lr: float = 0.05
     mc_samples: int = 1024
     cost_inputs: str = "prefix"
     cooling: str = "linear"
@@ -469,13 +470,20 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
     vals = jnp.where(batch.valid & jnp.isfinite(vals), vals, -jnp.inf)
 
     if config.n_refine > 0:
-        _, top = jax.lax.top_k(vals, config.n_refine)
+        # Refine the best few candidates of *each* memo depth (the authors
+        # maximize the acquisition separately for the fresh run and for every
+        # prefix). A global top-k would refine only deep prefixes: their free
+        # subspace is small, so random points already sit near its optimum,
+        # while the best of 512 random points in the full cube is far from the
+        # optimum of a fresh run, and memoization would win by default.
+        groups = config.n_stages if method.memoize else 1
+        top, top_ok = candlib.top_per_depth(vals, batch.depth, groups, config.n_refine)
         x0, d0 = batch.x[top], batch.depth[top]
         free = ~masks[d0]
         xr, vr = jax.vmap(
             lambda x, j, f: candlib.refine(lambda z: score(z, j), x, f, config.refine_steps, config.refine_lr)
         )(x0, d0, free)
-        vr = jnp.where(jnp.isfinite(vr), vr, -jnp.inf)
+        vr = jnp.where(top_ok & jnp.isfinite(vr), vr, -jnp.inf)
         r = jnp.argmax(vr)
         x, j, src = xr[r], d0[r], batch.source[top[r]]
     else:

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from eeipu_jax import candidates as cand
 
@@ -70,3 +71,53 @@ def test_refine_moves_only_free_coordinates_and_never_worsens():
     np.testing.assert_array_equal(np.asarray(x1[:2]), [0.5, 0.5])
     assert float(v1) > float(score(x0))
     np.testing.assert_allclose(np.asarray(x1[2:]), [0.2, 0.9, 0.5], atol=0.05)
+
+
+def test_top_per_depth_matches_a_loop():
+    rng = np.random.default_rng(0)
+    vals = rng.normal(size=60).astype(np.float32)
+    depth = rng.integers(0, 4, 60).astype(np.int32)
+    vals[depth == 3] = -np.inf  # an empty group: only padding comes back
+    vals[5] = -np.inf
+    idx, ok = cand.top_per_depth(jnp.asarray(vals), jnp.asarray(depth), 4, 3)
+    idx, ok = np.asarray(idx).reshape(4, 3), np.asarray(ok).reshape(4, 3)
+    for j in range(4):
+        want = [i for i in np.argsort(-vals, kind="stable") if depth[i] == j and np.isfinite(vals[i])][:3]
+        assert idx[j][ok[j]].tolist() == want, j
+    assert not ok[3].any()
+
+
+def test_memoizing_ask_refines_each_depth():
+    """With one refined candidate per depth, the proposal is the best refined
+    candidate over all depths, not only over the depth of the raw best one."""
+    from eeipu_jax import acquisition as acqlib
+    from eeipu_jax import loop
+
+    soc = (0, 0, 1, 1, 2, 2)
+    cfg = loop.BOConfig(stage_of_column=soc, bins=(0,) * 6, method="eeipu", n_warmup=4, n_random=64,
+                        n_per_prefix=8, n_refine=1, refine_steps=40, refine_lr=0.05, mc_samples=64)
+    state = loop.init(cfg, 1e6, capacity=16)
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        x = rng.uniform(size=6)
+        state = loop.tell(state, x, float(-np.sum((x - 0.3) ** 2)), np.array([1.0, 1.0, 1.0]) + x[::2])
+    key = jax.random.key(7)
+    prop, _ = loop.ask(key, state, cfg)
+    # Brute force: rebuild the batch and the scores the ask saw, refine the
+    # best candidate of every depth, take the best.
+    k_fit, k_cand = jax.random.split(jax.random.split(key)[1])
+    acq, _, _, y_eff = loop.acquisition_state(k_fit, loop.canonicalize(state), cfg)
+    masks = jnp.asarray(cand.prefix_masks_array(soc, 3))
+    valid = jnp.arange(state.X.shape[0]) < state.n
+    b = cand.candidate_batch(k_cand, state.X, y_eff, valid, n_random=64, n_per_prefix=8, q=cfg.top_q,
+                                   prefix_masks=masks, memoize=True)
+    vals = np.asarray(jax.vmap(lambda x, j: acqlib.eeipu(x, j, acq))(b.x, b.depth))
+    vals = np.where(np.asarray(b.valid), vals, -np.inf)
+    best = (-np.inf, None)
+    for j in range(3):
+        i = int(np.argmax(np.where(np.asarray(b.depth) == j, vals, -np.inf)))
+        x, v = cand.refine(lambda z: acqlib.eeipu(z, j, acq), b.x[i], ~masks[j], 40, 0.05)
+        if float(v) > best[0]:
+            best = (float(v), j)
+    assert int(prop.memo_depth) == best[1]
+    assert float(prop.score) == pytest.approx(best[0], rel=1e-4, abs=1e-4)
