@@ -4,7 +4,8 @@ Two drivers over the same ``ask``/``tell`` core, for synthetic benchmarks:
 
 * :func:`run_python` -- a plain Python loop (the shape of a real tuning run);
 * :func:`run_jitted` -- the whole loop (ask, simulated run, tell, budget check)
-  under ``lax.while_loop``, ``vmap``-ed over seeds. The data grow in capacity
+  under ``lax.while_loop``, over a batch of seeds (``vmap``-ed in lockstep, or
+  ``lax.map``-ped one after the other on CPU). The data grow in capacity
   buckets (16, 32, 64, ...); each bucket is one jitted segment, so a run
   compiles once per (problem, method, capacity), never per iteration.
 
@@ -204,9 +205,15 @@ def _grow_batched(state, etas, capacity):
     return grown, jnp.concatenate([etas, jnp.full((etas.shape[0], pad), jnp.nan, etas.dtype)], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials"))
-def _segment(state, key, etas, problem, config, policy, max_trials):
-    """Run BO iterations of every seed until done or the capacity is full."""
+@functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials", "batching"))
+def _segment(state, key, etas, problem, config, policy, max_trials, batching):
+    """Run BO iterations of every seed until done or the capacity is full.
+
+    ``batching="vmap"`` runs the seeds in lockstep as one batched program
+    (every step costs the whole batch until the slowest seed stops);
+    ``"map"`` runs them one after the other inside the same compiled program
+    (``lax.map``), each for its own number of steps.
+    """
 
     def one(state, key, etas):
         N = state.X.shape[0]
@@ -217,6 +224,13 @@ def _segment(state, key, etas, problem, config, policy, max_trials):
 
         def body(c):
             s, k, e = c
+            # Under vmap this body also runs for seeds that are already done
+            # (the loop keeps their old carry), and a batched fit runs as many
+            # Adam steps as its slowest member: a seed that stopped on a
+            # cold-refit step would make every later fit of the batch cold.
+            # Finished seeds therefore compute a (discarded) warm fit.
+            finished = _done(s, max_trials) | (s.n >= N)
+            s = s._replace(n_bo=jnp.where(finished, jnp.ones_like(s.n_bo), s.n_bo))
             k, sub = jax.random.split(k)
             prop, s = loop._ask(sub, s, config)
             y, costs, depth = _simulate(s, prop, problem, config, policy)
@@ -226,7 +240,9 @@ def _segment(state, key, etas, problem, config, policy, max_trials):
 
         return jax.lax.while_loop(cond, body, (state, key, etas))
 
-    return jax.vmap(one)(state, key, etas)
+    if batching == "vmap":
+        return jax.vmap(one)(state, key, etas)
+    return jax.lax.map(lambda a: one(*a), (state, key, etas))
 
 
 def run_jitted(
@@ -241,11 +257,19 @@ def run_jitted(
     max_trials: int = 1000,
     capacity: int = 32,
     on_segment=None,
+    batching: str = "auto",
 ) -> list[RunResult]:
-    """Simulated runs for a batch of keys (one per seed), fully jitted and vmapped.
+    """Simulated runs for a batch of keys (one per seed), fully jitted.
 
     Arguments as in :func:`run_python`; ``keys`` has a leading seed axis.
     ``on_segment(n_done, n_total)`` is called after each capacity segment.
+    ``batching`` says how the seeds share the compiled loop: ``"vmap"``
+    (lockstep, one batched program: the choice for an accelerator, which runs
+    the batch in parallel), ``"map"`` (one seed after the other, each for its
+    own number of steps: on a CPU core, where a batch is no faster than its
+    members in turn, this avoids paying for the slowest seed's iterations on
+    every seed) or ``"auto"`` (``"map"`` on CPU, ``"vmap"`` elsewhere). All three
+    give the same trajectories.
 
     Returns:
         One :class:`RunResult` per key.
@@ -253,11 +277,15 @@ def run_jitted(
     budget = float(problem.budget if budget is None else budget)
     if max_trials <= config.n_warmup:
         raise ValueError(f"max_trials ({max_trials}) must exceed n_warmup ({config.n_warmup})")
+    if batching == "auto":
+        batching = "map" if jax.default_backend() == "cpu" else "vmap"
+    if batching not in ("map", "vmap"):
+        raise ValueError(f"batching must be 'auto', 'map' or 'vmap', got {batching!r}")
     state, keys = jax.vmap(lambda k: _init_run(k, budget, epsilon, problem, config, warmup, capacity))(keys)
     S, N = state.X.shape[:2]
     etas = jnp.full((S, N), jnp.nan, jnp.float32)
     while True:
-        state, keys, etas = _segment(state, keys, etas, problem, config, cache_policy, max_trials)
+        state, keys, etas = _segment(state, keys, etas, problem, config, cache_policy, max_trials, batching)
         done = np.asarray(_done(state, max_trials))
         if on_segment is not None:
             on_segment(int(done.sum()), S)

@@ -6,9 +6,10 @@ Usage::
     python -m experiments.synthetic --config synthetic_paper      # 3/5/10 stages, 10 seeds
     python -m experiments.synthetic --config synthetic_paper --set seeds=3 --set "methods=['ei','eeipu']"
 
-Each (pipeline, method) job runs all seeds at once with the jitted, vmapped
-driver (:func:`eeipu_jax.simulate.run_jitted`; ``--driver python`` uses the
-Python ask/tell loop instead). Jobs run in ``--workers`` processes. Results:
+Each (pipeline, method) job runs all seeds in one compiled loop with the jitted
+driver (:func:`eeipu_jax.simulate.run_jitted`; ``--batching`` picks ``lax.map``
+or ``vmap`` over seeds, ``--driver python`` uses the Python ask/tell loop
+instead). Jobs run in ``--workers`` processes. Results:
 ``<out>/runs/run_<pipeline>_<method>_<seed>.json``, ``<out>/summary.md`` and
 ``summary.json``; figures are drawn by :mod:`paper_figures.synthetic` into
 ``<out>/figures``.
@@ -39,7 +40,8 @@ def _bo_config(pipe, method: str, cfg):
     return loop.BOConfig.from_space(pipe.space, method=method, **kw)
 
 
-def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, driver: str) -> dict:
+def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, driver: str,
+            batching: str = "auto") -> dict:
     """Run every seed of one (pipeline, method) and write the results files.
 
     Runs in a worker process; returns a small dict of timings.
@@ -66,7 +68,7 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
     )
     t0 = time.perf_counter()
     if driver == "jitted":
-        results = simulate.run_jitted(keys, pipe, bo, budget, **kw)
+        results = simulate.run_jitted(keys, pipe, bo, budget, batching=batching, **kw)
     elif driver == "python":
         results = [simulate.run_python(k, pipe, bo, budget, **kw) for k in keys]
     else:
@@ -79,7 +81,8 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
             pipeline=pipeline_name, method=method, seed=seed, budget=budget, n_warmup=r.n_warmup,
             x_raw=x_raw, y=r.y, stage_costs=r.stage_costs, memo_depth=r.memo_depth,
             charged=r.charged, eta=r.eta,
-            extra=dict(driver=driver, job_seconds=seconds, optimum=pipe.optimum),
+            extra=dict(driver=driver if driver == "python" else f"jitted-{batching}", job_seconds=seconds,
+                       optimum=pipe.optimum),
         )
     return dict(pipeline=pipeline_name, method=method, seconds=seconds, seeds=len(seeds))
 
@@ -104,7 +107,10 @@ def main(argv=None):
                     help="override a config field (repeatable)")
     ap.add_argument("--out", default=None, help="results directory (default results/<config name>)")
     ap.add_argument("--driver", choices=["jitted", "python"], default="jitted",
-                    help="jitted: whole loop under lax.while_loop, vmapped over seeds; python: ask/tell loop")
+                    help="jitted: whole loop under lax.while_loop, over a batch of seeds; python: ask/tell loop")
+    ap.add_argument("--batching", choices=["auto", "map", "vmap"], default="auto",
+                    help="how the jitted driver runs the seeds: vmap (lockstep), map (one after the other) "
+                         "or auto (map on CPU, vmap on an accelerator); see eeipu_jax.simulate.run_jitted")
     ap.add_argument("--workers", type=int, default=None,
                     help="parallel jobs (processes); default min(2, CPUs)")
     ap.add_argument("--no-figures", action="store_true", help="skip drawing figures")
@@ -145,14 +151,14 @@ def main(argv=None):
     if workers <= 1:
         for p, m in jobs:
             bar.set_postfix_str(f"{p}/{m}")
-            timings.append(run_job(p, m, cfg_dict, out, args.driver))
+            timings.append(run_job(p, m, cfg_dict, out, args.driver, args.batching))
             bar.update()
     else:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
         counter = ctx.Value("i", 0)
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                     initargs=(counter,)) as pool:
-            futs = {pool.submit(run_job, p, m, cfg_dict, out, args.driver): (p, m) for p, m in jobs}
+            futs = {pool.submit(run_job, p, m, cfg_dict, out, args.driver, args.batching): (p, m) for p, m in jobs}
             for fut in cf.as_completed(futs):
                 timings.append(fut.result())
                 bar.set_postfix_str("/".join(futs[fut]))
@@ -166,7 +172,8 @@ def main(argv=None):
     head = common.headline(table)
     md = common.format_table(table, head)
     with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(f"Config `{cfg.name}`, {cfg.seeds} seeds, driver {args.driver}, wall {wall:.0f} s.\n\n{md}\n")
+        driver = args.driver if args.driver == "python" else f"jitted ({args.batching} over seeds)"
+        f.write(f"Config `{cfg.name}`, {cfg.seeds} seeds, driver {driver}, wall {wall:.0f} s.\n\n{md}\n")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(dict(table=table, headline=head, wall_seconds=wall, jobs=timings), f, indent=2)
     print()

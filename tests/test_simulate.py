@@ -17,8 +17,10 @@ KW = dict(capacity=16, max_trials=16)
 @pytest.fixture(scope="module")
 def runs():
     py = simulate.run_python(jax.random.key(7), PIPE, CFG, BUDGET, **KW)
-    jit = simulate.run_jitted(jnp.stack([jax.random.key(7), jax.random.key(8)]), PIPE, CFG, BUDGET, **KW)
-    return py, jit
+    keys = jnp.stack([jax.random.key(7), jax.random.key(8)])
+    jit = simulate.run_jitted(keys, PIPE, CFG, BUDGET, batching="vmap", **KW)
+    mapped = simulate.run_jitted(keys, PIPE, CFG, BUDGET, batching="map", **KW)
+    return py, jit + mapped
 
 
 def test_memoized_trials_are_charged_epsilon_plus_the_unmemoized_stages(runs):
@@ -51,13 +53,19 @@ def test_budget_is_never_overspent_by_more_than_one_trial(runs):
 
 def test_python_and_jitted_drivers_give_the_same_trajectory(runs):
     py, jit = runs
-    j = jit[0]
-    assert len(py.y) == len(j.y)
-    np.testing.assert_array_equal(py.memo_depth, j.memo_depth)
-    np.testing.assert_allclose(py.X, j.X, atol=2e-3)
-    np.testing.assert_allclose(py.y, j.y, atol=2e-2)
-    # the second seed really is another run
+    for j in (jit[0], jit[2]):  # vmapped and mapped seed batches
+        assert len(py.y) == len(j.y)
+        np.testing.assert_array_equal(py.memo_depth, j.memo_depth)
+        np.testing.assert_allclose(py.X, j.X, atol=2e-3)
+        np.testing.assert_allclose(py.y, j.y, atol=2e-2)
+    # the second seed really is another run, with the same warm-up under both batchings
     assert not np.allclose(jit[1].X[: py.n_warmup], py.X[: py.n_warmup])
+    np.testing.assert_allclose(jit[1].X[: py.n_warmup], jit[3].X[: py.n_warmup], atol=1e-6)
+
+
+def test_unknown_batching_is_refused():
+    with pytest.raises(ValueError, match="batching"):
+        simulate.run_jitted(jnp.stack([jax.random.key(0)]), PIPE, CFG, BUDGET, batching="pmap", **KW)
 
 
 def test_warmup_is_shared_across_methods():
