@@ -38,7 +38,7 @@ import numpy as np
 from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
-__all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "cached_rows"]
+__all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "resolve_batching", "cached_rows"]
 
 
 class RunResult(NamedTuple):
@@ -245,6 +245,15 @@ def _segment(state, key, etas, problem, config, policy, max_trials, batching):
     return jax.lax.map(lambda a: one(*a), (state, key, etas))
 
 
+def resolve_batching(batching: str) -> str:
+    """``"map"`` or ``"vmap"`` for a ``batching`` argument of :func:`run_jitted`."""
+    if batching == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    if batching not in ("map", "vmap"):
+        raise ValueError(f"batching must be 'auto', 'map' or 'vmap', got {batching!r}")
+    return batching
+
+
 def run_jitted(
     keys,
     problem,
@@ -268,8 +277,9 @@ def run_jitted(
     the batch in parallel), ``"map"`` (one seed after the other, each for its
     own number of steps: on a CPU core, where a batch is no faster than its
     members in turn, this avoids paying for the slowest seed's iterations on
-    every seed) or ``"auto"`` (``"map"`` on CPU, ``"vmap"`` elsewhere). All three
-    give the same trajectories.
+    every seed) or ``"auto"`` (``"map"`` on CPU, ``"vmap"`` elsewhere). They
+    give the same trajectories up to float rounding (batched and unbatched
+    kernels round differently, which can make a long run drift apart).
 
     Returns:
         One :class:`RunResult` per key.
@@ -277,10 +287,7 @@ def run_jitted(
     budget = float(problem.budget if budget is None else budget)
     if max_trials <= config.n_warmup:
         raise ValueError(f"max_trials ({max_trials}) must exceed n_warmup ({config.n_warmup})")
-    if batching == "auto":
-        batching = "map" if jax.default_backend() == "cpu" else "vmap"
-    if batching not in ("map", "vmap"):
-        raise ValueError(f"batching must be 'auto', 'map' or 'vmap', got {batching!r}")
+    batching = resolve_batching(batching)
     state, keys = jax.vmap(lambda k: _init_run(k, budget, epsilon, problem, config, warmup, capacity))(keys)
     S, N = state.X.shape[:2]
     etas = jnp.full((S, N), jnp.nan, jnp.float32)

@@ -66,6 +66,7 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
         max_trials=cfg_dict["max_trials"],
         capacity=cfg_dict["capacity"],
     )
+    batching = simulate.resolve_batching(batching)
     t0 = time.perf_counter()
     if driver == "jitted":
         results = simulate.run_jitted(keys, pipe, bo, budget, batching=batching, **kw)
@@ -172,7 +173,9 @@ def main(argv=None):
     head = common.headline(table)
     md = common.format_table(table, head)
     with open(os.path.join(out, "summary.md"), "w") as f:
-        driver = args.driver if args.driver == "python" else f"jitted ({args.batching} over seeds)"
+        from eeipu_jax.simulate import resolve_batching
+
+        driver = args.driver if args.driver == "python" else f"jitted ({resolve_batching(args.batching)} over seeds)"
         f.write(f"Config `{cfg.name}`, {cfg.seeds} seeds, driver {driver}, wall {wall:.0f} s.\n\n{md}\n")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(dict(table=table, headline=head, wall_seconds=wall, jobs=timings), f, indent=2)
