@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p("--pipeline", required=True, help="registered pipeline name or module:attribute")
     p("--method", default="eeipu", help="optimization method (registry name; default: %(default)s)")
     p("--budget", type=float, required=True, help="budget in wall seconds of trials (restores, stages, cache writes)")
-    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys (default: %(default)s)")
+    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys, 0..4294967295 (default: %(default)s)")
     p("--out", required=True, help="run directory (trials.jsonl, checkpoints, config.json, summary.json)")
     p("--cache-dir", default=None, help="stage cache directory, shareable between runs (default: <out>/cache)")
     p("--cache-policy", default="top_q", choices=["top_q", "all"],
@@ -656,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     p("--cache-writes", default="auto", choices=list(_CACHE_WRITES),
       help="auto: write stage outputs only for memoizing methods (the only ones that restore); "
            "always: also for baselines (e.g. to fill a shared cache); never (default: %(default)s)")
-    p("--n-warmup", type=int, default=10, help="random initial trials before Bayesian optimization (default: %(default)s)")
+    p("--n-warmup", type=int, default=10,
+      help="random initial trials before Bayesian optimization, at least 2 (default: %(default)s)")
     p("--stage-timeout", type=float, default=None,
       help="per-stage time limit in seconds; a stage over it fails the trial (charged, run continues; default: none)")
     p("--epsilon", type=float, default=0.1, help="price of a memoized stage in the acquisition (default: %(default)s)")
