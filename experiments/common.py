@@ -33,6 +33,8 @@ import numpy as np
 __all__ = [
     "ConfigError",
     "INT32_MAX",
+    "is_int",
+    "is_real",
     "check_int",
     "check_positive",
     "check_names",
@@ -61,17 +63,19 @@ class ConfigError(ValueError):
     """A wrong setting (config file, ``--set`` override or option), found before any compute."""
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _is_real(v: Any) -> bool:
+def is_real(v: Any) -> bool:
+    """A real number (Python or NumPy int or float), not a bool."""
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def check_int(value: Any, name: str, lo: int, hi: int = INT32_MAX) -> int:
     """``value`` as an ``int`` in ``lo .. hi`` (raises :class:`ConfigError` naming ``name``)."""
-    if not (_is_int(value) and lo <= value <= hi):
+    if not (is_int(value) and lo <= value <= hi):
         raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
     return int(value)
 
@@ -80,7 +84,7 @@ def check_positive(value: Any, name: str, *, allow_none: bool = False, none_mean
     """``value`` as a finite ``float > 0`` (or ``None`` when allowed)."""
     if value is None and allow_none:
         return None
-    if not (_is_real(value) and math.isfinite(value) and value > 0):
+    if not (is_real(value) and math.isfinite(value) and value > 0):
         alt = f", or None ({none_means})" if allow_none else ""
         raise ConfigError(f"{name} must be a finite number > 0{alt}, got {value!r}")
     return float(value)
@@ -172,8 +176,8 @@ def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where:
             raise ConfigError(f"{where}{name}={value}: expected {what}") from None
     ok = (
         isinstance(value, (bool, np.bool_)) if isinstance(default, bool)
-        else _is_int(value) and abs(value) <= INT32_MAX if isinstance(default, int)
-        else _is_real(value) and math.isfinite(value) if isinstance(default, float)
+        else is_int(value) and abs(value) <= INT32_MAX if isinstance(default, int)
+        else is_real(value) and math.isfinite(value) if isinstance(default, float)
         else isinstance(value, str) if isinstance(default, str)
         else True
     )
@@ -183,7 +187,7 @@ def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where:
         return bool(value)
     if isinstance(default, float):
         return float(value)
-    return int(value) if _is_int(value) else value
+    return int(value) if is_int(value) else value
 
 
 def load_checked_config(name: str, overrides: Iterable[str]):

@@ -151,14 +151,6 @@ def _coerce_bo_option(name: str, value: Any) -> Any:
         raise RunConfigError(str(e)) from None
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _validate(spec: RunSpec, *, disk: bool = True) -> _Plan:
     """Check every setting and resolve names, writing nothing anywhere.
 
@@ -179,23 +171,23 @@ def _validate(spec: RunSpec, *, disk: bool = True) -> _Plan:
     def bad(field: str, msg: str):
         raise RunConfigError(f"--{field.replace('_', '-')}: {msg}")
 
-    if not (_is_real(spec.budget) and math.isfinite(spec.budget) and spec.budget > 0):
+    if not (common.is_real(spec.budget) and math.isfinite(spec.budget) and spec.budget > 0):
         bad("budget", f"must be a positive number of seconds, got {spec.budget!r}")
     try:
         check_seed(spec.seed)
     except ValueError as e:
         bad("seed", str(e).removeprefix("seed "))
-    if not (_is_int(spec.n_warmup) and 1 <= spec.n_warmup <= common.INT32_MAX):
+    if not (common.is_int(spec.n_warmup) and 1 <= spec.n_warmup <= common.INT32_MAX):
         bad("n_warmup", f"must be a positive integer of at most {common.INT32_MAX}, got {spec.n_warmup!r}")
     if spec.cache_writes not in _CACHE_WRITES:
         bad("cache_writes", f"must be one of {list(_CACHE_WRITES)}, got {spec.cache_writes!r}")
     if spec.stage_timeout is not None and not (
-        _is_real(spec.stage_timeout) and math.isfinite(spec.stage_timeout) and spec.stage_timeout > 0
+        common.is_real(spec.stage_timeout) and math.isfinite(spec.stage_timeout) and spec.stage_timeout > 0
     ):
         bad("stage_timeout", f"must be positive seconds, got {spec.stage_timeout!r}")
-    if not (_is_real(spec.epsilon) and math.isfinite(spec.epsilon) and spec.epsilon > 0):
+    if not (common.is_real(spec.epsilon) and math.isfinite(spec.epsilon) and spec.epsilon > 0):
         bad("epsilon", f"must be a positive number, got {spec.epsilon!r}")
-    if spec.max_trials is not None and not (_is_int(spec.max_trials) and spec.max_trials >= 1):
+    if spec.max_trials is not None and not (common.is_int(spec.max_trials) and spec.max_trials >= 1):
         bad("max_trials", f"must be an integer of at least 1, got {spec.max_trials!r}")
     try:
         method = acqlib.get_method(spec.method)

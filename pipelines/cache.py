@@ -14,10 +14,11 @@ This module owns everything on disk under a cache directory:
   SHA-256 of every data file, and the original compute cost of stages
   ``0 .. j``) and ``last_access`` (the LRU clock). An entry is written under
   ``<root>/tmp/<key>.<nonce>.<pid>@<host>`` and renamed into ``entries/`` only
-  when complete, so a half-written entry is never visible; a half-written
+  when complete, so a half-written entry is never visible. A half-written
   folder whose writer process is gone (same host, same PID namespace) is
-  removed when a cache opens, other hosts' after ``stale_tmp_seconds``; a rename that loses a race against
-  another writer of the same key is discarded. Deletion renames the entry into
+  removed when a cache opens, another host's once older than
+  ``stale_tmp_seconds``. A rename that loses a race against another writer of
+  the same key is discarded. Deletion renames the entry into
   ``<root>/trash/`` first, so readers see a whole entry or none.
 * **Trust.** ``meta.json`` carries its own SHA-256 and the SHA-256 of every
   data file, so the checksums cover the whole entry; every restore checks the
