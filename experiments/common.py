@@ -5,6 +5,10 @@ Every experiment config is a Python file with ``get_config()`` returning an
 command line (values parsed as Python literals, e.g. ``--set seeds=10``,
 ``--set methods="['ei','eeipu']"``).
 
+Settings are checked before anything is written or computed
+(:class:`ConfigError` and the ``check_*`` helpers): a wrong value is named,
+with what was expected, and the scripts exit with status 2.
+
 Results: one JSON file per run (pipeline, method, seed) with per-trial rows
 (x, y, stage costs, memo depth, charged cost, spent budget, eta), and a
 summary table computed from those files only, so tables and figures can be
@@ -14,25 +18,198 @@ rebuilt from results alone.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "ConfigError",
+    "INT32_MAX",
+    "is_int",
+    "is_real",
+    "check_int",
+    "check_positive",
+    "check_names",
+    "check_writable_dir",
+    "coerce_bo_option",
+    "load_checked_config",
     "load_config",
     "apply_overrides",
     "write_run",
     "read_runs",
     "summarize",
     "headline",
+    "relative",
+    "format_relative",
+    "format_mean",
     "format_table",
 ]
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+#: Integer settings enter jitted code as int32.
+INT32_MAX = 2**31 - 1
+
+
+# ------------------------------------------------------------- checking
+class ConfigError(ValueError):
+    """A wrong setting (config file, ``--set`` override or option), found before any compute."""
+
+
+def is_int(v: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_real(v: Any) -> bool:
+    """A real number (Python or NumPy int or float), not a bool."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(value: Any, name: str, lo: int, hi: int = INT32_MAX) -> int:
+    """``value`` as an ``int`` in ``lo .. hi`` (raises :class:`ConfigError` naming ``name``)."""
+    if not (is_int(value) and lo <= value <= hi):
+        raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    return int(value)
+
+
+def check_positive(value: Any, name: str, *, allow_none: bool = False, none_means: str = "") -> float | None:
+    """``value`` as a finite ``float > 0`` (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return None
+    if not (is_real(value) and math.isfinite(value) and value > 0):
+        alt = f", or None ({none_means})" if allow_none else ""
+        raise ConfigError(f"{name} must be a finite number > 0{alt}, got {value!r}")
+    return float(value)
+
+
+def check_names(values: Any, name: str, check: Callable[[str], Any]) -> list[str]:
+    """A non-empty list of distinct names, each accepted by ``check`` (which raises on a bad one)."""
+    if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+        raise ConfigError(f"{name} must be a non-empty list of names, got {values!r}")
+    values = list(values)
+    for v in values:
+        if not isinstance(v, str):
+            raise ConfigError(f"{name}: {v!r} is not a name")
+        try:
+            check(v)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{name}: {e.args[0] if e.args else e}") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name} lists a name twice: {values}")
+    return values
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_writable_dir(path: Any, what: str, error: type[Exception] = ConfigError) -> str:
+    """``path`` made absolute, after checking it is (or can be made) a writable directory.
+
+    Leaves nothing behind: the check creates and removes one empty directory
+    in ``path``, or in its nearest existing ancestor if ``path`` does not exist
+    yet (the caller creates it once every setting is checked).
+
+    Raises:
+        error: not a path, an existing non-directory on the way, or not
+            writable (the message starts with ``what``).
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise error(f"{what}: expected a directory path, got {path!r}")
+    path = os.path.abspath(path)
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        raise error(f"{what} {path!r}: {base!r} exists and is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".eeipu-write-test-"))
+    except OSError as e:
+        raise error(f"{what} {path!r} is not writable: {e}") from None
+    return path
+
+
+def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where: str = "bo.") -> Any:
+    """A :class:`~eeipu_jax.loop.BOConfig` field's value (text or a config's value) as the field's type.
+
+    Ints must fit int32, floats must be finite, bools and strings must be
+    what they say; the core checks ranges when the config is built.
+    ``where`` starts the messages (``"--bo "`` on a command line, ``"bo."``
+    in a config).
+
+    Raises:
+        ConfigError: not a settable field (``reserved`` ones included), or a
+            value of the wrong type.
+    """
+    from eeipu_jax import loop
+
+    fields = {f.name: f for f in dataclasses.fields(loop.BOConfig)}
+    if name not in fields or name in reserved or name in ("stage_of_column", "bins", "method", "gp"):
+        allowed = sorted(set(fields) - set(reserved) - {"stage_of_column", "bins", "method", "gp"})
+        raise ConfigError(f"{where}{name}: not a settable BOConfig field; choose from {allowed}")
+    default = fields[name].default
+    kind = type(default).__name__
+    what = {"float": "a finite float", "int": f"an int of at most {INT32_MAX}"}.get(kind, f"a {kind}")
+    if isinstance(value, str) and not isinstance(default, str):
+        text = value.strip()
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+        except ValueError:
+            raise ConfigError(f"{where}{name}={value}: expected {what}") from None
+    ok = (
+        isinstance(value, (bool, np.bool_)) if isinstance(default, bool)
+        else is_int(value) and abs(value) <= INT32_MAX if isinstance(default, int)
+        else is_real(value) and math.isfinite(value) if isinstance(default, float)
+        else isinstance(value, str) if isinstance(default, str)
+        else True
+    )
+    if not ok:
+        raise ConfigError(f"{where}{name}={value!r}: expected {what}")
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, float):
+        return float(value)
+    return int(value) if is_int(value) else value
+
+
+def load_checked_config(name: str, overrides: Iterable[str]):
+    """:func:`load_config` plus :func:`apply_overrides`, every failure as a :class:`ConfigError`."""
+    try:
+        cfg = load_config(name)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # the config file's own code failed
+        raise ConfigError(f"config {name!r} could not be loaded: {type(e).__name__}: {e}") from None
+    try:
+        return apply_overrides(cfg, overrides)
+    except KeyError as e:
+        raise ConfigError(e.args[0] if e.args else str(e)) from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"--set: {e}") from None
+
+
+def fail(message: str) -> int:
+    """Print ``error: message`` on stderr (one line) and return the exit status 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
 
 
 def load_config(path_or_name: str):
@@ -167,6 +344,24 @@ def summarize(runs: list[dict]) -> dict:
     return table
 
 
+def relative(me: float, base: float) -> tuple[float | None, float | None]:
+    """``(me / base - 1, me - base)``; the ratio is ``None`` unless ``base > 0`` and both are finite.
+
+    A ratio over a baseline that made no BO iteration or gained nothing is not
+    a number (it would print as ``+nan%`` or ``+inf%``), so it is left out and
+    the difference says what happened instead.
+    """
+    finite = math.isfinite(me) and math.isfinite(base)
+    ratio = me / base - 1 if finite and base > 0 else None
+    return ratio, (me - base if finite else None)
+
+
+def _compare(me: dict, iterations: float, gain: float) -> dict:
+    cand, cand_diff = relative(me["iterations"], iterations)
+    g, g_diff = relative(me["gain"], gain)
+    return dict(candidates=cand, candidates_difference=cand_diff, gain=g, gain_difference=g_diff)
+
+
 def headline(table: dict, method: str = "eeipu") -> dict:
     """The paper's two ratios per pipeline and baseline, and averaged.
 
@@ -175,10 +370,17 @@ def headline(table: dict, method: str = "eeipu") -> dict:
       being best objective at budget end minus best at the end of warm-up.
 
     Returned per baseline and "vs the average baseline" (the method's mean over
-    the mean of the baselines' means), then averaged over pipelines.
+    the mean of the baselines' means), then averaged over pipelines. Each
+    figure comes with its difference (``candidates_difference``,
+    ``gain_difference``: the method's mean minus the baseline's). Where the
+    baseline's figure is 0 (no BO iteration, no gain) the ratio is undefined:
+    it is ``None`` (never NaN), the difference stands in for it, and the
+    average over pipelines takes the pipelines where it is defined (listed in
+    ``candidates_pipelines`` / ``gain_pipelines``; ``None`` if there are none).
     """
     out: dict = {"per_pipeline": {}, "mean": {}}
-    acc_c, acc_g = [], []
+    acc: dict[str, dict[str, float]] = {"candidates": {}, "gain": {}}
+    n_pipes = 0
     for pipe, rows in table.items():
         if method not in rows:
             continue
@@ -186,25 +388,42 @@ def headline(table: dict, method: str = "eeipu") -> dict:
         base = {m: r for m, r in rows.items() if m != method}
         if not base:
             continue
-        per = {
-            m: dict(
-                candidates=me["iterations"] / r["iterations"] - 1 if r["iterations"] > 0 else float("nan"),
-                gain=me["gain"] / r["gain"] - 1 if r["gain"] > 0 else float("nan"),
-            )
-            for m, r in base.items()
-        }
-        avg_iters = np.mean([r["iterations"] for r in base.values()])
-        avg_gain = np.mean([r["gain"] for r in base.values()])
-        vs_avg = dict(
-            candidates=me["iterations"] / avg_iters - 1 if avg_iters > 0 else float("nan"),
-            gain=me["gain"] / avg_gain - 1 if avg_gain > 0 else float("nan"),
+        per = {m: _compare(me, r["iterations"], r["gain"]) for m, r in base.items()}
+        vs_avg = _compare(
+            me, float(np.mean([r["iterations"] for r in base.values()])), float(np.mean([r["gain"] for r in base.values()]))
         )
         out["per_pipeline"][pipe] = dict(per_baseline=per, vs_average_baseline=vs_avg)
-        acc_c.append(vs_avg["candidates"])
-        acc_g.append(vs_avg["gain"])
-    if acc_c:
-        out["mean"] = dict(candidates=float(np.mean(acc_c)), gain=float(np.mean(acc_g)))
+        n_pipes += 1
+        for figure in acc:
+            if vs_avg[figure] is not None:
+                acc[figure][pipe] = vs_avg[figure]
+    if n_pipes:
+        out["mean"] = {}
+        for figure, values in acc.items():
+            out["mean"][figure] = float(np.mean(list(values.values()))) if values else None
+            out["mean"][f"{figure}_pipelines"] = sorted(values)
+        out["mean"]["pipelines"] = n_pipes
     return out
+
+
+def format_relative(entry: dict, figure: str) -> str:
+    """``"+35% gain"``, or for an undefined ratio the difference, marked as such."""
+    ratio, diff = entry.get(figure), entry.get(f"{figure}_difference")
+    if ratio is not None:
+        return f"{ratio:+.0%} {figure}"
+    if diff is None:
+        return f"{figure} undefined (no finite value)"
+    base = "made no BO iteration" if figure == "candidates" else "gained 0"
+    return f"{diff:+.3g} {figure} (a difference, not a ratio: the baseline {base})"
+
+
+def format_mean(mean: dict, figure: str) -> str:
+    """The average over pipelines of one figure, saying which pipelines it covers."""
+    value, used, total = mean.get(figure), mean.get(f"{figure}_pipelines", []), mean.get("pipelines", 0)
+    if value is None:
+        return f"{figure} undefined (every pipeline's baseline figure is 0)"
+    over = "" if len(used) == total else f" (over {', '.join(used)} only: elsewhere the ratio is undefined)"
+    return f"{value:+.0%} {figure}{over}"
 
 
 def _pm(m, se, fmt):
@@ -227,19 +446,20 @@ def format_table(table: dict, head: dict | None = None, method: str = "eeipu") -
         if head and pipe in head.get("per_pipeline", {}):
             h = head["per_pipeline"][pipe]
             parts = ", ".join(
-                f"{m}: {v['candidates']:+.0%} candidates / {v['gain']:+.0%} gain"
+                f"{m}: {format_relative(v, 'candidates')} / {format_relative(v, 'gain')}"
                 for m, v in sorted(h["per_baseline"].items())
             )
             va = h["vs_average_baseline"]
             lines.append("")
             lines.append(f"{method} vs each baseline: {parts}.")
             lines.append(
-                f"{method} vs the average baseline: {va['candidates']:+.0%} candidates, {va['gain']:+.0%} gain."
+                f"{method} vs the average baseline: {format_relative(va, 'candidates')}, "
+                f"{format_relative(va, 'gain')}."
             )
         lines.append("")
     if head and head.get("mean"):
         lines.append(
             f"Averaged over pipelines, {method} vs the average baseline: "
-            f"{head['mean']['candidates']:+.0%} candidates, {head['mean']['gain']:+.0%} gain after warm-up."
+            f"{format_mean(head['mean'], 'candidates')}, {format_mean(head['mean'], 'gain')} after warm-up."
         )
     return "\n".join(lines)

@@ -24,6 +24,11 @@ in ``--workers`` processes (default 2), each with
 Rerunning the same command resumes: runs with a results file are skipped, an
 interrupted run continues from its checkpoint (``RunSpec.resume``).
 
+Every setting is checked before anything is written or computed
+(:func:`check_config`, which checks each job's tuning-run settings as
+:mod:`experiments.run` would): a wrong one is named on one line and the exit
+status is 2.
+
 Outputs: ``<out>/summary.md`` (iterations and best objective per method,
 mean ± standard error, and the paper's two headline figures computed its way,
 beside the paper's +103% / +108%), ``<out>/summary.json``, and figures in
@@ -36,7 +41,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import sys
@@ -47,7 +51,7 @@ from tqdm import tqdm
 
 from experiments import common
 
-__all__ = ["run_job", "prepare_pipeline", "trials_to_run", "plan_jobs", "main", "PAPER_HEADLINE"]
+__all__ = ["run_job", "prepare_pipeline", "trials_to_run", "plan_jobs", "check_config", "main", "PAPER_HEADLINE"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,13 @@ PAPER_HEADLINE = {"candidates": 1.03, "gain": 1.08}
 
 def _budget(cfg: dict, pipeline: str) -> float:
     return float((cfg.get("budgets") or {}).get(pipeline, cfg["budget"]))
+
+
+def _cache_max_bytes(cfg: dict) -> int | None:
+    from pipelines.cache import parse_bytes
+
+    value = cfg.get("cache_max_bytes")
+    return None if value is None else parse_bytes(value)
 
 
 def _run_dir(out: str, pipeline: str, method: str, seed: int) -> str:
@@ -124,7 +135,7 @@ def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> 
     budget = _budget(cfg, pipeline_name)
     spec = RunSpec(
         pipeline=pipeline_name, method=method, budget=budget, seed=int(seed), out=run_dir,
-        cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=cfg.get("cache_max_bytes"),
+        cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=_cache_max_bytes(cfg),
         n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
         bo_options=tuple(sorted((cfg.get("bo") or {}).items())), max_trials=cfg.get("max_trials"),
         progress=False, resume=os.path.exists(os.path.join(run_dir, "config.json")),
@@ -156,22 +167,89 @@ def prepare_pipeline(pipeline_name: str, jax_cache_dir: str | None = None) -> di
 
 
 def plan_jobs(cfg) -> tuple[list[tuple[str, str, int]], list[str]]:
-    """``(jobs, skipped_pipelines)``; raises on unknown methods or no pipeline left."""
-    from eeipu_jax.acquisition import get_method
+    """``(jobs, skipped_pipelines)`` of a config that passed :func:`check_config`.
+
+    Raises:
+        experiments.common.ConfigError: no pipeline of the config is registered.
+    """
     from pipelines.registry import available_pipelines
 
-    for m in cfg.methods:
-        get_method(m)  # a clear error before any compute
-    if cfg.seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
     known = set(available_pipelines())
     pipelines = [p for p in cfg.pipelines if p in known or ":" in p]
     skipped = [p for p in cfg.pipelines if p not in pipelines]
     if not pipelines:
-        raise ValueError(f"none of the pipelines {list(cfg.pipelines)} is registered; registered: {sorted(known)}")
+        raise common.ConfigError(
+            f"none of the pipelines {list(cfg.pipelines)} is registered; registered: {sorted(known)}")
     seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
     # Seed-major order: with a limited time, every method gets the same seeds first.
     return [(p, m, s) for p in pipelines for s in seeds for m in cfg.methods], skipped
+
+
+def check_config(cfg) -> None:
+    """Check every field of a real comparison config before anything runs.
+
+    The fields of the config itself (names, seeds, budgets finite and > 0 per
+    pipeline, warm-up, cache and BO settings), then every (pipeline, method)
+    job's tuning-run settings as :mod:`experiments.run` checks them (the
+    pipeline is built, its data not prepared); unregistered pipelines are
+    left to :func:`plan_jobs`, which skips them.
+
+    Raises:
+        experiments.common.ConfigError: the first wrong field, named.
+    """
+    from eeipu_jax.acquisition import get_method
+    from experiments.run import RunSpec, _validate
+    from pipelines.registry import available_pipelines
+    from pipelines.runner import MAX_SEED
+
+    try:
+        c = {k: cfg[k] for k in ("pipelines", "methods", "seeds", "seed_offset", "budget", "n_warmup", "epsilon",
+                                 "cache_policy", "cache_q")}
+    except (KeyError, AttributeError) as e:
+        raise common.ConfigError(f"the config has no field {e.args[0]!r}") from None
+    pipelines = common.check_names(c["pipelines"], "pipelines", lambda p: None)
+    methods = common.check_names(c["methods"], "methods", get_method)
+    seeds = common.check_int(c["seeds"], "seeds", 1)
+    offset = common.check_int(c["seed_offset"], "seed_offset", 0, MAX_SEED)
+    if offset + seeds - 1 > MAX_SEED:
+        raise common.ConfigError(f"seed_offset + seeds - 1 = {offset + seeds - 1} exceeds the largest seed {MAX_SEED}")
+    common.check_positive(c["budget"], "budget")
+    budgets = cfg.get("budgets") or {}
+    if not hasattr(budgets, "items"):
+        raise common.ConfigError(f"budgets must map pipeline names to seconds, got {budgets!r}")
+    for p, b in budgets.items():
+        common.check_positive(b, f"budgets[{p!r}]")
+    common.check_int(c["n_warmup"], "n_warmup", 1)
+    common.check_positive(c["epsilon"], "epsilon")
+    if c["cache_policy"] not in ("top_q", "all"):
+        raise common.ConfigError(f"cache_policy must be one of ['top_q', 'all'], got {c['cache_policy']!r}")
+    common.check_int(c["cache_q"], "cache_q", 1)
+    common.check_positive(cfg.get("stage_timeout"), "stage_timeout", allow_none=True, none_means="no limit")
+    if cfg.get("max_trials") is not None:
+        common.check_int(cfg.get("max_trials"), "max_trials", 1)
+    try:
+        cache_max_bytes = _cache_max_bytes(cfg)
+    except ValueError as e:
+        raise common.ConfigError(f"cache_max_bytes: {e}") from None
+    bo = cfg.get("bo") or {}
+    if not hasattr(bo, "items"):
+        raise common.ConfigError(f"bo must be a dict of BOConfig fields, got {bo!r}")
+    for k, v in bo.items():
+        common.coerce_bo_option(k, v, reserved=("n_warmup",))
+    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    known = set(available_pipelines())
+    for p in (p for p in pipelines if p in known or ":" in p):
+        for m in methods:
+            spec = RunSpec(
+                pipeline=p, method=m, budget=_budget(cfg_dict, p), seed=offset, out="", cache_policy=c["cache_policy"],
+                cache_q=c["cache_q"], cache_max_bytes=cache_max_bytes, n_warmup=c["n_warmup"],
+                stage_timeout=cfg.get("stage_timeout"), epsilon=c["epsilon"],
+                bo_options=tuple(sorted(bo.items())), max_trials=cfg.get("max_trials"), progress=False,
+            )
+            try:
+                _validate(spec, disk=False)
+            except common.ConfigError as e:
+                raise common.ConfigError(f"{p}/{m}: {e}") from None
 
 
 def _init_worker(counter):
@@ -189,8 +267,10 @@ def _headline_md(head: dict) -> str:
     return (
         "\n## Headline figures (the paper's definitions, reference section 5.3)\n\n"
         "| figure | here (EEIPU vs the average baseline, mean over pipelines) | paper |\n|---|---|---|\n"
-        f"| more candidates within the budget | {m['candidates']:+.0%} | +{PAPER_HEADLINE['candidates']:.0%} |\n"
-        f"| larger gain of the metric after warm-up | {m['gain']:+.0%} | +{PAPER_HEADLINE['gain']:.0%} |\n\n"
+        f"| more candidates within the budget | {common.format_mean(m, 'candidates')} "
+        f"| +{PAPER_HEADLINE['candidates']:.0%} |\n"
+        f"| larger gain of the metric after warm-up | {common.format_mean(m, 'gain')} "
+        f"| +{PAPER_HEADLINE['gain']:.0%} |\n\n"
         "Candidates = BO trials after warm-up within the budget (the last one may overshoot); gain = best "
         "objective at the end minus best at the end of warm-up. The paper's numbers average its own three "
         "real pipelines (Home Credit stacking, drone segmentation, T5 distillation on GPUs); ours are offline "
@@ -216,7 +296,8 @@ def summarize_results(out: str, cfg, wall: float | None = None, jobs: list | Non
     return intro + md
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run the comparison; returns the exit status (2: a setting is wrong, nothing was run)."""
     ap = argparse.ArgumentParser(
         prog="python -m experiments.real",
         description="Run the real-pipeline comparison (methods x pipelines x seeds) and summarize it.",
@@ -232,14 +313,17 @@ def main(argv=None):
     ap.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     args = ap.parse_args(argv)
 
-    cfg = common.apply_overrides(common.load_config(args.config), args.overrides)
-    jobs, skipped = plan_jobs(cfg)
+    try:  # every setting before anything is written or computed
+        cfg = common.load_checked_config(args.config, args.overrides)
+        check_config(cfg)
+        jobs, skipped = plan_jobs(cfg)
+        common.check_int(args.workers, "--workers", 1)
+        out = common.check_writable_dir(args.out or os.path.join("results", str(cfg.name)), "--out")
+    except common.ConfigError as e:
+        return common.fail(str(e))
     for p in skipped:
         print(f"warning: pipeline {p!r} is not registered here; skipped", file=sys.stderr)
     cfg.pipelines = [p for p in cfg.pipelines if p not in skipped]
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    out = args.out or os.path.join("results", cfg.name)
     os.makedirs(out, exist_ok=True)
     cfg_dict = cfg.to_dict()
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -251,7 +335,8 @@ def main(argv=None):
     todo = [j for j in jobs if not os.path.exists(_result_path(out, *j))]
     to_prepare = sorted({p for p, _, _ in todo})
     bar = tqdm(total=len(jobs), desc=f"{cfg.name}: runs", unit="run", file=sys.stdout)
-    if args.workers == 1:
+    workers = min(args.workers, max(1, len(todo)))
+    if workers == 1:
         for p in to_prepare:
             bar.set_postfix_str(f"prepare {p}")
             timings.append(prepare_pipeline(p))
@@ -262,7 +347,7 @@ def main(argv=None):
     else:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
         counter = ctx.Value("i", 0)
-        with cf.ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                     initargs=(counter,)) as pool:
             bar.set_postfix_str("prepare " + ", ".join(to_prepare))
             timings += [f.result() for f in [pool.submit(prepare_pipeline, p) for p in to_prepare]]

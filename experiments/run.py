@@ -49,7 +49,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -61,9 +60,10 @@ from eeipu_jax import acquisition as acqlib
 from eeipu_jax.utils import enable_compilation_cache
 from eeipu_jax import loop as bo
 from eeipu_jax.checkpoint import restore_state, save_state
+from experiments import common
 from pipelines.cache import CachePolicy, StageCache, parse_bytes
 from pipelines.registry import available_pipelines, get_pipeline
-from pipelines.runner import Runner
+from pipelines.runner import Runner, check_seed
 
 __all__ = ["RunSpec", "RunConfigError", "run_tuning", "read_trials", "main"]
 
@@ -71,11 +71,11 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 _CACHE_WRITES = ("auto", "always", "never")
-# BOConfig fields set by their own options or derived from the pipeline.
-_BO_RESERVED = ("stage_of_column", "bins", "method", "n_warmup", "gp")
+# BOConfig fields set by their own options (the others derive from the pipeline).
+_BO_RESERVED = ("n_warmup",)
 
 
-class RunConfigError(ValueError):
+class RunConfigError(common.ConfigError):
     """A run's settings are invalid (raised before any compute is spent)."""
 
 
@@ -140,93 +140,86 @@ class _Plan:
 
 
 # ------------------------------------------------------------- validation
-def _check_writable_dir(path: str, what: str) -> str:
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunConfigError(f"{what} {path!r} exists and is not a directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise RunConfigError(f"{what} {path!r} is not writable: {e}") from None
-    return path
+def _check_writable_dir(path: Any, what: str) -> str:
+    return common.check_writable_dir(path, what, RunConfigError)
 
 
 def _coerce_bo_option(name: str, value: Any) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(bo.BOConfig)}
-    if name not in fields or name in _BO_RESERVED:
-        allowed = sorted(set(fields) - set(_BO_RESERVED))
-        raise RunConfigError(f"--bo {name}: not a settable BOConfig field; choose from {allowed}")
-    default = fields[name].default
-    if not isinstance(value, str):
-        return value
     try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise RunConfigError(f"--bo {name}={value}: expected a {type(default).__name__}") from None
-    return value
+        return common.coerce_bo_option(name, value, reserved=_BO_RESERVED, where="--bo ")
+    except common.ConfigError as e:
+        raise RunConfigError(str(e)) from None
 
 
-def _plan(spec: RunSpec) -> _Plan:
-    """Validate every setting and resolve names; nothing expensive runs here."""
+def _validate(spec: RunSpec, *, disk: bool = True) -> _Plan:
+    """Check every setting and resolve names, writing nothing anywhere.
+
+    Everything a run needs is decided here, before any file or directory is
+    created, so a refused command leaves ``--out`` as it was. Nothing
+    expensive runs (the pipeline object is built; its ``prepare()`` is not
+    called).
+
+    Args:
+        spec: the run's settings.
+        disk: also check the directories (writable; ``--out`` holds a run
+            exactly when ``--resume`` says so). ``False`` checks the settings
+            alone, e.g. for every job of a comparison before the first runs.
+
+    Raises:
+        RunConfigError: the first setting that is wrong, named as its option.
+    """
     def bad(field: str, msg: str):
         raise RunConfigError(f"--{field.replace('_', '-')}: {msg}")
 
-    if not (isinstance(spec.budget, (int, float)) and not isinstance(spec.budget, bool)
-            and math.isfinite(spec.budget) and spec.budget > 0):
+    if not (common.is_real(spec.budget) and math.isfinite(spec.budget) and spec.budget > 0):
         bad("budget", f"must be a positive number of seconds, got {spec.budget!r}")
-    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
-        bad("seed", f"must be a non-negative integer, got {spec.seed!r}")
+    try:
+        check_seed(spec.seed)
+    except ValueError as e:
+        bad("seed", str(e).removeprefix("seed "))
+    if not (common.is_int(spec.n_warmup) and 1 <= spec.n_warmup <= common.INT32_MAX):
+        bad("n_warmup", f"must be a positive integer of at most {common.INT32_MAX}, got {spec.n_warmup!r}")
     if spec.cache_writes not in _CACHE_WRITES:
         bad("cache_writes", f"must be one of {list(_CACHE_WRITES)}, got {spec.cache_writes!r}")
-    if spec.stage_timeout is not None and not (math.isfinite(spec.stage_timeout) and spec.stage_timeout > 0):
+    if spec.stage_timeout is not None and not (
+        common.is_real(spec.stage_timeout) and math.isfinite(spec.stage_timeout) and spec.stage_timeout > 0
+    ):
         bad("stage_timeout", f"must be positive seconds, got {spec.stage_timeout!r}")
-    if not (math.isfinite(spec.epsilon) and spec.epsilon > 0):
-        bad("epsilon", f"must be positive, got {spec.epsilon!r}")
-    if spec.max_trials is not None and spec.max_trials < 1:
-        bad("max_trials", f"must be at least 1, got {spec.max_trials!r}")
+    if not (common.is_real(spec.epsilon) and math.isfinite(spec.epsilon) and spec.epsilon > 0):
+        bad("epsilon", f"must be a positive number, got {spec.epsilon!r}")
+    if spec.max_trials is not None and not (common.is_int(spec.max_trials) and spec.max_trials >= 1):
+        bad("max_trials", f"must be an integer of at least 1, got {spec.max_trials!r}")
     try:
         method = acqlib.get_method(spec.method)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise RunConfigError(f"--method: {e}") from None
     try:
         policy = CachePolicy(spec.cache_policy, spec.cache_q, spec.cache_max_bytes)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise RunConfigError(f"--cache-policy/--cache-q/--cache-max-bytes: {e}") from None
     try:
         pipeline = get_pipeline(spec.pipeline)
-    except ValueError as e:
+    except Exception as e:  # a factory or space that raises is a bad --pipeline, not a crash
         raise RunConfigError(f"--pipeline: {e}") from None
     bo_options = {}
-    for name, value in spec.bo_options:
-        bo_options[name] = _coerce_bo_option(name, value)
-    try:
-        config = bo.BOConfig.from_space(pipeline.space, method=method.name, n_warmup=spec.n_warmup, **bo_options)
-    except (ValueError, TypeError) as e:
-        raise RunConfigError(f"--n-warmup/--bo: {e}") from None
+    for item in spec.bo_options:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise RunConfigError(f"--bo: expected (name, value) pairs, got {item!r}")
+        bo_options[item[0]] = _coerce_bo_option(*item)
     for stage in pipeline.stages:
         for p in stage.params:
             for choice in getattr(p, "choices", ()):
-                if not (choice is None or isinstance(choice, (bool, int, float, str))):
+                if not (choice is None or isinstance(choice, (bool, int, float, str))) or (
+                    isinstance(choice, float) and not math.isfinite(choice)
+                ):
                     raise RunConfigError(
                         f"--pipeline: stage {stage.name!r} parameter {p.name!r} has choice {choice!r}; "
-                        "cache keys need bool/int/float/str/None choices"
+                        "cache keys need finite bool/int/float, str or None choices"
                     )
-    if method.memoize and policy.kind == "top_q" and policy.q < config.top_q:
-        logger.warning(
-            "cache q=%d is smaller than the optimizer's top_q=%d: some proposed prefixes will not be cached",
-            policy.q, config.top_q,
-        )
-    out = _check_writable_dir(spec.out, "--out")
-    cache_dir = _check_writable_dir(spec.cache_dir or os.path.join(out, "cache"), "--cache-dir")
+    try:
+        config = bo.BOConfig.from_space(pipeline.space, method=method.name, n_warmup=spec.n_warmup, **bo_options)
+    except Exception as e:
+        raise RunConfigError(f"--n-warmup/--bo: {type(e).__name__}: {e}") from None
     write = {"auto": method.memoize, "always": True, "never": False}[spec.cache_writes]
     doc = {
         "format": FORMAT,
@@ -235,14 +228,35 @@ def _plan(spec: RunSpec) -> _Plan:
         "pipeline_version": pipeline.version,
         "method": method.name,
         "budget": float(spec.budget),
-        "seed": spec.seed,
-        "n_warmup": spec.n_warmup,
+        "seed": int(spec.seed),
+        "n_warmup": int(spec.n_warmup),
         "epsilon": float(spec.epsilon),
         "cache_policy": policy.kind,
-        "cache_q": policy.q,
+        "cache_q": int(policy.q),
         "cache_writes": spec.cache_writes,
         "bo_options": {k: bo_options[k] for k in sorted(bo_options)},
     }
+    try:  # config.json must be writable as strict JSON before anything is written
+        json.dumps(doc, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(f"the run's settings cannot be recorded in config.json: {e}") from None
+    if not disk:
+        return _Plan(spec, pipeline, method, config, policy, "", write, doc)
+    if method.memoize and policy.kind == "top_q" and policy.q < config.top_q:
+        logger.warning(
+            "cache q=%d is smaller than the optimizer's top_q=%d: some proposed prefixes will not be cached",
+            policy.q, config.top_q,
+        )
+
+    out = _check_writable_dir(spec.out, "--out")
+    cache_dir = _check_writable_dir(spec.cache_dir or os.path.join(out, "cache"), "--cache-dir")
+    if spec.jax_cache_dir is not None:
+        _check_writable_dir(spec.jax_cache_dir, "--jax-cache-dir")
+    has_run = any(os.path.exists(os.path.join(out, f)) for f in ("config.json", "trials.jsonl"))
+    if spec.resume and not os.path.exists(os.path.join(out, "config.json")):
+        raise RunConfigError(f"--resume: no run to resume in {out!r} (config.json missing)")
+    if not spec.resume and has_run:
+        raise RunConfigError(f"--out {out!r} already holds a run; pass --resume to continue it or choose a new --out")
     return _Plan(spec, pipeline, method, config, policy, cache_dir, write, doc)
 
 
@@ -407,8 +421,13 @@ def _start_or_resume(plan: _Plan, trials_path: str):
 
     if not os.path.exists(config_path):
         raise RunConfigError(f"--resume: no run to resume in {run_dir!r} (config.json missing)")
-    with open(config_path, encoding="utf-8") as f:
-        saved = json.load(f)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError(f"it holds a {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise RunConfigError(f"--resume: {config_path} is unreadable ({e}); the run directory was altered") from None
     diffs = [
         f"{k}: run has {saved.get(k)!r}, this command has {v!r}"
         for k, v in plan.config_doc.items()
@@ -450,10 +469,18 @@ def run_tuning(spec: RunSpec) -> dict:
         RunConfigError: invalid settings (before any compute), or a resume
             that does not match the run directory.
     """
-    plan = _plan(spec)
-    enable_compilation_cache(os.path.abspath(spec.jax_cache_dir) if spec.jax_cache_dir else None)
+    plan = _validate(spec)
+    try:
+        enable_compilation_cache(os.path.abspath(spec.jax_cache_dir) if spec.jax_cache_dir else None)
+    except OSError as e:  # e.g. $EEIPU_JAX_XLA_CACHE names a place that cannot be created
+        raise RunConfigError(f"--jax-cache-dir / $EEIPU_JAX_XLA_CACHE: cannot use the compilation cache: {e}") from None
     run_dir = os.path.abspath(spec.out)
     trials_path = os.path.join(run_dir, "trials.jsonl")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        os.makedirs(plan.cache_dir, exist_ok=True)
+    except OSError as e:
+        raise RunConfigError(f"--out/--cache-dir: cannot create the directory: {e}") from None
     with _lock(run_dir):
         state, key, records = _start_or_resume(plan, trials_path)
         return _loop(plan, state, key, records, run_dir, trials_path)
@@ -610,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p("--pipeline", required=True, help="registered pipeline name or module:attribute")
     p("--method", default="eeipu", help="optimization method (registry name; default: %(default)s)")
     p("--budget", type=float, required=True, help="budget in wall seconds of trials (restores, stages, cache writes)")
-    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys (default: %(default)s)")
+    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys, 0..4294967295 (default: %(default)s)")
     p("--out", required=True, help="run directory (trials.jsonl, checkpoints, config.json, summary.json)")
     p("--cache-dir", default=None, help="stage cache directory, shareable between runs (default: <out>/cache)")
     p("--cache-policy", default="top_q", choices=["top_q", "all"],
@@ -621,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     p("--cache-writes", default="auto", choices=list(_CACHE_WRITES),
       help="auto: write stage outputs only for memoizing methods (the only ones that restore); "
            "always: also for baselines (e.g. to fill a shared cache); never (default: %(default)s)")
-    p("--n-warmup", type=int, default=10, help="random initial trials before Bayesian optimization (default: %(default)s)")
+    p("--n-warmup", type=int, default=10,
+      help="random initial trials before Bayesian optimization, at least 2 (default: %(default)s)")
     p("--stage-timeout", type=float, default=None,
       help="per-stage time limit in seconds; a stage over it fails the trial (charged, run continues; default: none)")
     p("--epsilon", type=float, default=0.1, help="price of a memoized stage in the acquisition (default: %(default)s)")

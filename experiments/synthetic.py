@@ -6,6 +6,9 @@ Usage::
     python -m experiments.synthetic --config synthetic_paper      # 3/5/10 stages, 10 seeds
     python -m experiments.synthetic --config synthetic_paper --set seeds=3 --set "methods=['ei','eeipu']"
 
+Every setting is checked before anything is written or computed (:func:`check_config`):
+a wrong one is named on one line and the exit status is 2.
+
 Each (pipeline, method) job runs all seeds in one compiled loop with the jitted
 driver (:func:`eeipu_jax.simulate.run_jitted`; ``--batching`` picks ``lax.map``
 or ``vmap`` over seeds, ``--driver python`` uses the Python ask/tell loop
@@ -30,13 +33,13 @@ from tqdm import tqdm
 
 from experiments import common
 
-__all__ = ["run_job", "main"]
+__all__ = ["run_job", "check_config", "main"]
 
 
 def _bo_config(pipe, method: str, cfg):
     from eeipu_jax import loop
 
-    kw = dict(cfg.get("bo", {}))
+    kw = {k: common.coerce_bo_option(k, v) for k, v in (cfg.get("bo") or {}).items()}
     return loop.BOConfig.from_space(pipe.space, method=method, **kw)
 
 
@@ -54,7 +57,7 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
 
     enable_compilation_cache()
     pipe = get_pipeline(pipeline_name)
-    budget = float(cfg_dict.get("budget") or pipe.budget)
+    budget = float(pipe.budget if cfg_dict.get("budget") is None else cfg_dict["budget"])
     bo = _bo_config(pipe, method, cfg_dict)
     seeds = list(range(cfg_dict["seed_offset"], cfg_dict["seed_offset"] + cfg_dict["seeds"]))
     # Every method of a seed shares the warm-up: the key depends on the seed only.
@@ -88,6 +91,59 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
     return dict(pipeline=pipeline_name, method=method, seconds=seconds, seeds=len(seeds))
 
 
+_WARMUPS = ("cost_aware", "random")
+_POLICIES = ("top_q", "all")
+
+
+def check_config(cfg) -> None:
+    """Check every field of a synthetic comparison config before anything runs.
+
+    ``budget`` is a finite number > 0 or ``None`` (each pipeline's own
+    budget); seeds fit :data:`pipelines.runner.MAX_SEED`; ``bo`` holds
+    :class:`~eeipu_jax.loop.BOConfig` fields of the right types, and the
+    config they make is built for every pipeline and method;
+    ``max_trials`` exceeds the warm-up.
+
+    Raises:
+        experiments.common.ConfigError: the first wrong field, named.
+    """
+    from eeipu_jax import loop
+    from eeipu_jax.acquisition import get_method
+    from pipelines.runner import MAX_SEED
+    from pipelines.synthetic import get_pipeline
+
+    try:
+        fields = {k: cfg[k] for k in ("pipelines", "methods", "seeds", "seed_offset", "budget", "epsilon",
+                                      "cache_policy", "warmup", "max_trials", "capacity")}
+    except (KeyError, AttributeError) as e:
+        raise common.ConfigError(f"the config has no field {e.args[0]!r}") from None
+    pipelines = common.check_names(fields["pipelines"], "pipelines", get_pipeline)
+    methods = common.check_names(fields["methods"], "methods", get_method)
+    seeds = common.check_int(fields["seeds"], "seeds", 1)
+    offset = common.check_int(fields["seed_offset"], "seed_offset", 0, MAX_SEED)
+    if offset + seeds - 1 > MAX_SEED:
+        raise common.ConfigError(f"seed_offset + seeds - 1 = {offset + seeds - 1} exceeds the largest seed {MAX_SEED}")
+    common.check_positive(fields["budget"], "budget", allow_none=True, none_means="each pipeline's own budget")
+    common.check_positive(fields["epsilon"], "epsilon")
+    for name, allowed in (("cache_policy", _POLICIES), ("warmup", _WARMUPS)):
+        if fields[name] not in allowed:
+            raise common.ConfigError(f"{name} must be one of {list(allowed)}, got {fields[name]!r}")
+    max_trials = common.check_int(fields["max_trials"], "max_trials", 1)
+    common.check_int(fields["capacity"], "capacity", 1)
+    bo = cfg.get("bo") or {}
+    if not hasattr(bo, "items"):
+        raise common.ConfigError(f"bo must be a dict of BOConfig fields, got {bo!r}")
+    kw = {k: common.coerce_bo_option(k, v) for k, v in bo.items()}
+    for p in pipelines:
+        for m in methods:
+            try:
+                config = loop.BOConfig.from_space(get_pipeline(p).space, method=m, **kw)
+            except Exception as e:
+                raise common.ConfigError(f"bo {dict(kw)} for {p}/{m}: {type(e).__name__}: {e}") from None
+            if max_trials <= config.n_warmup:
+                raise common.ConfigError(f"max_trials ({max_trials}) must exceed the warm-up (n_warmup {config.n_warmup})")
+
+
 def _init_worker(counter):
     """Give each worker process its own CPU for XLA (see eeipu_jax._runtime)."""
     with counter.get_lock():
@@ -95,7 +151,8 @@ def _init_worker(counter):
         counter.value += 1
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run the comparison; returns the exit status (2: a setting is wrong, nothing was run)."""
     ap = argparse.ArgumentParser(
         prog="python -m experiments.synthetic",
         description="Run the synthetic comparison (methods x pipelines x seeds) and summarize it.",
@@ -120,17 +177,14 @@ def main(argv=None):
                          "interrupted comparison resumes and new methods can be added to a results dir)")
     args = ap.parse_args(argv)
 
-    cfg = common.apply_overrides(common.load_config(args.config), args.overrides)
-    from eeipu_jax.acquisition import get_method
-    from pipelines.synthetic import get_pipeline
-
-    for m in cfg.methods:
-        get_method(m)  # clear error before any compute
-    for p in cfg.pipelines:
-        get_pipeline(p)
-    if cfg.seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
-    out = args.out or os.path.join("results", cfg.name)
+    try:  # every setting before anything is written or computed
+        cfg = common.load_checked_config(args.config, args.overrides)
+        check_config(cfg)
+        if args.workers is not None:
+            common.check_int(args.workers, "--workers", 1)
+        out = common.check_writable_dir(args.out or os.path.join("results", str(cfg.name)), "--out")
+    except common.ConfigError as e:
+        return common.fail(str(e))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
@@ -144,7 +198,7 @@ def main(argv=None):
     skipped = len(cfg.pipelines) * len(cfg.methods) - len(jobs)
     if skipped:
         print(f"{skipped} job(s) already have results in {out}/runs (skipped; --force reruns them)")
-    workers = args.workers or min(2, os.cpu_count() or 1)
+    workers = min(args.workers or min(2, os.cpu_count() or 1), max(1, len(jobs)))
     cfg_dict = cfg.to_dict()
     timings = []
     t0 = time.perf_counter()
@@ -187,8 +241,8 @@ def main(argv=None):
 
         paths = figs.draw(out)
         print("figures: " + ", ".join(paths))
-    return table
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,17 +13,24 @@ This module owns everything on disk under a cache directory:
   the output's structure, the dtype/shape/kind of every leaf, the size and
   SHA-256 of every data file, and the original compute cost of stages
   ``0 .. j``) and ``last_access`` (the LRU clock). An entry is written under
-  ``<root>/tmp/`` and renamed into ``entries/`` only when complete, so a
-  half-written entry is never visible; a rename that loses a race against
-  another writer of the same key is discarded. Deletion renames the entry into
+  ``<root>/tmp/<key>.<nonce>.<pid>@<host>`` and renamed into ``entries/`` only
+  when complete, so a half-written entry is never visible. A half-written
+  folder whose writer process is gone (same host, same PID namespace) is
+  removed when a cache opens, another host's once older than
+  ``stale_tmp_seconds``. A rename that loses a race against another writer of
+  the same key is discarded. Deletion renames the entry into
   ``<root>/trash/`` first, so readers see a whole entry or none.
-* **Trust.** Every restore re-hashes the data files against ``meta.json``; a
-  missing, truncated or altered file, an unreadable ``meta.json`` or any error
-  while restoring marks the entry corrupted: it is logged with
+* **Trust.** ``meta.json`` carries its own SHA-256 and the SHA-256 of every
+  data file, so the checksums cover the whole entry; every restore checks the
+  metadata's checksum and values (:mod:`pipelines.cache_meta`: costs finite
+  and non-negative, leaf shapes and pack offsets consistent, ...), re-hashes
+  the data files and refuses files it does not list. A missing, truncated or
+  altered file, an altered or unreadable ``meta.json``, or any error while
+  restoring marks the entry corrupted: it is logged with
   :func:`logging.warning`, deleted, and the caller recomputes the stage. The
-  checksum is also why entries are not fsynced: a crash of the process leaves
-  written pages to the kernel, and a crash of the machine that loses them is
-  caught by the hash.
+  checksums are also why entries are not fsynced: a crash of the process
+  leaves written pages to the kernel, and a crash of the machine that loses
+  them is caught by the hash.
 * **Policies.** ``"all"`` keeps every entry; ``"top_q"`` keeps the entries of
   the prefixes of the ``q`` best finished trials of this run (by objective).
   Under ``"top_q"`` a trial's outputs are written only once its objective
@@ -55,7 +62,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +73,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from pipelines.cache_meta import FORMAT_VERSION, CorruptEntry, check_meta, check_prefix_costs, pack_totals, seal_meta
 from pipelines.registry import import_object
 
 __all__ = [
@@ -78,14 +88,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 _POLICIES = ("top_q", "all")
 _CHUNK = 1 << 22  # bytes per read when hashing files
 PACK_BYTES = 1 << 20  # leaves smaller than this are packed together (per dtype)
-
-
-class CorruptEntry(Exception):
-    """A cache entry that fails verification (missing/truncated/altered data)."""
 
 
 # --------------------------------------------------------------------- keys
@@ -442,6 +447,48 @@ def _digest_dir(path: str) -> dict[str, dict]:
     return dict(sorted(out.items()))
 
 
+def _host_id() -> str:
+    """This host (and PID namespace) as it appears in the names of half-written entries.
+
+    The PID namespace is part of it because containers on one machine may share
+    a host name but not their process tables: a PID is only meaningful inside
+    its namespace.
+    """
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:100] or "host"
+    try:
+        host += f"-ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        pass
+    return host
+
+
+def _tmp_name(key: str) -> str:
+    """``<key>.<nonce>.<pid>@<host>``: who is writing this entry (see :func:`_writer_of`)."""
+    return f"{key}.{uuid.uuid4().hex}.{os.getpid()}@{_host_id()}"
+
+
+def _writer_of(name: str) -> tuple[int, str] | None:
+    """``(pid, host)`` of a half-written entry's writer, ``None`` if its name does not say."""
+    parts = name.split(".", 2)
+    if len(parts) != 3:
+        return None
+    pid, sep, host = parts[2].partition("@")
+    if not sep or not pid.isdigit() or int(pid) <= 0:
+        return None
+    return int(pid), host
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this PID namespace exists (when unsure: yes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process: it exists
+    return True
+
+
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -469,8 +516,10 @@ class StageCache:
             ``"size"`` (check file sizes only: detects truncation, not
             altered bytes; faster for very large entries).
         use_ocdbt: orbax's OCDBT format (fewer files per entry).
-        stale_tmp_seconds: half-written entries older than this (left by a
-            killed writer) are removed when the cache opens.
+        stale_tmp_seconds: half-written entries whose writer cannot be checked
+            (another host) are removed when the cache opens if they are older
+            than this; those of a writer process on this host that is gone are
+            removed at once.
 
     Example:
         >>> cache = StageCache("/tmp/cache", CachePolicy("all"))       # doctest: +SKIP
@@ -528,15 +577,24 @@ class StageCache:
 
     def _clean_leftovers(self, stale_seconds: float) -> None:
         now = time.time()
+        host = _host_id()
         for name in os.listdir(self._tmp_dir):
             path = os.path.join(self._tmp_dir, name)
-            try:
-                age = now - os.path.getmtime(path)
-            except FileNotFoundError:
-                continue  # finished (renamed) by its writer meanwhile
-            if age > stale_seconds:
-                logger.info("removing a half-written cache entry left by a killed writer: %s", path)
-                shutil.rmtree(path, onerror=_log_rm_error)
+            writer = _writer_of(name)
+            if writer is not None and writer[1] == host:
+                if _pid_alive(writer[0]):
+                    continue  # still being written (or its PID was reused: the next opening decides)
+                reason = f"its writer, process {writer[0]}, is gone"
+            else:  # another host's writer, or a name without one: only the age tells
+                try:
+                    age = now - os.path.getmtime(path)
+                except FileNotFoundError:
+                    continue  # finished (renamed) by its writer meanwhile
+                if age <= stale_seconds:
+                    continue
+                reason = f"{age:.0f} s old"
+            logger.info("removing a half-written cache entry (%s): %s", reason, path)
+            shutil.rmtree(path, onerror=_log_rm_error)
         for name in os.listdir(self._trash_dir):
             shutil.rmtree(os.path.join(self._trash_dir, name), onerror=_log_rm_error)
 
@@ -573,8 +631,7 @@ class StageCache:
         for key in os.listdir(self._entries_dir):
             path = self.entry_path(key)
             try:
-                with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-                    meta = json.load(f)
+                meta = self._meta(key)
                 size = (
                     int(meta["data_bytes"])
                     + os.path.getsize(os.path.join(path, "meta.json"))
@@ -589,8 +646,8 @@ class StageCache:
                 if os.path.isdir(path) and not os.path.exists(os.path.join(path, "meta.json")):
                     self.discard(key, "no meta.json")
                 continue  # otherwise removed by another worker during the scan
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                self.discard(key, f"unreadable metadata: {e}")
+            except (OSError, ValueError, CorruptEntry) as e:
+                self.discard(key, f"{type(e).__name__}: {e}")
         return out
 
     def total_bytes(self) -> int:
@@ -617,6 +674,10 @@ class StageCache:
         for field in ("pipeline", "version", "stage", "seed", "params", "prefix_costs"):
             if field not in meta:
                 raise KeyError(f"cache entry metadata lacks {field!r}")
+        try:
+            check_prefix_costs(list(meta["prefix_costs"]), int(meta["stage"]))
+        except CorruptEntry as e:
+            raise ValueError(f"cache entry metadata: {e}") from None
         if key in self:
             self._touch(key)
             return 0
@@ -629,7 +690,7 @@ class StageCache:
             )
             self.stats.skipped_too_large += 1
             return 0
-        tmp = os.path.join(self._tmp_dir, f"{key}.{uuid.uuid4().hex}")
+        tmp = os.path.join(self._tmp_dir, _tmp_name(key))
         os.makedirs(tmp)
         try:
             import orbax.checkpoint as ocp
@@ -639,6 +700,7 @@ class StageCache:
                 self.checkpointer.save(data, args=ocp.args.PyTreeSave(arrays))
             files = _digest_dir(data)
             record = dict(meta)
+            record["prefix_costs"] = [float(c) for c in meta["prefix_costs"]]
             record.update(
                 key=key,
                 format=FORMAT_VERSION,
@@ -648,6 +710,7 @@ class StageCache:
                 data_bytes=sum(f["size"] for f in files.values()),
                 created=time.time(),
             )
+            record = seal_meta(record)
             _write_text(os.path.join(tmp, "meta.json"), json.dumps(record, allow_nan=False))
             _write_text(os.path.join(tmp, "last_access"), f"{time.time_ns():020d}")
             try:
@@ -669,25 +732,43 @@ class StageCache:
         return written
 
     # ------------------------------------------------------------- restore
-    def read_meta(self, key: str) -> dict | None:
-        """The ``meta.json`` of an entry, ``None`` if absent (discarded if unreadable)."""
+    def _meta(self, key: str) -> dict:
+        """The checked ``meta.json`` of an entry.
+
+        Raises:
+            FileNotFoundError: no ``meta.json`` (the entry is absent or broken).
+            CorruptEntry: unreadable, altered or inconsistent metadata.
+        """
         path = os.path.join(self.entry_path(key), "meta.json")
+        with open(path, "rb") as f:
+            raw = f.read()
         try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
+            meta = json.loads(raw.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+            raise CorruptEntry(f"unreadable meta.json: {e}") from None
+        return check_meta(meta, key)
+
+    def read_meta(self, key: str) -> dict | None:
+        """The checked ``meta.json`` of an entry, ``None`` if absent (discarded if it fails the checks)."""
+        try:
+            return self._meta(key)
         except FileNotFoundError:
+            if os.path.isdir(self.entry_path(key)):
+                self.discard(key, "no meta.json")
             return None
-        except (OSError, ValueError) as e:
-            self.discard(key, f"unreadable meta.json: {e}")
+        except (OSError, CorruptEntry) as e:
+            self.discard(key, f"{type(e).__name__}: {e}")
             return None
-        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
-            self.discard(key, "metadata does not match its key or format version")
-            return None
-        return meta
 
     def _verify(self, key: str, meta: Mapping) -> int:
         data = os.path.join(self.entry_path(key), "data")
         expected = meta["files"]
+        present = sorted(
+            os.path.relpath(os.path.join(root, f), data) for root, _, files in os.walk(data) for f in files
+        )
+        unlisted = [rel for rel in present if rel not in expected]
+        if unlisted:
+            raise CorruptEntry(f"data file(s) not listed in meta.json: {unlisted[:3]}")
         total = 0
         for rel, info in expected.items():
             full = os.path.join(data, rel)
@@ -714,10 +795,10 @@ class StageCache:
             recomputes).
         """
         t0 = time.perf_counter()
-        meta = self.read_meta(key)
-        if meta is None:
+        if not os.path.isdir(self.entry_path(key)):
             return None
         try:
+            meta = self._meta(key)
             nbytes = self._verify(key, meta)
             output = self._load(key, meta)
         except Exception as e:  # any failure means the entry cannot be trusted
@@ -734,6 +815,7 @@ class StageCache:
         import orbax.checkpoint as ocp
 
         leaves = meta["leaves"]
+        totals = pack_totals(leaves)
         stored = sorted({lf.get("pack", lf["name"]) for lf in leaves if not lf["empty"]})
         restored: dict[str, Any] = {}
         if stored:
@@ -754,8 +836,10 @@ class StageCache:
             elif "pack" in lf:
                 packed = restored[lf["pack"]]
                 size = int(np.prod(shape))
-                if packed.ndim != 1 or lf["offset"] + size > packed.shape[0]:
-                    raise CorruptEntry(f"pack {lf['pack']} is too short for leaf {lf['name']}")
+                if packed.shape != (totals[lf["pack"]],):
+                    raise CorruptEntry(
+                        f"pack {lf['pack']} holds {packed.shape} elements, its leaves {totals[lf['pack']]}"
+                    )
                 arr = packed[lf["offset"] : lf["offset"] + size].reshape(shape)
                 if lf["kind"] in ("numpy", "npscalar"):
                     arr = arr.copy()  # its own memory, as it was saved

@@ -44,13 +44,18 @@ def import_object(path: str):
     """The object at ``"module:attribute"`` (dots in ``attribute`` walk nested names).
 
     Raises:
-        ValueError: the module or attribute does not exist.
+        ValueError: the module or attribute does not exist, or importing the
+            module raised (its error is named in the message and chained).
     """
     module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ValueError(f"expected 'module:attribute', got {path!r}")
     try:
         obj = importlib.import_module(module)
     except ImportError as e:
         raise ValueError(f"cannot import module {module!r} (from {path!r}): {e}") from e
+    except Exception as e:  # the module's own code failed: say so instead of a traceback
+        raise ValueError(f"importing module {module!r} (from {path!r}) raised {type(e).__name__}: {e}") from e
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -63,8 +68,9 @@ def get_pipeline(name: str) -> Pipeline:
     """The pipeline registered as ``name``, or found at ``"module:attribute"``.
 
     Raises:
-        ValueError: unknown name, unimportable path, or an object that is not
-            a pipeline (the message lists the registered names).
+        ValueError: unknown name, unimportable path, a factory that raised
+            (its error is named in the message and chained), or an object
+            that is not a pipeline (the message lists the registered names).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"pipeline must be a non-empty name, got {name!r}")
@@ -75,8 +81,11 @@ def get_pipeline(name: str) -> Pipeline:
     else:
         raise ValueError(f"unknown pipeline {name!r}; registered: {available_pipelines()} (or pass 'module:attribute')")
     obj = import_object(target) if isinstance(target, str) else target
-    if not isinstance(obj, Pipeline):
-        obj = obj() if callable(obj) else obj
+    if not isinstance(obj, Pipeline) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as e:  # a failing factory (e.g. a search space it refuses) is a bad --pipeline
+            raise ValueError(f"pipeline {name!r}: building it raised {type(e).__name__}: {e}") from e
     if not isinstance(obj, Pipeline):
         raise ValueError(f"pipeline {name!r} resolved to {type(obj).__name__}, not a Pipeline")
     return obj

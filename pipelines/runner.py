@@ -58,9 +58,26 @@ import numpy as np
 from pipelines.base import Pipeline, objective_of, stage_key
 from pipelines.cache import StageCache, prefix_keys
 
-__all__ = ["Runner", "TrialResult", "StageTimeout", "nested_params"]
+__all__ = ["Runner", "TrialResult", "StageTimeout", "nested_params", "MAX_SEED", "check_seed"]
 
 logger = logging.getLogger(__name__)
+
+
+#: The largest run seed. ``jax.random.key`` keeps only the low 32 bits of a seed
+#: when 64-bit mode is off (``key(2**32)`` equals ``key(0)``) and overflows past
+#: 2**63, so larger seeds would silently share stage keys with smaller ones.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` as an ``int`` in ``0 .. MAX_SEED``.
+
+    Raises:
+        ValueError: not an integer, or out of that range.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be an integer in 0..{MAX_SEED} (what jax.random.key keeps), got {seed!r}")
+    return int(seed)
 
 
 class StageTimeout(Exception):
@@ -184,8 +201,7 @@ class Runner:
     ):
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"pipeline must be a Pipeline, got {type(pipeline).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = check_seed(seed)
         if stage_timeout is not None and not (math.isfinite(stage_timeout) and stage_timeout > 0):
             raise ValueError(f"stage_timeout must be positive seconds or None, got {stage_timeout!r}")
         self.pipeline = pipeline

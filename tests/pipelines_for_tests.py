@@ -123,3 +123,16 @@ def fail_on_call(pipeline: Pipeline, stage_index: int, call: int = 2, name: str 
 
     stages = pipeline.stages[:stage_index] + (Stage(st.name, fn, st.params),) + pipeline.stages[stage_index + 1:]
     return dataclasses.replace(pipeline, name=name or pipeline.name, stages=stages)
+
+
+def raising_factory() -> Pipeline:
+    """A pipeline factory that fails (as a user's may): the CLI must say so in one line."""
+    raise RuntimeError("this factory fails on purpose")
+
+
+def nan_choice() -> Pipeline:
+    """The small demo pipeline with a categorical whose choices include NaN (no stable cache key)."""
+    base = make_toy_small()
+    first = base.stages[0]
+    odd = Stage(first.name, first.fn, tuple(first.params) + (Categorical("mix", (0.5, float("nan"))),))
+    return Pipeline("nan_choice", base.version, (odd,) + base.stages[1:], base.prepare)

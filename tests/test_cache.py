@@ -7,6 +7,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -273,3 +276,220 @@ def test_summary_is_json(tmp_path):
     s = json.loads(json.dumps(cache.summary()))
     assert s["hits_per_depth"] == {"1": 1} and s["compute_seconds_restored"] == 2.0
     assert s["entries"] == 1 and s["bytes"] == _disk_bytes(cache.root)
+
+
+# ------------------------------------------------- metadata is not trusted
+def _reseal(meta):
+    """The documented checksum of ``meta.json``, computed here independently of the cache."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return {**body, "meta_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _edit_meta(cache, key, edit, *, reseal=False):
+    path = os.path.join(cache.entry_path(key), "meta.json")
+    with open(path) as f:
+        meta = json.load(f)
+    edit(meta)
+    with open(path, "w") as f:
+        json.dump(_reseal(meta) if reseal else meta, f)
+
+
+def _toy_runs(tmp_path):
+    """A fresh toy-small trial with every stage output cached, and a second configuration's."""
+    from pipelines.runner import Runner
+
+    pipe = make_toy_small()
+    cache = StageCache(tmp_path / "cache", CachePolicy("all"))
+    runner = Runner(pipe, seed=0, cache=cache)
+    params = pipe.space.from_unit(np.full(pipe.space.dim, 0.4))
+    fresh = runner.run(params)
+    other = {s: dict(v) for s, v in params.items()}
+    other["train"]["steps"] = params["train"]["steps"] + 7  # same shapes, other values
+    other_result = runner.run(other)
+    assert fresh.ok and other_result.ok and fresh.objective != other_result.objective
+    return pipe, params, fresh, other_result
+
+
+def _offset_plus_one(meta):
+    leaf = next(lf for lf in meta["leaves"] if lf.get("offset", 0) > 0)
+    leaf["offset"] += 1
+
+
+def _shape_transposed(meta):
+    leaf = next(lf for lf in meta["leaves"] if len(lf["shape"]) == 2 and lf["shape"][0] != lf["shape"][1])
+    leaf["shape"] = leaf["shape"][::-1]
+
+
+@pytest.mark.parametrize("edit", ["offset", "prefix_costs", "files_and_data", "shape"])
+def test_edited_metadata_is_discarded_and_the_stage_recomputed(tmp_path, caplog, edit):
+    """One edited number in a valid meta.json must not restore wrong data or costs."""
+    from pipelines.runner import Runner
+
+    pipe, params, fresh, other = _toy_runs(tmp_path)
+    cache = StageCache(tmp_path / "cache", CachePolicy("all"))
+    target = fresh.cache_keys[1]
+    if edit == "offset":
+        _edit_meta(cache, target, _offset_plus_one)
+    elif edit == "prefix_costs":
+        _edit_meta(cache, target, lambda m: m.update(prefix_costs=[-5.0, 1e9]))
+    elif edit == "shape":
+        _edit_meta(cache, target, _shape_transposed)
+    else:  # another configuration's (valid, loadable) data under this key, and no file list to check it
+        data = os.path.join(cache.entry_path(target), "data")
+        shutil.rmtree(data)
+        shutil.copytree(os.path.join(cache.entry_path(other.cache_keys[1]), "data"), data)
+        _edit_meta(cache, target, lambda m: m.update(files={}))
+    with caplog.at_level(logging.WARNING):
+        again = Runner(pipe, seed=0, cache=cache).run(params)
+    assert again.ok, again.error
+    assert again.objective == fresh.objective  # bit-identical to the fresh run, not the edited entry's
+    assert again.memo_depth == 1  # stage 0 restored, stage 1 recomputed
+    assert np.all(np.isfinite(again.stage_costs)) and np.all(again.stage_costs >= 0)
+    assert again.stage_costs[1] < 1e3
+    assert cache.stats.corrupted == 1
+    assert any("discarding cache entry" in r.getMessage() and target in r.getMessage() for r in caplog.records)
+    # The recomputed output was cached again; later runs restore it and agree.
+    later = Runner(pipe, seed=0, cache=StageCache(tmp_path / "cache", CachePolicy("all"))).run(params)
+    assert later.ok and later.memo_depth == 2 and later.objective == fresh.objective
+
+
+def _entry(tmp_path, tree=None):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    key = stage_cache_key("p", "1", 1, {"a": {"x": 1}, "b": {"y": 2}}, 0)
+    tree = tree or {"w": jnp.arange(12.0).reshape(3, 4), "b": np.arange(5, dtype=np.int32), "p": Pair(jnp.ones(2), 3)}
+    assert cache.save(key, tree, _meta(1, (1.0, 2.0))) > 0
+    return cache, key
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "negative_cost", "nan_cost", "missing_cost", "offset_gap", "offset_overlap", "shape_size",
+        "no_files", "data_bytes", "unknown_dtype", "leaf_twice", "class_path", "key", "format",
+    ],
+)
+def test_inconsistent_metadata_is_discarded_even_with_a_valid_checksum(tmp_path, edit):
+    """Values are checked whatever the checksum says (a writer bug, a resealed edit)."""
+    cache, key = _entry(tmp_path)
+
+    def change(m):
+        leaves = m["leaves"]
+        packed = [lf for lf in leaves if "pack" in lf]
+        if edit == "negative_cost":
+            m["prefix_costs"] = [-5.0, 1e9]
+        elif edit == "nan_cost":
+            m["prefix_costs"] = [1.0, float("inf")]
+        elif edit == "missing_cost":
+            m["prefix_costs"] = [1.0]
+        elif edit == "offset_gap":
+            packed[-1]["offset"] += 1
+        elif edit == "offset_overlap":
+            packed[-1]["offset"] -= 1
+        elif edit == "shape_size":
+            next(lf for lf in packed if len(lf["shape"]) == 2)["shape"] = [3, 3]
+        elif edit == "no_files":
+            m["files"] = {}
+            m["data_bytes"] = 0
+        elif edit == "data_bytes":
+            m["data_bytes"] += 1
+        elif edit == "unknown_dtype":
+            packed[0]["dtype"] = "float99"
+        elif edit == "leaf_twice":
+            m["structure"]["v"][1] = m["structure"]["v"][0]
+        elif edit == "class_path":
+            m["structure"]["v"][2]["cls"] = "tests.test_cache:NoSuchTuple"
+        elif edit == "key":
+            m["key"] = "0" * 64
+        elif edit == "format":
+            m["format"] = 1
+
+    if edit in ("nan_cost",):  # JSON has no inf: write the document by hand
+        path = os.path.join(cache.entry_path(key), "meta.json")
+        meta = json.load(open(path))
+        change(meta)
+        body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        meta["meta_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        with open(path, "w") as f:
+            json.dump(meta, f)
+    else:
+        _edit_meta(cache, key, change, reseal=True)
+    assert cache.restore(key) is None
+    assert not os.path.exists(cache.entry_path(key))
+    assert cache.stats.corrupted == 1
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "null", "{}", b"\xff\xfe"])
+def test_any_unreadable_meta_is_discarded_not_raised(tmp_path, content):
+    cache, key = _entry(tmp_path)
+    with open(os.path.join(cache.entry_path(key), "meta.json"), "wb") as f:
+        f.write(content if isinstance(content, bytes) else content.encode())
+    assert cache.restore_longest(("0" * 64, key)) == (0, None, None)
+    assert not os.path.exists(cache.entry_path(key))
+
+
+def test_data_files_not_listed_are_refused(tmp_path):
+    cache, key = _entry(tmp_path)
+    with open(os.path.join(cache.entry_path(key), "data", "extra"), "wb") as f:
+        f.write(b"not part of the entry")
+    assert cache.restore(key) is None and cache.stats.corrupted == 1
+    cache, key = _entry(tmp_path / "size", None)
+    cache.verify = "size"  # listing is checked in either verify mode
+    with open(os.path.join(cache.entry_path(key), "data", "extra"), "wb") as f:
+        f.write(b"x")
+    assert cache.restore(key) is None
+
+
+def test_an_entry_that_fails_while_listing_is_discarded(tmp_path):
+    cache, key = _entry(tmp_path)
+    _edit_meta(cache, key, lambda m: m.update(prefix_costs=[3.0, 4.0]))  # checksum no longer matches
+    assert cache.entries() == [] and not os.path.exists(cache.entry_path(key))
+
+
+def test_save_refuses_bad_costs(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    for costs in ((-1.0,), (float("nan"),), (1.0, 2.0)):
+        with pytest.raises(ValueError, match="prefix_costs"):
+            cache.save("a" * 64, {"x": jnp.ones(2)}, _meta(0, costs))
+    assert cache.entries() == [] and os.listdir(os.path.join(tmp_path, "tmp")) == []
+
+
+# ------------------------------------------------------- killed writers
+_KILLED_WRITER = """
+import os, sys
+import jax.numpy as jnp
+import pipelines.cache as c
+
+real = c._write_text
+def die(path, text):  # the process is killed while the entry is half-written
+    if path.endswith("meta.json"):
+        os._exit(17)
+    real(path, text)
+c._write_text = die
+cache = c.StageCache(sys.argv[1], c.CachePolicy("all"))
+meta = dict(pipeline="p", version="1", stage=0, seed=0, params={}, prefix_costs=[1.0])
+cache.save("d" * 64, {"x": jnp.ones(3)}, meta)
+"""
+
+
+def test_half_written_entries_of_dead_writers_are_removed_at_once(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], cwd=repo, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 17, err.decode()[-2000:]
+    tmp = os.path.join(tmp_path, "tmp")
+    (left,) = os.listdir(tmp)  # the killed writer's folder, minutes (not hours) old
+    key, _, writer = left.split(".", 2)
+    pid, host = writer.split("@", 1)
+    assert key == "d" * 64 and int(pid) == proc.pid
+    # Other folders: this (live) process on this host, a writer on another host, a name without a writer.
+    alive = f"{'e' * 64}.{'1' * 32}.{os.getpid()}@{host}"
+    foreign = f"{'f' * 64}.{'2' * 32}.{proc.pid}@some-other-host"
+    anonymous = f"{'9' * 64}.deadbeef"
+    for name in (alive, foreign, anonymous):
+        os.makedirs(os.path.join(tmp, name, "data"))
+    StageCache(tmp_path, CachePolicy("all"))  # default age limit: 6 hours
+    assert sorted(os.listdir(tmp)) == sorted([alive, foreign, anonymous])
+    StageCache(tmp_path, CachePolicy("all"), stale_tmp_seconds=0.0)  # other hosts: by age only
+    assert os.listdir(tmp) == [alive]

@@ -56,6 +56,39 @@ def test_summary_statistics_by_hand(results):
     assert "| eeipu | 2 | 5.0 ± 0.0 |" in md and "+150% candidates" in md
 
 
+def test_headline_when_a_baseline_gained_nothing(tmp_path):
+    """A ratio over a zero gain is reported as a marked difference, never NaN."""
+    out = str(tmp_path)
+    _fake_run(out, "eeipu", 0, [0, 1, 0, 2, 3], 10.0)  # best of warm-up 1, best 3: gain 2
+    _fake_run(out, "ei", 0, [0, 1, 0, 0.5, 1.0], 10.0)  # never beats its warm-up: gain 0
+    table = common.summarize(common.read_runs(out))
+    assert table["p3"]["ei"]["gain"] == 0.0
+    head = common.headline(table)
+    h = head["per_pipeline"]["p3"]["per_baseline"]["ei"]
+    assert h["gain"] is None and h["gain_difference"] == pytest.approx(2.0)
+    assert h["candidates"] == pytest.approx(0.0) and h["candidates_difference"] == pytest.approx(0.0)
+    assert head["mean"]["gain"] is None and head["mean"]["gain_pipelines"] == []
+    md = common.format_table(table, head)
+    assert "nan" not in md.lower() and "inf" not in md.lower()
+    assert "ei: +0% candidates / +2 gain (a difference, not a ratio: the baseline gained 0)" in md
+    assert "gain undefined (every pipeline's baseline figure is 0)" in md
+    json.dumps(head, allow_nan=False)  # strict JSON: no NaN in summary.json
+
+    # Over pipelines, the mean takes the pipelines where the ratio is defined, and says so.
+    rows = {"eeipu": dict(iterations=6.0, gain=3.0), "ei": dict(iterations=3.0, gain=0.0)}
+    two = {"a": rows, "b": {"eeipu": dict(iterations=4.0, gain=3.0), "ei": dict(iterations=0.0, gain=2.0)}}
+    head = common.headline(two)
+    assert head["mean"]["gain"] == pytest.approx(3.0 / 2.0 - 1) and head["mean"]["gain_pipelines"] == ["b"]
+    assert head["mean"]["candidates"] == pytest.approx(6.0 / 3.0 - 1) and head["mean"]["candidates_pipelines"] == ["a"]
+    vs = head["per_pipeline"]["b"]["per_baseline"]["ei"]
+    assert vs["candidates"] is None and vs["candidates_difference"] == 4.0
+    line = common.format_mean(head["mean"], "gain")
+    assert line == "+50% gain (over b only: elsewhere the ratio is undefined)"
+    from experiments.real import _headline_md
+
+    assert "nan" not in _headline_md(common.headline(table)).lower()
+
+
 def test_best_vs_budget_step_function(results):
     run = [r for r in common.read_runs(results) if r["method"] == "eeipu" and r["seed"] == 0][0]
     grid = np.array([0.0, 25.0, 30.0, 45.0, 80.0])
@@ -86,14 +119,56 @@ def test_config_loading_and_overrides():
         common.load_config("does_not_exist")
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "budget=-5"], "budget must be a finite number > 0"),  # ran 10 warm-up trials and 0 BO steps
+        (["--set", "budget=0"], "budget must be a finite number > 0"),  # silently used the pipeline's budget
+        (["--set", "budget=1e999"], "budget"),
+        (["--set", "seeds=0"], "seeds"),
+        (["--set", "seeds=2.5"], "seeds"),
+        (["--set", "seed_offset=-1"], "seed_offset"),
+        (["--set", "seed_offset=4294967295", "--set", "seeds=2"], "largest seed"),
+        (["--set", "bo.n_warmup=1"], "n_warmup"),
+        (["--set", "max_trials=5"], "max_trials"),
+        (["--set", "capacity=0"], "capacity"),
+        (["--set", "epsilon=0"], "epsilon"),
+        (["--set", "warmup='sobol'"], "warmup"),
+        (["--set", "methods=['nope']"], "unknown method"),
+        (["--set", "methods=[]"], "methods"),
+        (["--set", "pipelines=['nope']"], "unknown synthetic pipeline"),
+        (["--set", "bo={'refine_lr': 1e999}"], "bo.refine_lr"),
+        (["--set", "bo={'n_random': 2.5}"], "bo.n_random"),
+        (["--set", "nope=1"], "unknown config key"),
+        (["--config", "does_not_exist"], "known configs"),
+        (["--workers", "0"], "--workers"),
+        (["--out", "{blocker}/res"], "--out"),
+    ],
+)
+def test_synthetic_bad_settings_exit_2_before_anything(tmp_path, capsys, extra, message):
+    from experiments import synthetic
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "res"
+    argv = ["--config", "synthetic_smoke", "--out", str(out), "--workers", "1", "--no-figures",
+            "--set", "methods=['ei']", "--set", "seeds=1"]
+    code = synthetic.main(argv + [a.replace("{blocker}", str(blocker)) for a in extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_synthetic_main_job_end_to_end(tmp_path):
     """The README's main job at a tiny size: results files, summary, figures."""
     from experiments import synthetic
 
     out = str(tmp_path / "res")
-    table = synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
-                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"])
-    rows = table["synthetic3"]["ei"]
+    assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
+                           "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
+    with open(os.path.join(out, "summary.json")) as f:
+        rows = json.load(f)["table"]["synthetic3"]["ei"]
     assert rows["seeds"] == 2 and rows["iterations"] >= 1
     runs = common.read_runs(out)
     assert {r["seed"] for r in runs} == {0, 1}
@@ -106,7 +181,8 @@ def test_synthetic_main_job_end_to_end(tmp_path):
         assert json.load(f)["table"]["synthetic3"]["ei"]["iterations"] == rows["iterations"]
     # A second invocation finds every results file and reruns nothing (resume / add methods).
     mtimes = {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in os.listdir(os.path.join(out, "runs"))}
-    again = synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1", "--no-figures",
-                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"])
-    assert again["synthetic3"]["ei"] == rows
+    assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1", "--no-figures",
+                           "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["table"]["synthetic3"]["ei"] == rows
     assert {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in mtimes} == mtimes

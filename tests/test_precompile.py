@@ -1,6 +1,12 @@
 """Precompiling a pipeline's stage functions in ``prepare``: afterwards the
 trials run without compiling them again (checked through JAX's compile log),
-while a shape that was not precompiled still compiles (so the check can fail)."""
+while a shape that was not precompiled still compiles (so the check can fail).
+
+Each test starts from empty in-process compilation caches
+(``jax.clear_caches``): otherwise what it sees in the compile log would depend
+on which shapes earlier tests in the same process happened to compile. (XLA
+logs "Finished XLA compilation" also when an executable comes from the
+persistent cache, so that cache does not hide compilations.)"""
 
 import logging
 import re
@@ -20,6 +26,7 @@ _NAMES = ("train_unet", "evaluate", "finetune", "distill_chunk", "greedy_decode"
 @pytest.fixture
 def compile_log(caplog):
     """The names of the jitted pipeline functions compiled while the test runs."""
+    jax.clear_caches()  # compilations of earlier tests must not count as precompiled
     jax.config.update("jax_log_compiles", True)
     caplog.set_level(logging.DEBUG, logger="jax")
 

@@ -58,8 +58,34 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
     assert {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in mtimes} == mtimes
 
 
-def test_bad_config_fails_before_compute():
-    with pytest.raises(ValueError, match="unknown method"):
-        real.main(["--config", "real_smoke", "--set", "methods=['nope']", "--no-figures"])
-    with pytest.raises(ValueError, match="none of the pipelines"):
-        real.main(["--config", "real_smoke", "--set", "pipelines=['nope']", "--no-figures"])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "methods=['nope']"], "unknown method"),
+        (["--set", "pipelines=['nope']"], "none of the pipelines"),
+        (["--set", "budget=-5"], "budget must be a finite number > 0"),
+        (["--set", "budget=0"], "budget must be a finite number > 0"),
+        (["--set", "budgets={'stacking-tiny': 0.0}"], "budgets['stacking-tiny']"),
+        (["--set", "seeds=0"], "seeds"),
+        (["--set", "seed_offset=4294967296"], "seed_offset"),
+        (["--set", "n_warmup=0"], "n_warmup"),
+        (["--set", "n_warmup=1"], "n_warmup"),
+        (["--set", "max_trials=0"], "max_trials"),
+        (["--set", "stage_timeout=0"], "stage_timeout"),
+        (["--set", "epsilon=1e999"], "epsilon"),
+        (["--set", "cache_q=0"], "cache_q"),
+        (["--set", "cache_policy='lru'"], "cache_policy"),
+        (["--set", "cache_max_bytes='9 parsecs'"], "cache_max_bytes"),
+        (["--set", "bo={'refine_lr': 1e999}"], "bo.refine_lr"),
+        (["--set", "pipelines=['tests.pipelines_for_tests:raising_factory']"], "fails on purpose"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_config_exits_2_before_anything(tmp_path, capsys, extra, message):
+    out = tmp_path / "res"
+    argv = ARGS[:-2] + ["--set", "pipelines=['stacking-tiny']", "--out", str(out), "--no-figures"] + ARGS[-2:]
+    code = real.main(argv + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()

@@ -45,7 +45,7 @@ def _spec(tmp_path, **kw):
 
 
 def _latest_state(run_dir, spec):
-    plan = run_mod._plan(spec)
+    plan = run_mod._validate(dataclasses.replace(spec, resume=True))
     n, path = run_mod._checkpoint_dirs(run_dir)[-1]
     state, _ = restore_state(path, bo.init(plan.config, spec.budget), with_key=True)
     return n, state
@@ -66,15 +66,49 @@ def _latest_state(run_dir, spec):
         (["--cache-q", "0"], "cache q"),
         (["--stage-timeout", "0"], "--stage-timeout"),
         (["--resume"], "--resume"),
+        # Each of these gave a traceback, some after writing into --out.
+        (["--bo", "refine_lr=nan"], "--bo refine_lr"),
+        (["--bo", "refine_lr=inf"], "--bo refine_lr"),
+        (["--bo", "n_random=2.5"], "--bo n_random"),
+        (["--bo", "refit_every=100000000000000000000"], "--bo refit_every"),
+        (["--seed", "1180591620717411303424"], "--seed"),
+        (["--seed", "4294967296"], "--seed"),  # jax.random.key(2**32) == key(0)
+        (["--seed", "-1"], "--seed"),
+        (["--n-warmup", "100000000000"], "--n-warmup"),
+        (["--epsilon", "inf"], "--epsilon"),
+        (["--max-trials", "0"], "--max-trials"),
+        (["--jax-cache-dir", "{blocker}/xla"], "--jax-cache-dir"),
+        (["--cache-dir", "{blocker}/cache"], "--cache-dir"),
+        (["--out", ""], "--out"),
+        (["--pipeline", "tests.pipelines_for_tests:raising_factory"], "fails on purpose"),
+        (["--pipeline", "tests.pipelines_for_tests:nan_choice"], "--pipeline"),
+        (["--pipeline", "tests.pipelines_for_tests:"], "--pipeline"),
     ],
 )
 def test_bad_configuration_is_refused_before_compute(tmp_path, capsys, args, field):
+    """Exit status 2, one line naming the option, no traceback, and nothing created in --out."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = [a.replace("{blocker}", str(blocker)) for a in args]
     argv = ["--pipeline", "toy-small", "--budget", "10", "--out", str(tmp_path / "r"), "--no-progress"]
+    argv = argv[:4] + argv[6:] if "--out" in args else argv
     code = main(argv + args)
     err = capsys.readouterr().err
     assert code == 2 and field in err, err
-    assert not os.path.exists(tmp_path / "r" / "trials.jsonl")
-    assert not os.path.exists(tmp_path / "r" / "config.json")
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not os.path.exists(tmp_path / "r")  # nothing written, not even the directory
+    os.makedirs(tmp_path / "r")
+    assert main(argv + args) == 2
+    assert os.listdir(tmp_path / "r") == []  # an existing --out is left as it was
+    capsys.readouterr()
+
+
+def test_resume_of_an_unreadable_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text("{not json")
+    assert main(["--pipeline", "toy-small", "--budget", "10", "--out", str(out), "--resume"]) == 2
+    assert "config.json is unreadable" in capsys.readouterr().err
 
 
 def test_argparse_rejects_unknown_choices_and_sizes(tmp_path, capsys):
