@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 import jax
 import numpy as np
@@ -23,7 +24,8 @@ import numpy as np
 from eeipu_jax import loop
 from eeipu_jax.space import Float, SearchSpace, StageSpace
 
-__all__ = ["make_space", "objective", "stage_costs", "observations", "filled_state", "machine", "machine_line"]
+__all__ = ["make_space", "objective", "stage_costs", "observations", "filled_state", "machine", "machine_line",
+           "time_ask_kinds"]
 
 
 def make_space(d: int = 10, k: int = 3) -> SearchSpace:
@@ -57,6 +59,32 @@ def filled_state(cfg: loop.BOConfig, space: SearchSpace, n: int, seed: int = 0) 
     for xi, yi, ci in zip(X, y, c):
         state = loop.tell(state, xi, float(yi), ci, 0)
     return state
+
+
+def time_ask_kinds(cfg: loop.BOConfig, state: loop.BOState, repeats: int):
+    """Time ``loop.ask`` on ``state`` (which must have ``n_bo == 0``).
+
+    Returns:
+        ``(first_s, cold_s, warm_s, proposal)``: the first call (compilation +
+        a cold ask), the median of ``repeats`` cold asks (``n_bo = 0``: fresh
+        GP fits, as every ``refit_every`` asks) and of ``repeats`` warm asks
+        (``n_bo = 1``: fits warm-started from the first call's), and the last
+        warm proposal.
+    """
+
+    def timed(key, s):
+        t0 = time.perf_counter()
+        prop, s1 = loop.ask(key, s, cfg)
+        jax.block_until_ready((prop, s1))
+        return time.perf_counter() - t0, prop, s1
+
+    first, _, warm_state = timed(jax.random.key(0), state)
+    cold = [timed(jax.random.key(100 + r), state)[0] for r in range(repeats)]
+    warm = []
+    for r in range(repeats):
+        t, prop, _ = timed(jax.random.key(200 + r), warm_state)
+        warm.append(t)
+    return first, float(np.median(cold)), float(np.median(warm)), prop
 
 
 def machine() -> dict:

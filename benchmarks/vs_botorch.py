@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bo_step_problem import filled_state, machine, machine_line, make_space, observations  # noqa: E402
+from bo_step_problem import filled_state, machine, machine_line, make_space, observations, time_ask_kinds  # noqa: E402,E501
 from eeipu_jax import costs as costlib  # noqa: E402
 from eeipu_jax import loop  # noqa: E402
 
@@ -169,24 +169,6 @@ def botorch_step(bt, Acq, data, seed: int, with_prefixes: bool, eta: float, log_
     return t1 - t0, t2 - t1, best[1], len(jobs)
 
 
-def jax_times(cfg, state, repeats: int):
-    """``(first_s, cold median, warm median, warm depth)`` of ``loop.ask`` on ``state``."""
-
-    def timed(key, s):
-        t0 = time.perf_counter()
-        prop, s1 = loop.ask(key, s, cfg)
-        jax.block_until_ready((prop, s1))
-        return time.perf_counter() - t0, prop, s1
-
-    first, _, warm_state = timed(jax.random.key(0), state)  # n_bo = 0: cold fit, + compile
-    cold = [timed(jax.random.key(100 + r), state)[0] for r in range(repeats)]
-    warm = []
-    for r in range(repeats):  # warm_state has n_bo = 1: warm-started fits
-        t, prop, _ = timed(jax.random.key(200 + r), warm_state)
-        warm.append(t)
-    return first, float(np.median(cold)), float(np.median(warm)), int(prop.memo_depth)
-
-
 def table(rows) -> list[str]:
     cols = [("n", 5, "d"), ("capacity", 8, "d"), ("jax 1st+compile (s)", 19, ".2f"),
             ("jax cold (s)", 12, ".3f"), ("jax warm (s)", 12, ".3f"), ("botorch 1st (s)", 15, ".2f"),
@@ -230,7 +212,8 @@ def main():
         X, y, c = observations(space, n)
         eta = float(costlib.cooling_eta(state.budget, state.spent, state.b0))
         log_eps = math.log(float(state.epsilon))
-        jfirst, jcold, jwarm, jdepth = jax_times(cfg, state, args.repeats)
+        jfirst, jcold, jwarm, jprop = time_ask_kinds(cfg, state, args.repeats)
+        jdepth = int(jprop.memo_depth)
         data = (X, y, c, soc)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
