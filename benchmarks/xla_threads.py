@@ -18,8 +18,11 @@ unpinned ("2 threads"), and reports times and hangs:
   ``batching="vmap"`` (the vmapped BO loop where the hang was first seen).
 
 Each (mode, pool) child runs ``--rounds`` times; a child still running after
-``--timeout`` seconds is killed and counted as a hang. The XLA pool size each
-child actually got is read from its thread names (``tf_XLAEigen``).
+``--timeout`` seconds is killed, after recording the CPU time it uses in 5 s
+and (where gdb is installed) which threads wait inside jaxlib's batched LAPACK
+dispatch (``ParallelBatchMap``) and in which kernel: "deadlock" if every XLA
+pool thread waits there and the process uses no CPU, "timeout" otherwise. The XLA pool
+size each child actually got is read from its thread names (``tf_XLAEigen``).
 
 Usage:
     python benchmarks/xla_threads.py [--sizes 200 800] [--repeats 5] [--rounds 3] [--timeout 600]
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -119,19 +123,67 @@ def run_child(mode: str, pool: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--sizes", *map(str, args.sizes),
            "--repeats", str(args.repeats)]
     t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:  # subprocess.run kills the child
-        return dict(mode=mode, pool=pool, status="hang", elapsed_s=time.perf_counter() - t0)
-    if p.returncode != 0:
-        return dict(mode=mode, pool=pool, status=f"failed (rc {p.returncode})", stderr=p.stderr[-2000:],
+        stdout, stderr = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        cpu = cpu_seconds_over(proc.pid, 5.0)  # ~0 for a process whose threads all wait
+        blocked, pool_threads = blocked_frames(proc.pid)  # before the kill: where the threads wait
+        proc.kill()
+        proc.communicate()
+        # A deadlock: every XLA pool thread inside a batched LAPACK call, waiting for chunks
+        # that no free pool thread can run, and no CPU used; otherwise merely slow.
+        dead = bool(blocked) and len(blocked) >= pool_threads and cpu < 0.05
+        return dict(mode=mode, pool=pool, status="deadlock" if dead else "timeout",
+                    elapsed_s=time.perf_counter() - t0, blocked_in=blocked, cpu_s_in_5s=cpu)
+    if proc.returncode != 0:
+        return dict(mode=mode, pool=pool, status=f"failed (rc {proc.returncode})", stderr=stderr[-2000:],
                     elapsed_s=time.perf_counter() - t0)
-    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res = json.loads(stdout.strip().splitlines()[-1])
     status = "ok" if not res.get("errors") else "errors"
     return dict(res, pool=pool, status=status, elapsed_s=time.perf_counter() - t0)
 
 
+def cpu_seconds_over(pid: int, seconds: float) -> float:
+    """CPU seconds process ``pid`` used during the next ``seconds`` (from /proc)."""
+
+    def used():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    before = used()
+    time.sleep(seconds)
+    return used() - before
+
+
+def blocked_frames(pid: int):
+    """For a child past its timeout: ``(waiting, pool_threads)``, where ``waiting``
+    lists, per thread waiting inside jaxlib's batched LAPACK dispatch
+    (``ParallelBatchMap``), its name and LAPACK kernel (from gdb's backtraces;
+    ``None`` where gdb is not available) and ``pool_threads`` counts XLA's pool."""
+    try:
+        bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 16"],
+                            capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None, 0
+    out, pool = [], 0
+    for thread in bt.split("\nThread ")[1:]:
+        name = re.search(r'"([^"]+)"', thread)
+        name = name.group(1) if name else "?"
+        pool += name.startswith("tf_XLAEigen")
+        if "ParallelBatchMap" in thread:
+            kernels = re.findall(r"in (lapack_\w+)", thread)
+            out.append(f"{name}: {kernels[0] if kernels else '?'} waiting in ParallelBatchMap")
+    return out, pool
+
+
 def summary(r: dict) -> str:
+    if r["status"] in ("deadlock", "timeout"):
+        b = r.get("blocked_in")
+        where = "no gdb for a backtrace" if b is None else ("; ".join(b) or "no thread in batched LAPACK")
+        return (f"not finished after {r['elapsed_s']:.0f} s, {r['cpu_s_in_5s']:.2f} CPU s in 5 s, "
+                f"killed ({where})")
     if r["status"] not in ("ok", "errors"):
         return r["status"]
     if r["mode"] == "asks":
