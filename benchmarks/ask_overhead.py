@@ -22,8 +22,6 @@ figures from a shared machine are indicative (the load average is recorded).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -33,10 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bo_step_problem import filled_state, machine, machine_line, make_space  # noqa: E402
+from bo_step_problem import arg_parser, filled_state, machine, machine_line, make_space, write_results  # noqa: E402,E501
 from eeipu_jax import loop  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _compiled_asks() -> int:
@@ -72,12 +68,8 @@ def table(rows) -> list[str]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 100, 200, 500, 1000])
-    ap.add_argument("--repeats", type=int, default=20)
+    ap = arg_parser(__doc__, "ask_overhead", [20, 50, 100, 200, 500, 1000], 20, "timed asks per size")
     ap.add_argument("--method", default="eeipu")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "ask_overhead"),
-                    help="output path without extension (.json and .md are written)")
     args = ap.parse_args()
     if args.repeats < 1 or any(n < 1 for n in args.sizes):
         ap.error("--repeats and every size must be >= 1")
@@ -102,16 +94,9 @@ def main():
     print(title)
     print(machine_line(info))
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(dict(method=args.method, d=space.dim, K=space.n_stages, repeats=args.repeats,
-                       refit_every=cfg.refit_every, machine=info, rows=rows), f, indent=2)
-    cmd = "python benchmarks/ask_overhead.py " + " ".join(sys.argv[1:])
-    with open(args.out + ".md", "w") as f:
-        f.write(f"# ask overhead\n\n{title}.\n\n{machine_line(info)}.\n\nCommand: `{cmd.strip()}`\n\n"
-                + "\n".join(lines) + "\n")
-    print(f"wrote {args.out}.json and .md")
-
+    write_results(args.out, dict(method=args.method, d=space.dim, K=space.n_stages, repeats=args.repeats,
+                                 refit_every=cfg.refit_every, machine=info, rows=rows),
+                  "ask overhead", [f"{title}.", "", f"{machine_line(info)}.", "", *lines])
 
 if __name__ == "__main__":
     main()

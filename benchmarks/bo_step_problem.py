@@ -14,8 +14,11 @@ figure taken under load is indicative only.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -25,7 +28,9 @@ from eeipu_jax import loop
 from eeipu_jax.space import Float, SearchSpace, StageSpace
 
 __all__ = ["make_space", "objective", "stage_costs", "observations", "filled_state", "machine", "machine_line",
-           "time_ask_kinds"]
+           "time_ask_kinds", "arg_parser", "write_results"]
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def make_space(d: int = 10, k: int = 3) -> SearchSpace:
@@ -106,3 +111,26 @@ def machine_line(info: dict) -> str:
            else "XLA CPU pool NOT pinned")
     return (f"{info['processor']}, {info['cpu_count']} cores, load average {info['load_average']} "
             f"(shared machine: figures are indicative), jax {info['jax']}, {pin}")
+
+
+def arg_parser(doc: str, name: str, sizes: list[int], repeats: int, repeats_help: str) -> argparse.ArgumentParser:
+    """The options every BO-step benchmark takes: ``--sizes``, ``--repeats`` and ``--out``
+    (default benchmarks/results/``name``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=sizes)
+    ap.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    ap.add_argument("--out", default=os.path.join(RESULTS, name),
+                    help="output path without extension (.json and .md are written)")
+    return ap
+
+
+def write_results(out: str, data: dict, title: str, body: list[str]) -> None:
+    """Write ``out``.json (``data``) and ``out``.md (``title``, the exact command, ``body``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(data, f, indent=2)
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(os.path.dirname(RESULTS)))
+    cmd = " ".join(["python", script, *sys.argv[1:]])
+    with open(out + ".md", "w") as f:
+        f.write(f"# {title}\n\nCommand: `{cmd}`\n\n" + "\n".join(body) + "\n")
+    print(f"wrote {out}.json and .md")

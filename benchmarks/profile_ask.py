@@ -49,7 +49,6 @@ recorded).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import glob
 import gzip
@@ -66,12 +65,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bo_step_problem import filled_state, machine, machine_line, make_space  # noqa: E402
+from bo_step_problem import arg_parser, filled_state, machine, machine_line, make_space, write_results  # noqa: E402,E501
 from eeipu_jax import candidates as candlib  # noqa: E402
 from eeipu_jax import gp as gplib  # noqa: E402
 from eeipu_jax import loop  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ------------------------------------------------------------------ phases
@@ -300,13 +297,9 @@ def top_ops(trace_file: str, top: int = 15):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400, 800])
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per phase (median)")
+    ap = arg_parser(__doc__, "profile_ask", [100, 200, 400, 800], 5, "timed calls per phase (median)")
     ap.add_argument("--trace", default=None, metavar="DIR",
                     help="also record one warm ask at the largest size with jax.profiler into DIR")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "profile_ask"),
-                    help="output path without extension (.json and .md are written)")
     args = ap.parse_args()
     if args.repeats < 1 or any(n < 12 for n in args.sizes):
         ap.error("--repeats must be >= 1 and every size >= 12 (past the 10 warm-up trials)")
@@ -328,9 +321,8 @@ def main():
              f"warm fit {cfg.gp.steps} / cold fit {cfg.gp.cold_steps} Adam steps, {cfg.n_random} + "
              f"{cfg.top_q}x{cfg.n_stages - 1}x{cfg.n_per_prefix} candidates, {cfg.n_refine} per depth refined "
              f"x {cfg.refine_steps} steps), median of {args.repeats}")
-    md = [f"# Profile of one ask\n\n{title}.\n\n{machine_line(info)}; single-thread float32 matmul peak "
-          f"measured in the same run: {peak / 1e9:.1f} GFLOP/s.\n\n"
-          f"Command: `{('python benchmarks/profile_ask.py ' + ' '.join(sys.argv[1:])).strip()}`\n"]
+    md = [f"{title}.", "", f"{machine_line(info)}; single-thread float32 matmul peak measured in the same run: "
+          f"{peak / 1e9:.1f} GFLOP/s."]
     print(title)
     print(machine_line(info))
     for r in results:
@@ -351,14 +343,8 @@ def main():
         print("\n" + head)
         print("\n".join(lines))
         md += [f"\n## {head}\n", *lines]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(dict(d=space.dim, K=space.n_stages, repeats=args.repeats, machine=info, sizes=results,
-                       trace_top_ops=ops), f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
-    print(f"wrote {args.out}.json and .md")
-
+    write_results(args.out, dict(d=space.dim, K=space.n_stages, repeats=args.repeats, machine=info,
+                                 sizes=results, trace_top_ops=ops), "Profile of one ask", md)
 
 if __name__ == "__main__":
     main()

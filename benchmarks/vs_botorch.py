@@ -48,8 +48,6 @@ figures from a shared machine are indicative (the load average is recorded).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
@@ -58,14 +56,13 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bo_step_problem import filled_state, machine, machine_line, make_space, observations, time_ask_kinds  # noqa: E402,E501
+from bo_step_problem import (arg_parser, filled_state, machine, machine_line, make_space,  # noqa: E402
+                             observations, time_ask_kinds, write_results)
 from eeipu_jax import costs as costlib  # noqa: E402
 from eeipu_jax import loop  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TOP_Q = 5
 MC_SAMPLES = 1024
 
@@ -184,13 +181,10 @@ def table(rows) -> list[str]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 100, 200, 500, 1000])
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per size and side (median)")
+    ap = arg_parser(__doc__, "vs_botorch", [20, 50, 100, 200, 500, 1000], 3,
+                    "timed steps per size and side (median)")
     ap.add_argument("--no-prefixes", action="store_true",
                     help="BoTorch side: optimize fresh runs only (no fixed-feature prefix optimizations)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "vs_botorch"),
-                    help="output path without extension (.json and .md are written)")
     args = ap.parse_args()
     if args.repeats < 1 or any(n < 2 for n in args.sizes):
         ap.error("--repeats must be >= 1 and every size >= 2")
@@ -247,18 +241,14 @@ def main():
     print(threads)
     print("\n".join(lines))
     print(f"BoTorch warnings during the timed steps: {n_warnings}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(dict(d=space.dim, K=space.n_stages, repeats=args.repeats, prefixes=not args.no_prefixes,
-                       top_q=TOP_Q, mc_samples=MC_SAMPLES, machine=info, rows=rows), f, indent=2)
-    cmd = ("python benchmarks/vs_botorch.py " + " ".join(sys.argv[1:])).strip()
-    with open(args.out + ".md", "w") as f:
-        f.write(f"# One BO step: loop.ask vs BoTorch\n\n{title}.\n\n{threads}.\n\nCommand: `{cmd}`\n\n"
-                "jax cold: fresh GP fits (every refit_every asks); jax warm: warm-started fits (the usual "
-                "step); BoTorch fits from scratch every step. depth: memo depth of each side's proposal.\n\n"
-                + "\n".join(lines) + "\n")
-    print(f"wrote {args.out}.json and .md")
-
+    write_results(args.out, dict(d=space.dim, K=space.n_stages, repeats=args.repeats,
+                                 prefixes=not args.no_prefixes, top_q=TOP_Q, mc_samples=MC_SAMPLES, machine=info,
+                                 rows=rows),
+                  "One BO step: loop.ask vs BoTorch",
+                  [f"{title}.", "", f"{threads}.", "",
+                   "jax cold: fresh GP fits (every refit_every asks); jax warm: warm-started fits (the usual "
+                   "step); BoTorch fits from scratch every step. depth: memo depth of each side's proposal.", "",
+                   *lines])
 
 if __name__ == "__main__":
     main()

@@ -20,8 +20,9 @@ unpinned ("2 threads"), and reports times and hangs:
 Each (mode, pool) child runs ``--rounds`` times; a child still running after
 ``--timeout`` seconds is killed, after recording the CPU time it uses in 5 s
 and (where gdb is installed) which threads wait inside jaxlib's batched LAPACK
-dispatch (``ParallelBatchMap``) and in which kernel: "deadlock" if every XLA
-pool thread waits there and the process uses no CPU, "timeout" otherwise. The XLA pool
+dispatch (``ParallelBatchMap``), in which kernel, and whether blocked or
+computing: "deadlock" if every XLA pool thread is blocked there and the
+process uses no CPU, "timeout" otherwise. The XLA pool
 size each child actually got is read from its thread names (``tf_XLAEigen``).
 
 Usage:
@@ -133,7 +134,7 @@ def run_child(mode: str, pool: int, args) -> dict:
         proc.communicate()
         # A deadlock: every XLA pool thread inside a batched LAPACK call, waiting for chunks
         # that no free pool thread can run, and no CPU used; otherwise merely slow.
-        dead = bool(blocked) and len(blocked) >= pool_threads and cpu < 0.05
+        dead = (bool(blocked) and sum(w for _, _, w in blocked) >= pool_threads > 0 and cpu < 0.05)
         return dict(mode=mode, pool=pool, status="deadlock" if dead else "timeout",
                     elapsed_s=time.perf_counter() - t0, blocked_in=blocked, cpu_s_in_5s=cpu)
     if proc.returncode != 0:
@@ -158,12 +159,16 @@ def cpu_seconds_over(pid: int, seconds: float) -> float:
 
 
 def blocked_frames(pid: int):
-    """For a child past its timeout: ``(waiting, pool_threads)``, where ``waiting``
-    lists, per thread waiting inside jaxlib's batched LAPACK dispatch
-    (``ParallelBatchMap``), its name and LAPACK kernel (from gdb's backtraces;
-    ``None`` where gdb is not available) and ``pool_threads`` counts XLA's pool."""
+    """For a child past its timeout: ``(in_batch_map, pool_threads)``.
+
+    ``in_batch_map`` lists each thread inside jaxlib's batched LAPACK dispatch
+    (``ParallelBatchMap``) as ``(name, kernel, waiting)``: its thread name, the
+    LAPACK kernel it dispatches and whether it is blocked (its innermost frames
+    wait on a futex) rather than computing; ``pool_threads`` counts XLA's pool
+    threads. ``(None, 0)`` where gdb is not available.
+    """
     try:
-        bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 16"],
+        bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 40"],
                             capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None, 0
@@ -174,14 +179,18 @@ def blocked_frames(pid: int):
         pool += name.startswith("tf_XLAEigen")
         if "ParallelBatchMap" in thread:
             kernels = re.findall(r"in (lapack_\w+)", thread)
-            out.append(f"{name}: {kernels[0] if kernels else '?'} waiting in ParallelBatchMap")
+            top = thread.split("ParallelBatchMap")[0]  # the frames inside the batch map
+            waiting = "BlockingCounter::Wait" in top or ("futex" in top and "lapack_" not in top)
+            out.append((name, kernels[0] if kernels else "?", waiting))
     return out, pool
 
 
 def summary(r: dict) -> str:
     if r["status"] in ("deadlock", "timeout"):
         b = r.get("blocked_in")
-        where = "no gdb for a backtrace" if b is None else ("; ".join(b) or "no thread in batched LAPACK")
+        where = ("no gdb for a backtrace" if b is None else
+                 "; ".join(f"{n}: {k} {'blocked' if w else 'running'} in ParallelBatchMap" for n, k, w in b)
+                 or "no thread in batched LAPACK")
         return (f"not finished after {r['elapsed_s']:.0f} s, {r['cpu_s_in_5s']:.2f} CPU s in 5 s, "
                 f"killed ({where})")
     if r["status"] not in ("ok", "errors"):
@@ -194,15 +203,14 @@ def summary(r: dict) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[200, 800])
-    ap.add_argument("--repeats", type=int, default=5)
+    sys.path.insert(0, HERE)
+    from bo_step_problem import arg_parser
+
+    ap = arg_parser(__doc__, "xla_threads", [200, 800], 5, "timed asks per size and kind (median)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds before a child counts as hung")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "xla_threads"),
-                    help="output path without extension (.json and .md are written)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.sizes, args.repeats)))
@@ -227,14 +235,10 @@ def main():
             f"load average at the end {load} (shared machine: indicative), timeout {args.timeout:.0f} s per child")
     print(head)
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(dict(cpu_count=os.cpu_count(), load_average=load, timeout_s=args.timeout, runs=runs), f, indent=2)
-    cmd = ("python benchmarks/xla_threads.py " + " ".join(sys.argv[1:])).strip()
-    with open(args.out + ".md", "w") as f:
-        f.write(f"# XLA CPU thread pool: 1 vs 2 threads\n\n{head}.\n\nCommand: `{cmd}`\n\n" + "\n".join(lines) + "\n")
-    print(f"wrote {args.out}.json and .md")
+    from bo_step_problem import write_results
 
+    write_results(args.out, dict(cpu_count=os.cpu_count(), load_average=load, timeout_s=args.timeout, runs=runs),
+                  "XLA CPU thread pool: 1 vs 2 threads", [f"{head}.", "", *lines])
 
 if __name__ == "__main__":
     main()
