@@ -1,0 +1,136 @@
+"""The BO-step benchmark problem shared by ask_overhead.py, vs_botorch.py and profile_ask.py.
+
+d = 10 unit-interval hyperparameters split into K = 3 stages (4 + 3 + 3
+columns), a smooth objective ``-sum (x - 0.3)^2 + 0.1 sin(7 x_0)`` and stage
+costs ``c_k = 1 + 3 * mean(x of stage k)``. A state is filled with ``n``
+uniform observations (the first ``n_warmup`` marked warm-up) at the capacity
+``ask`` would have for ``n`` trials, so every script times the same step on
+the same data.
+
+Also the few lines of machine description each script prints and stores,
+with the load average: these benchmarks run on shared machines, and a
+figure taken under load is indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+from eeipu_jax import loop
+from eeipu_jax.space import Float, SearchSpace, StageSpace
+
+__all__ = ["make_space", "objective", "stage_costs", "observations", "filled_state", "machine", "machine_line",
+           "time_ask_kinds", "arg_parser", "write_results"]
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def make_space(d: int = 10, k: int = 3) -> SearchSpace:
+    """``d`` columns in ``[0, 1]`` split as evenly as possible into ``k`` stages."""
+    per = np.array_split(np.arange(d), k)
+    return SearchSpace([StageSpace(f"s{i}", [Float(f"x{j}", 0.0, 1.0) for j in cols]) for i, cols in enumerate(per)])
+
+
+def objective(X):
+    """Smooth objective to maximize (optimum near x = 0.3)."""
+    return -np.sum((X - 0.3) ** 2, axis=-1) + 0.1 * np.sin(7 * X[..., 0])
+
+
+def stage_costs(X, soc):
+    """``(n, K)`` stage costs ``1 + 3 * mean(stage columns)``."""
+    soc = np.asarray(soc)
+    return np.stack([1.0 + 3.0 * X[..., soc == k].mean(-1) for k in range(soc.max() + 1)], -1)
+
+
+def observations(space: SearchSpace, n: int, seed: int = 0):
+    """``(X (n, d), y (n,), costs (n, K))`` for ``n`` uniform points (float64)."""
+    X = np.random.default_rng([seed, n]).uniform(size=(n, space.dim))
+    return X, objective(X), stage_costs(X, space.stage_of_column)
+
+
+def filled_state(cfg: loop.BOConfig, space: SearchSpace, n: int, seed: int = 0) -> loop.BOState:
+    """A state holding :func:`observations` (fresh runs, memo depth 0), budget 1e9,
+    at capacity ``capacity_for(n + 1)`` (room for the proposal's ``tell``)."""
+    X, y, c = observations(space, n, seed)
+    state = loop.init(cfg, budget=1e9, capacity=loop.capacity_for(n + 1))
+    for xi, yi, ci in zip(X, y, c):
+        state = loop.tell(state, xi, float(yi), ci, 0)
+    return state
+
+
+def time_ask_kinds(cfg: loop.BOConfig, state: loop.BOState, repeats: int):
+    """Time ``loop.ask`` on ``state`` (which must have ``n_bo == 0``).
+
+    Returns:
+        ``(first_s, cold_s, warm_s, proposal)``: the first call (compilation +
+        a cold ask), the median of ``repeats`` cold asks (``n_bo = 0``: fresh
+        GP fits, as every ``refit_every`` asks) and of ``repeats`` warm asks
+        (``n_bo = 1``: fits warm-started from the first call's), and the last
+        warm proposal.
+    """
+
+    def timed(key, s):
+        t0 = time.perf_counter()
+        prop, s1 = loop.ask(key, s, cfg)
+        jax.block_until_ready((prop, s1))
+        return time.perf_counter() - t0, prop, s1
+
+    first, _, warm_state = timed(jax.random.key(0), state)
+    cold = [timed(jax.random.key(100 + r), state)[0] for r in range(repeats)]
+    warm = []
+    for r in range(repeats):
+        t, prop, _ = timed(jax.random.key(200 + r), warm_state)
+        warm.append(t)
+    return first, float(np.median(cold)), float(np.median(warm)), prop
+
+
+def machine() -> dict:
+    """What the figures were taken on (processor, cores, load, versions)."""
+    from eeipu_jax import XLA_CPU
+
+    return dict(
+        processor=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        load_average=[round(v, 2) for v in os.getloadavg()],
+        jax=jax.__version__,
+        xla_cpu=XLA_CPU,
+    )
+
+
+def machine_line(info: dict) -> str:
+    """One printable line from :func:`machine`."""
+    pin = (f"XLA CPU pool pinned to one thread on CPU {info['xla_cpu']}" if info["xla_cpu"] is not None
+           else "XLA CPU pool NOT pinned")
+    return (f"{info['processor']}, {info['cpu_count']} cores, load average {info['load_average']} "
+            f"(shared machine: figures are indicative), jax {info['jax']}, {pin}")
+
+
+def arg_parser(doc: str, name: str, sizes: list[int], repeats: int, repeats_help: str) -> argparse.ArgumentParser:
+    """The options every BO-step benchmark takes: ``--sizes``, ``--repeats`` and ``--out``
+    (default benchmarks/results/``name``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=sizes)
+    ap.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    ap.add_argument("--out", default=os.path.join(RESULTS, name),
+                    help="output path without extension (.json and .md are written)")
+    return ap
+
+
+def write_results(out: str, data: dict, title: str, body: list[str]) -> None:
+    """Write ``out``.json (``data``) and ``out``.md (``title``, the exact command, ``body``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(data, f, indent=2)
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(os.path.dirname(RESULTS)))
+    cmd = " ".join(["python", script, *sys.argv[1:]])
+    with open(out + ".md", "w") as f:
+        f.write(f"# {title}\n\nCommand: `{cmd}`\n\n" + "\n".join(body) + "\n")
+    print(f"wrote {out}.json and .md")
