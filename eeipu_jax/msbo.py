@@ -65,9 +65,9 @@ def fit_prefix_gps(key, state, config):
     masks = jnp.tile(valid[:, None], (1, K))
     input_masks = jnp.asarray(prefix_input_masks(config.stage_of_column, K), state.X.dtype)
     cold = (state.n_bo % config.refit_every) == 0
-    params, mean, std = gplib.fit_stacked(key, state.cost_params, state.X, targets, masks, input_masks,
+    params, _, _ = gplib.fit_stacked(key, state.cost_params, state.X, targets, masks, input_masks,
                                           config.gp, cold)
-    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, mean, std, config.gp)
+    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, config.gp)
 
     def incumbent(post):  # best posterior mean at an observed prefix (the noisy-EI plug-in)
         m, _ = jax.vmap(lambda x: gplib.predict(post, x))(state.X)
@@ -95,6 +95,7 @@ def propose(key, state, config):
             noise = 0.1 * jax.random.normal(jax.random.fold_in(k_loc, k), (config.n_local, d), state.X.dtype)
             cand = jnp.concatenate([cand, jnp.clip(incumbent[None, :] + noise, 0.0, 1.0)])
         cand = jnp.where(cols[None, :], cand, x[None, :])  # earlier stages fixed; later ones unseen by GP_k
+        cand = config.snap(cand)  # score the points that would run (integer/categorical columns)
         post_k = jax.tree.map(lambda a: a[k], posts)
 
         def log_ei(z, post_k=post_k, best_k=best[k]):
@@ -105,13 +106,13 @@ def propose(key, state, config):
         vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
         i = jnp.argmax(vals)
         x, score = cand[i], vals[i]
-    x = config.snap(x)
     prop = loop.Proposal(
         x=x,
         memo_depth=jnp.asarray(0, jnp.int32),
         source=jnp.asarray(-1, jnp.int32),
         score=score,
         eta=costlib.cooling_eta(state.budget, state.spent, state.b0),
+        fallback=jnp.asarray(False),
     )
     return prop, state._replace(cost_params=params, n_bo=state.n_bo + 1)
 

@@ -50,6 +50,26 @@ class SpaceError(ValueError):
     """Raised for an invalid search-space definition or an invalid value."""
 
 
+def _real(value: Any, param: str, field: str) -> float:
+    """A finite real bound as a Python float (Python/NumPy ints and floats and
+    0-d numeric arrays accepted)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SpaceError(f"parameter {param!r}: {field} must be a finite number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise SpaceError(f"parameter {param!r}: {field} must be a finite number, got {value!r}")
+    return v
+
+
+def _unwrap0d(value: Any) -> Any:
+    """The scalar inside a 0-d NumPy/JAX array (other values unchanged)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:
+        return np.asarray(value).item()
+    return value
+
+
 def _check_name(name: Any, what: str) -> None:
     if not isinstance(name, str) or not name:
         raise SpaceError(f"{what} name must be a non-empty string, got {name!r}")
@@ -70,10 +90,9 @@ class Float:
 
     def __post_init__(self):
         _check_name(self.name, "parameter")
+        # Stored as Python floats, so the space hashes, prints and serializes plainly.
         for field in ("low", "high"):
-            v = getattr(self, field)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise SpaceError(f"parameter {self.name!r}: {field} must be a finite number, got {v!r}")
+            object.__setattr__(self, field, _real(getattr(self, field), self.name, field))
         if not self.low < self.high:
             raise SpaceError(
                 f"parameter {self.name!r}: low ({self.low}) must be smaller than high ({self.high})"
@@ -99,7 +118,8 @@ class Float:
         return xp.clip(u, 0.0, 1.0)
 
     def validate(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        value = _unwrap0d(value)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
             raise SpaceError(f"parameter {self.name!r}: expected a number, got {value!r}")
         v = float(value)
         if not (self.low <= v <= self.high):
@@ -122,8 +142,11 @@ class Int:
         _check_name(self.name, "parameter")
         for field in ("low", "high"):
             v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu":
+                v = v.item()
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise SpaceError(f"parameter {self.name!r}: {field} must be an integer, got {v!r}")
+            object.__setattr__(self, field, int(v))
         if not self.low < self.high:
             raise SpaceError(
                 f"parameter {self.name!r}: low ({self.low}) must be smaller than high ({self.high})"
@@ -144,9 +167,10 @@ class Int:
         return self._to_unit(self._from_unit(u, xp), xp)
 
     def validate(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+        value = _unwrap0d(value)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
             raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
-        if float(value) != round(float(value)):
+        if not math.isfinite(float(value)) or float(value) != round(float(value)):
             raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
         v = int(round(float(value)))
         if not (self.low <= v <= self.high):
@@ -171,6 +195,23 @@ class Categorical:
         object.__setattr__(self, "choices", tuple(self.choices))
         if len(self.choices) < 2:
             raise SpaceError(f"parameter {self.name!r}: needs at least 2 choices, got {len(self.choices)}")
+        for c in self.choices:
+            # A choice must equal itself (NaN does not): values are looked up
+            # with ``==`` when a configuration is mapped to the cube.
+            try:
+                same = c == c
+                same = bool(same)
+            except Exception:
+                same = False
+            if not same:
+                raise SpaceError(
+                    f"parameter {self.name!r}: choice {c!r} is not equal to itself (e.g. NaN) and could "
+                    "never be looked up; use a hashable scalar such as a string or None"
+                )
+            try:
+                hash(c)
+            except TypeError:
+                raise SpaceError(f"parameter {self.name!r}: choice {c!r} is not hashable") from None
         if len(set(self.choices)) != len(self.choices):
             raise SpaceError(f"parameter {self.name!r}: duplicate choices in {self.choices!r}")
 
