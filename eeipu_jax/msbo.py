@@ -16,7 +16,9 @@ GPs of the final objective on growing prefixes of the hyperparameters:
   columns (plus ``n_local`` Gaussian perturbations of the best observation's
   stage-``k`` values, when ``n_local > 0``) are scored by ``log EI`` under
   ``GP_k`` against ``GP_k``'s incumbent (its largest posterior mean at an
-  observed prefix), and the best is kept.
+  observed prefix), and the best is kept. Candidates are snapped to
+  representable points (integer/categorical columns) before they are
+  scored, so the chosen score is that of the point that runs.
 
 The method is cost-unaware and never memoizes; every trial is charged in full,
 as the EEIPU paper's baselines were. Differences from the EEIPU authors' code,
