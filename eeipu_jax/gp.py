@@ -56,6 +56,8 @@ import optax
 import tinygp
 from jaxtyping import Array, Bool, Float
 
+from eeipu_jax import _checks
+
 __all__ = [
     "GPConfig",
     "GPParams",
@@ -130,51 +132,22 @@ class GPConfig:
                 )
             object.__setattr__(self, name, (a, b))
         for name in ("restarts", "steps", "cold_steps"):
-            object.__setattr__(self, name, _int_field(getattr(self, name), f"GPConfig.{name}"))
+            object.__setattr__(self, name, _checks.integer(getattr(self, name), f"GPConfig.{name}"))
         if self.restarts < 1:
             raise ValueError(f"GPConfig.restarts must be >= 1, got {self.restarts}")
         if self.steps < 0 or self.cold_steps < 0:
             raise ValueError(
                 f"GPConfig.steps and cold_steps must be >= 0, got {self.steps}, {self.cold_steps}"
             )
-        lr = _float_field(self.learning_rate, "GPConfig.learning_rate")
-        if not lr > 0:
-            raise ValueError(f"GPConfig.learning_rate must be a finite number > 0, got {self.learning_rate!r}")
-        jitter = _float_field(self.jitter, "GPConfig.jitter")
-        if not jitter >= 0:
-            raise ValueError(f"GPConfig.jitter must be a finite number >= 0, got {self.jitter!r}")
+        lr = _checks.finite_number(self.learning_rate, "GPConfig.learning_rate", greater_than=0.0)
         object.__setattr__(self, "learning_rate", lr)
-        object.__setattr__(self, "jitter", jitter)
-
-
-def _float_field(value, name: str) -> float:
-    """``value`` as a finite Python float (ints, floats, NumPy scalars and 0-d
-    arrays accepted; bools, strings and non-finite values rejected)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating, np.ndarray)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if isinstance(value, np.ndarray) and (value.ndim != 0 or value.dtype.kind not in "iuf"):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return v
-
-
-def _int_field(value, name: str) -> int:
-    """``value`` as a Python int (NumPy integers and 0-d integer arrays accepted)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
-        return int(value)
-    if not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
+        object.__setattr__(self, "jitter", _checks.finite_number(self.jitter, "GPConfig.jitter", at_least=0.0))
 
 
 def _float_pair(pair, name: str) -> tuple[float, float]:
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
         raise ValueError(f"{name} must be a pair of numbers, got {pair!r}")
-    return _float_field(pair[0], name), _float_field(pair[1], name)
+    return _checks.finite_number(pair[0], name), _checks.finite_number(pair[1], name)
 
 
 class GPParams(NamedTuple):

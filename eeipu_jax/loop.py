@@ -73,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from eeipu_jax import _checks
 from eeipu_jax import acquisition as acqlib
 from eeipu_jax import candidates as candlib
 from eeipu_jax import costs as costlib
@@ -154,17 +155,12 @@ class BOConfig:
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
         for name in ("n_warmup", "n_random", "n_per_prefix", "n_local", "top_q", "n_refine",
                      "refine_steps", "mc_samples", "refit_every"):
-            object.__setattr__(self, name, gplib._int_field(getattr(self, name), f"BOConfig.{name}"))
+            object.__setattr__(self, name, _checks.integer(getattr(self, name), f"BOConfig.{name}"))
         # Floats are stored as Python floats: the config stays hashable and
         # JSON-serializable, and a NaN never reaches a results file.
-        refine_lr = gplib._float_field(self.refine_lr, "BOConfig.refine_lr")
-        if not refine_lr > 0:
-            raise ValueError(f"BOConfig.refine_lr must be a finite number > 0, got {self.refine_lr!r}")
-        ucb_beta = gplib._float_field(self.ucb_beta, "BOConfig.ucb_beta")
-        if not ucb_beta >= 0:
-            raise ValueError(f"BOConfig.ucb_beta must be a finite number >= 0, got {self.ucb_beta!r}")
+        refine_lr = _checks.finite_number(self.refine_lr, "BOConfig.refine_lr", greater_than=0.0)
         object.__setattr__(self, "refine_lr", refine_lr)
-        object.__setattr__(self, "ucb_beta", ucb_beta)
+        object.__setattr__(self, "ucb_beta", _checks.finite_number(self.ucb_beta, "BOConfig.ucb_beta", at_least=0.0))
         if not isinstance(self.gp, gplib.GPConfig):
             raise ValueError(f"BOConfig.gp must be a GPConfig, got {self.gp!r}")
         soc = self.stage_of_column
@@ -284,13 +280,13 @@ def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float 
         capacity: preallocated rows (grown on demand by :func:`tell`).
         epsilon: price of restoring one memoized stage (as seen by the acquisition).
     """
-    budget = _number(budget, "budget")
+    budget = _checks.number(budget, "budget")
     if not (math.isfinite(budget) and budget > 0):
         raise ValueError(f"budget must be a positive finite number, got {budget!r}")
-    epsilon = _number(epsilon, "epsilon")
+    epsilon = _checks.number(epsilon, "epsilon")
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-    capacity = gplib._int_field(capacity, "capacity")
+    capacity = _checks.integer(capacity, "capacity")
     if capacity < config.n_warmup + 1:
         capacity = capacity_for(config.n_warmup + 1)
     N, d, K = capacity, config.dim, config.n_stages
@@ -371,22 +367,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _X_TOLERANCE = 1e-5  # unit-cube rounding slack accepted (then clipped) in ``tell``
 
 
-def _number(value, name: str) -> float:
-    """A real scalar as a Python float: Python/NumPy ints and floats and 0-d
-    (NumPy or JAX) arrays are accepted; bools, strings, None and arrays of
-    other shapes are refused with a message naming ``name``."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        a = np.asarray(value)
-        if a.ndim == 0 and a.dtype.kind in "iuf":
-            return float(a)
-        raise ValueError(f"{name} must be a scalar number, got an array of shape {a.shape} and dtype {a.dtype}")
-    raise ValueError(f"{name} must be a number, got {value!r}")
-
-
 def _vector(value, name: str, n: int) -> np.ndarray:
     try:
         a = np.asarray(value, dtype=np.float64)
@@ -414,7 +394,7 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
 
     if y is None:
         raise ValueError("y is None: tell a failed trial with y=float('nan')")
-    y = _number(y, "y")
+    y = _checks.number(y, "y")
     if math.isfinite(y) and abs(y) > _F32_MAX:
         raise ValueError(
             f"y={y!r} is beyond the float32 range (|y| <= {_F32_MAX:.4g}) the optimizer stores; "
@@ -424,7 +404,7 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
     depth = memo_depth
     if isinstance(depth, (bool, np.bool_)):
         raise ValueError(f"memo_depth must be an integer in [0, {K - 1}], got {memo_depth!r}")
-    depth = _number(depth, "memo_depth")
+    depth = _checks.number(depth, "memo_depth")
     if not (depth == int(depth) and 0 <= depth <= K - 1):
         raise ValueError(
             f"memo_depth must be an integer in [0, {K - 1}] (stages restored from the cache; the last "
@@ -445,7 +425,7 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
         )
 
     if charged is not None:
-        charged = _number(charged, "charged")
+        charged = _checks.number(charged, "charged")
         if not (math.isfinite(charged) and charged >= 0):
             raise ValueError(f"charged must be None or a finite number >= 0, got {charged!r}")
 
@@ -568,11 +548,9 @@ def effective_objective(state: BOState):
     has finished they (like every row) are 0, a constant that standardizes
     to 0. Padded rows are 0.
     """
-    N = state.X.shape[0]
-    valid = jnp.arange(N) < state.n
-    ok_y = valid & ~state.failed
-    u, _, _ = gplib.scale_free(state.y, ok_y, state.y_lo)
-    worst = jnp.min(jnp.where(ok_y, u, jnp.inf))
+    valid = jnp.arange(state.X.shape[0]) < state.n
+    u = scaled_objective(state)  # NaN in failed and padded rows
+    worst = jnp.min(jnp.where(valid & ~state.failed, u, jnp.inf))
     worst = jnp.where(jnp.isfinite(worst), worst, 0.0)
     return valid, jnp.where(valid, jnp.where(state.failed, worst, u), 0.0)
 

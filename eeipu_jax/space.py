@@ -35,6 +35,8 @@ from typing import Any, Union
 import jax.numpy as jnp
 import numpy as np
 
+from eeipu_jax import _checks
+
 __all__ = [
     "Float",
     "Int",
@@ -48,26 +50,6 @@ __all__ = [
 
 class SpaceError(ValueError):
     """Raised for an invalid search-space definition or an invalid value."""
-
-
-def _real(value: Any, param: str, field: str) -> float:
-    """A finite real bound as a Python float (Python/NumPy ints and floats and
-    0-d numeric arrays accepted)."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
-        value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise SpaceError(f"parameter {param!r}: {field} must be a finite number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise SpaceError(f"parameter {param!r}: {field} must be a finite number, got {value!r}")
-    return v
-
-
-def _unwrap0d(value: Any) -> Any:
-    """The scalar inside a 0-d NumPy/JAX array (other values unchanged)."""
-    if hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:
-        return np.asarray(value).item()
-    return value
 
 
 def _check_name(name: Any, what: str) -> None:
@@ -92,7 +74,8 @@ class Float:
         _check_name(self.name, "parameter")
         # Stored as Python floats, so the space hashes, prints and serializes plainly.
         for field in ("low", "high"):
-            object.__setattr__(self, field, _real(getattr(self, field), self.name, field))
+            value = _checks.finite_number(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
+            object.__setattr__(self, field, value)
         if not self.low < self.high:
             raise SpaceError(
                 f"parameter {self.name!r}: low ({self.low}) must be smaller than high ({self.high})"
@@ -118,10 +101,7 @@ class Float:
         return xp.clip(u, 0.0, 1.0)
 
     def validate(self, value: Any) -> float:
-        value = _unwrap0d(value)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise SpaceError(f"parameter {self.name!r}: expected a number, got {value!r}")
-        v = float(value)
+        v = _checks.number(value, f"parameter {self.name!r}: value", SpaceError)
         if not (self.low <= v <= self.high):
             raise SpaceError(f"parameter {self.name!r}: {v} is outside [{self.low}, {self.high}]")
         return v
@@ -141,12 +121,8 @@ class Int:
     def __post_init__(self):
         _check_name(self.name, "parameter")
         for field in ("low", "high"):
-            v = getattr(self, field)
-            if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu":
-                v = v.item()
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                raise SpaceError(f"parameter {self.name!r}: {field} must be an integer, got {v!r}")
-            object.__setattr__(self, field, int(v))
+            value = _checks.integer(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
+            object.__setattr__(self, field, value)
         if not self.low < self.high:
             raise SpaceError(
                 f"parameter {self.name!r}: low ({self.low}) must be smaller than high ({self.high})"
@@ -167,12 +143,10 @@ class Int:
         return self._to_unit(self._from_unit(u, xp), xp)
 
     def validate(self, value: Any) -> int:
-        value = _unwrap0d(value)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        v = _checks.number(value, f"parameter {self.name!r}: value (an integer)", SpaceError)
+        if not math.isfinite(v) or v != round(v):
             raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
-        if not math.isfinite(float(value)) or float(value) != round(float(value)):
-            raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
-        v = int(round(float(value)))
+        v = int(round(v))
         if not (self.low <= v <= self.high):
             raise SpaceError(f"parameter {self.name!r}: {v} is outside [{self.low}, {self.high}]")
         return v

@@ -132,7 +132,7 @@ def test_space_accepts_numpy_bounds_and_rejects_self_unequal_choices():
         (dict(refine_lr=NAN), r"BOConfig.refine_lr must be a finite number.*got nan"),
         (dict(refine_lr=INF), r"BOConfig.refine_lr"),
         (dict(refine_lr=0.0), r"BOConfig.refine_lr"),
-        (dict(refine_lr="0.1"), r"BOConfig.refine_lr must be a finite number"),
+        (dict(refine_lr="0.1"), r"BOConfig.refine_lr must be a number"),
         (dict(ucb_beta=-0.1), r"BOConfig.ucb_beta must be a finite number >= 0"),
         (dict(ucb_beta=NAN), r"BOConfig.ucb_beta"),
         (dict(n_random=10.5), r"BOConfig.n_random must be an integer"),
