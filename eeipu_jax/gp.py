@@ -37,9 +37,9 @@ This module owns the GP used for the objective and for every stage cost:
   is one start (the neutral point of :func:`default_params`): on the data
   sets of ``benchmarks/gp_restarts.py`` (n = 20..100) 2 to 8 starts lowered
   the final loss by at most 0.007 nats per point, while every ask, warm ones
-  included (the number of starts is static), got about R times slower
-  (``benchmarks/results/gp_restarts.md``). The previous parameters always
-  compete with the result.
+  included (the number of starts is static), got slower roughly in
+  proportion to R (``benchmarks/results/gp_restarts.md``, a shared 2-core
+  machine). The previous parameters always compete with the result.
 """
 
 from __future__ import annotations

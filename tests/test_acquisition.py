@@ -201,6 +201,16 @@ def test_total_cost_acquisitions_match_the_lognormal_closed_form(total, method):
         assert got == pytest.approx(want, abs=2e-3), (method, x)
         # the memo depth means nothing to a non-memoizing method
         assert float(fn(jnp.asarray(x, jnp.float32), 2, acqs)) == pytest.approx(got, abs=1e-6)
+    # the one cost GP was fitted on ln(total cost) of the trials whose stages all ran
+    from tests import reference as ref
+
+    n = int(state.n)
+    total_cost = np.asarray(state.stage_costs[:n], np.float64).sum(1)
+    ok = np.isfinite(total_cost)
+    assert ok.sum() == n - 1  # the failed trial's last stage never ran
+    t, mu, sd = ref.standardize(np.log(total_cost[ok]))
+    np.testing.assert_allclose(np.asarray(acqs.costs.y[0] + acqs.costs.mean[0])[:n][ok], t, atol=1e-5)
+    np.testing.assert_allclose([float(acqs.cost_mean[0]), float(acqs.cost_std[0])], [mu, sd], rtol=1e-5)
     # EIPS has no cooling: its cost term is not scaled by eta
     x = POINTS[0]
     eips = _reference("eips", cfg, state, obj_params, cost_params, x, 0, 0.6)
