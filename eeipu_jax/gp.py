@@ -500,14 +500,14 @@ def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConf
     return jax.vmap(one)(keys, init, targets.T, masks.T, input_masks)
 
 
-def posterior_stacked(params: GPParams, X, targets, masks, input_masks, cfg: GPConfig):
+def posterior_stacked(params: GPParams, X, targets, masks, input_masks, mean, std, cfg: GPConfig):
     """Condition M stacked GPs (see :func:`fit_stacked`) on their targets,
-    standardized by the same :func:`standardize` the fit used."""
+    standardized with the ``mean`` and ``std`` the fit returned."""
 
-    def one(p, t, m, im):
-        return posterior(p, X, standardize(t, m)[0], m, cfg, im)
+    def one(p, t, m, im, mu, sd):
+        return posterior(p, X, jnp.where(m, (t - mu) / sd, 0.0), m, cfg, im)
 
-    return jax.vmap(one)(params, targets.T, masks.T, input_masks)
+    return jax.vmap(one)(params, targets.T, masks.T, input_masks, mean, std)
 
 
 def posterior(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None) -> Posterior:

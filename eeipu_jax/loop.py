@@ -582,7 +582,7 @@ def acquisition_state(key, state: BOState, config: BOConfig):
         input_masks = jnp.concatenate([input_masks, cinput], axis=0)
         init = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), init, state.cost_params)
     params, mean, std = gplib.fit_stacked(k_fit, init, state.X, targets, masks, input_masks, gcfg, cold)
-    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, gcfg)
+    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, mean, std, gcfg)
     # Acquisitions work on the standardized objective scale.
     obj_params = jax.tree.map(lambda a: a[0], params)
     obj_post = jax.tree.map(lambda a: a[0], posts)

@@ -67,9 +67,9 @@ def fit_prefix_gps(key, state, config):
     masks = jnp.tile(valid[:, None], (1, K))
     input_masks = jnp.asarray(prefix_input_masks(config.stage_of_column, K), state.X.dtype)
     cold = (state.n_bo % config.refit_every) == 0
-    params, _, _ = gplib.fit_stacked(key, state.cost_params, state.X, targets, masks, input_masks,
+    params, mean, std = gplib.fit_stacked(key, state.cost_params, state.X, targets, masks, input_masks,
                                           config.gp, cold)
-    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, config.gp)
+    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, mean, std, config.gp)
 
     def incumbent(post):  # best posterior mean at an observed prefix (the noisy-EI plug-in)
         m, _ = jax.vmap(lambda x: gplib.predict(post, x))(state.X)

@@ -105,14 +105,12 @@ def test_all_non_finite_scores_fall_back_to_a_flagged_random_point():
     # a random point per key, not row 0 of the batch every time
     assert len({tuple(np.round(x, 5)) for x in xs}) == 3
     assert all(np.all((x >= 0) & (x <= 1)) for x in xs)
-    # an ordinary ask is not flagged
-    cfg_ok = dataclasses.replace(cfg, method="ei")
-    prop, state3 = loop.ask(jax.random.key(0), state, cfg_ok)
-    assert not bool(prop.fallback) and int(state3.n_fallback) == 0
+    # (ordinary asks are never flagged: see test_objective_scale and the other tests here)
 
 
 # ------------------------------------------ what the objective GP is fitted on
-CFG = loop.BOConfig.from_space(SPACE, method="eeipu", n_warmup=4, n_random=128, n_per_prefix=16, mc_samples=512)
+# The same settings as test_objective_scale's, so the compiled ask is shared through the XLA cache.
+CFG = loop.BOConfig.from_space(SPACE, method="eeipu", n_warmup=4, n_random=128, n_per_prefix=16, mc_samples=256)
 acquisition_state = jax.jit(loop.acquisition_state, static_argnums=2)
 
 
