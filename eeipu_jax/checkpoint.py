@@ -9,6 +9,12 @@ that restores half-written.
 Checkpoints written before ``BOState`` gained ``y_lo`` (the low float32 part
 of each objective) and ``n_fallback`` restore with those fields at their empty
 values (0): the objectives of such a run were stored as float32 only.
+Checkpoints written before the state kept the GPs' Cholesky factors
+(``chol``, ``n_chol``, ``n_fit``, ``n_refits``) restore with none kept and no
+refit recorded, so the next ``ask`` refits the hyperparameters (cold) and
+factors anew. The factors are part of the state and of its checkpoints
+(``M x N x N`` float32: 4 MB for 4 GPs at capacity 512), so a resumed run
+continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ def save_state(path: str | os.PathLike, state: Any, key: jax.Array | None = None
     ckpt.wait_until_finished()
 
 
-# Fields added to BOState after checkpoints were first written; zeros are their empty values.
-_NEWER_FIELDS = ("y_lo", "n_fallback")
+# Fields added to BOState after checkpoints were first written; zeros are their empty values
+# (``n_chol = 0``: no factors kept, so the next ask computes them).
+_NEWER_FIELDS = ("y_lo", "n_fallback", "chol", "n_chol", "n_fit", "n_refits")
 
 
 def _fields_added_since(like: Any, saved_fields) -> list[str]:
