@@ -24,6 +24,11 @@ This module owns the GP used for the objective and for every stage cost:
 * **Input masks.** An optional ``(d,)`` 0/1 ``input_mask`` zeroes columns the
   GP must ignore (a stage-cost GP that sees only some stages' columns), so GPs
   with different inputs still share one shape and can be ``vmap``-ed.
+* **Kept factors.** :func:`factor` returns the lower Cholesky factor of the
+  masked covariance (padded rows are identity rows) and :func:`append_rows`
+  extends a factor by new rows in O(N^2) each (a rank-1 border update),
+  so a caller that holds the hyperparameters fixed never factorizes twice;
+  :func:`condition` turns a factor and targets into a :class:`Posterior`.
 * **Fitting.** MAP-II: negative log marginal likelihood minus weak Gamma
   log-priors (BoTorch ``SingleTaskGP`` defaults of the version the EEIPU
   authors ran: lengthscale Gamma(3, 6), outputscale Gamma(2, 0.15), noise
@@ -32,7 +37,11 @@ This module owns the GP used for the objective and for every stage cost:
   unconstrained space (each positive value is a sigmoid-bounded log, so it can
   never leave its box: no NaN from a collapsing noise or exploding amplitude),
   warm-started from the previous fit (a few steps track the optimum as data
-  grow by one point), with periodic cold fits from a fresh start. A cold fit
+  grow), with periodic cold fits from a fresh start (when to refit, and on
+  which rows, is the caller's schedule: :mod:`eeipu_jax.loop`). The gradient
+  is written by hand (:func:`loss_and_grad`, Rasmussen & Williams eq. 5.9:
+  one triangular inverse per step instead of reverse-mode through the
+  Cholesky and its solves). A cold fit
   runs ``GPConfig.restarts`` fresh starts together under ``vmap``; the default
   is one start (the neutral point of :func:`default_params`): on the data
   sets of ``benchmarks/gp_restarts.py`` (n = 20..100) 2 to 8 starts lowered
@@ -69,9 +78,14 @@ __all__ = [
     "build_gp",
     "log_marginal_likelihood",
     "loss_fn",
+    "loss_and_grad",
     "fit",
-    "posterior",
     "fit_stacked",
+    "fit_rows",
+    "factor",
+    "append_rows",
+    "condition",
+    "posterior",
     "posterior_stacked",
     "predict",
 ]

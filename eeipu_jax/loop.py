@@ -1,7 +1,8 @@
 """The BO loop as pure functions: ``init`` / ``ask`` / ``tell`` over a ``BOState`` pytree.
 
-``ask(key, state, config) -> (Proposal, state)`` fits the surrogates the method
-needs (objective GP, stage- or total-cost GPs), scores one fixed-shape batch of
+``ask(key, state, config) -> (Proposal, state)`` brings the surrogates the method
+needs up to date (objective GP, stage- or total-cost GPs; refitted on a
+schedule, see "Surrogate schedule" below), scores one fixed-shape batch of
 candidates (random + memoized prefixes), refines the best few and returns the
 winner with its memo depth. ``tell(state, x, y, stage_costs, memo_depth)``
 records a finished (or failed) trial and charges the budget. Both are
@@ -47,6 +48,28 @@ failed trial sits at the same constant, so the standardized objective is 0
 everywhere (the GP is flat and EI is driven by its variance). Their stage
 costs are used for the stages that ran (``NaN`` marks a stage that did not
 run).
+
+**Surrogate schedule.** The GPs' hyperparameters are not refitted at every
+ask. A refit (warm: ``GPConfig.steps`` Adam steps from the current values;
+cold, every ``refit_every``-th refit: ``GPConfig.cold_steps`` from fresh
+starts, competing with the current values) happens when the trials told
+have grown by ``refit_growth`` (10%, at least one trial) since the last
+one, so refits become rarer as a study grows and their average cost per
+trial stays bounded; it sees at most ``fit_rows`` rows (the best quarter by
+objective and a uniform random sample of the rest), so its cost is bounded
+too, whatever the number of trials. The posterior always conditions on
+every row. Between refits the hyperparameters are held and the Cholesky
+factor of each GP's covariance is kept in the state (``BOState.chol``): an
+``ask`` appends the rows told since the previous one (O(N^2) each,
+:func:`eeipu_jax.gp.append_rows`) instead of factorizing anew (O(N^3)). A
+factor depends only on the inputs, the row masks and the hyperparameters,
+never on the targets; targets enter at each ask through one triangular
+solve (so a trial whose inputs are known before its result, such as a
+pending trial of a parallel worker, could enter the factors when it is
+proposed, and only its target would change when it is told).
+``refit_growth = 0`` refits at every ask (warm; cold every
+``refit_every``-th). The numbers behind these choices are in
+docs/bo_step_profile.md.
 
 **Integer and categorical columns.** Candidates are snapped to representable
 points *before* they are scored (the free coordinates only: a memoized prefix
