@@ -232,7 +232,7 @@ def check_config(cfg) -> None:
     if cfg.get("max_trials") is not None:
         common.check_int(cfg.get("max_trials"), "max_trials", 1)
     try:
-        cache_max_bytes = _cache_max_bytes(cfg)
+        _cache_max_bytes(cfg)
     except ValueError as e:
         raise common.ConfigError(f"cache_max_bytes: {e}") from None
     bo = cfg.get("bo") or {}
@@ -242,7 +242,6 @@ def check_config(cfg) -> None:
         common.coerce_bo_option(k, v, reserved=("n_warmup",))
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     known = set(available_pipelines())
-    del cache_max_bytes  # checked above; _study_options reads it again
     for p in (p for p in pipelines if p in known or ":" in p):
         for m in methods:
             try:

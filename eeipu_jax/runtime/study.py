@@ -467,9 +467,9 @@ class Study:
         if mode == "resume" and not os.path.exists(os.path.join(run_dir, "config.json")):
             raise ConfigError(f"{'--resume' if cli else 'Study.load'}: no run to resume in {run_dir!r} "
                               "(config.json missing)")
+        hint = ("pass --resume to continue it or choose a new --out" if cli
+                else "use Study.load(out_dir) or load_if_exists=True to continue it, or choose another out_dir")
         if mode == "create" and _has_run(run_dir):
-            hint = ("pass --resume to continue it or choose a new --out" if cli
-                    else "use Study.load(out_dir) or load_if_exists=True to continue it, or choose another out_dir")
             raise ConfigError(f"{settings.name('out')} {run_dir!r} already holds a run; {hint}")
         try:
             os.makedirs(run_dir, exist_ok=True)
@@ -478,6 +478,8 @@ class Study:
             raise ConfigError(f"{settings.name('out')}/{settings.name('cache_dir')}: cannot create the directory: {e}") from None
         with rundir.lock(run_dir):
             config_path = os.path.join(run_dir, "config.json")
+            if mode == "create" and _has_run(run_dir):  # created by another process since the check above
+                raise ConfigError(f"{settings.name('out')} {run_dir!r} already holds a run; {hint}")
             if os.path.exists(config_path):
                 saved = _read_config(run_dir, "--resume" if cli else "Study.create")
                 diffs = [f"{k}: run has {saved.get(k)!r}, {'this command' if cli else 'given'} {plan.doc[k]!r}"
