@@ -167,7 +167,8 @@ def _markdown(results: dict) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
-        f"Machine: {m['platform']}, {m['cpu_count']} cores, pinned to cores {m['affinity']}; "
+        f"Machine: {m['platform']}, {m['cpu_count']} cores, pinned to cores {m['affinity']} "
+        f"(`taskset`), OMP_NUM_THREADS={results['omp_num_threads']}; "
         f"shared with other jobs (load average {m['load_start']} at the start, {m['load_end']} at the end), so wall "
         "seconds are inflated; CPU seconds are the process's own. Objective of every trial: seed 0 unless stated; "
         f"noise: standard deviation over pipeline seeds 0-{results['seeds'] - 1}.",
@@ -230,7 +231,8 @@ def main(argv=None) -> dict:
     enable_compilation_cache()
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     results = {
-        "command": "OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/stage_sensitivity.py " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python", "benchmarks/stage_sensitivity.py"] + list(sys.argv[1:] if argv is None else argv)),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "affinity": affinity,
                     "load_start": [round(x, 2) for x in os.getloadavg()]},
         "random": args.random, "seeds": args.seeds, "draws": args.draws, "pipelines": [],
