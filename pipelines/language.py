@@ -59,6 +59,7 @@ from pipelines.t5 import BOS, EOS, OFFSET, PAD, SENTINEL, T5, T5Config, decode_i
 
 __all__ = [
     "LangSize", "SIZES", "lcs_length", "rouge_l_f1", "rouge_l_corpus", "denoising_pairs", "pretrain_model",
+    "init_opt_state", "permutation", "finetune", "distill_chunk", "precompile_stages",
     "make_pipeline", "make_tiny", "make_gpu",
 ]
 
@@ -161,6 +162,18 @@ def _masked_ce(logits, tgt):
 
 def _adamw():
     return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
+
+
+@jax.jit
+def init_opt_state(params):
+    """A fresh AdamW state for ``params`` (jitted, so ``prepare`` can compile it)."""
+    return _adamw().init(params)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def permutation(key, *, n: int):
+    """``jax.random.permutation(key, n)``, jitted (compiled in ``prepare``)."""
+    return jax.random.permutation(key, n)
 
 
 def _with_hyper(state, lr, wd):
@@ -329,7 +342,8 @@ def train_batch(batch_size: int, n: int) -> int:
 
 def precompile_stages(data: dict, sz: LangSize, batch_sizes=None) -> float:
     """Compile :func:`finetune` and :func:`distill_chunk` for every batch the
-    ``batch_size`` range produces (or for ``batch_sizes``) and the greedy
+    ``batch_size`` range produces (or for ``batch_sizes``), and the shuffling
+    permutation, the first chunk's optimizer initialization and the greedy
     decoding once, for the shapes of ``data`` (``prepare``'s output).
 
     The first chunk's optimizer state is freshly initialized (weakly typed
@@ -356,7 +370,7 @@ def precompile_stages(data: dict, sz: LangSize, batch_sizes=None) -> float:
         student0 = jax.eval_shape(lambda t: t, data["student_init"])
     else:
         student0 = jax.eval_shape(lambda k: init_params(k, sc), stage_key(0, 2))
-    opt0 = jax.eval_shape(lambda s: _adamw().init(s), student0)
+    opt0 = jax.eval_shape(init_opt_state, student0)
     chunk_static = dict(teacher_cfg=tc, student_cfg=sc, epochs=sz.chunk_epochs)
     fine, chunks = [], []
     student1 = None
@@ -368,7 +382,10 @@ def precompile_stages(data: dict, sz: LangSize, batch_sizes=None) -> float:
                                            student0, opt0, teacher, src, tgt, f32, f32, f32)
         forms = {repr(f): f for f in ((student0, opt0), (student1, opt1), (strong(student1), strong(opt1)))}
         chunks += [((st, op, teacher, src, tgt, f32, f32, f32), chunk_static) for st, op in forms.values()]
-    seconds = precompile(finetune, fine, label=f"finetune ({sz.data_config})")
+    key = jax.eval_shape(lambda: stage_key(0, 0))
+    seconds = precompile(permutation, [((key,), dict(n=n))], label=f"permutation ({sz.data_config})")
+    seconds += precompile(init_opt_state, [((student0,), {})], label=f"init_opt_state ({sz.data_config})")
+    seconds += precompile(finetune, fine, label=f"finetune ({sz.data_config})")
     seconds += precompile(distill_chunk, chunks, label=f"distill_chunk ({sz.data_config})")
     val_src = jax.ShapeDtypeStruct(np.shape(data["val_src"]), jnp.int32)
     seconds += precompile(greedy_decode, [((student1, val_src), dict(cfg=sc))], label=f"greedy_decode ({sz.data_config})")
@@ -401,7 +418,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
         src = encode_texts(data["train_src"], tc.src_len)
         tgt = encode_texts(data["train_tgt"], tc.tgt_len)
         nb = n // batch
-        perm = np.asarray(jax.random.permutation(key, n))[: nb * batch].reshape(nb, batch)
+        perm = np.asarray(permutation(key, n=n))[: nb * batch].reshape(nb, batch)
         out = {"src": jnp.asarray(src[perm]), "tgt": jnp.asarray(tgt[perm]), "val_src": jnp.asarray(data["val_src"]),
                "val_tgt": jnp.asarray(data["val_tgt"]), "teacher": data["teacher_init"]}
         if "student_init" in data:
@@ -418,7 +435,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
         def fn(data, p, key):
             if index == 0:
                 student = data["student_init"] if "student_init" in data else init_params(key, sc)
-                opt_state = _adamw().init(student)
+                opt_state = init_opt_state(student)
             else:
                 student, opt_state = data["student"], data["opt_state"]
             student, opt_state, loss = distill_chunk(

@@ -63,7 +63,7 @@ from pipelines.base import Pipeline, Stage
 
 __all__ = [
     "SegSize", "SIZES", "N_CLASSES", "CRF_ITERS", "Conv3x3", "UNet", "one_cycle", "train_unet", "pretrain_unet",
-    "augment_copies", "gaussian_message", "mean_field_step", "crf_smooth", "mean_iou", "make_pipeline", "make_tiny",
+    "augment_copies", "normalize_and_augment", "gaussian_message", "mean_field_step", "crf_smooth", "mean_iou", "make_pipeline", "make_tiny",
     "make_gpu",
 ]
 
@@ -428,21 +428,26 @@ def train_batch(batch_size: int, n: int) -> int:
 
 def precompile_stages(data: dict, sz: SegSize, batch_sizes=None) -> float:
     """Compile :func:`train_unet` for every batch the ``batch_size`` range
-    produces (or for ``batch_sizes``) and :func:`evaluate` once, for the shapes
-    of ``data`` (``prepare``'s output). Returns the seconds spent."""
+    produces (or for ``batch_sizes``), and :func:`normalize_and_augment` and
+    :func:`evaluate` once, for the shapes of ``data`` (``prepare``'s output).
+    Returns the seconds spent."""
     from pipelines.base import stage_key
     from pipelines.compile import precompile
 
     f32 = jax.ShapeDtypeStruct((), jnp.float32)
     key = jax.eval_shape(lambda: stage_key(0, 1))
-    x, y = jax.eval_shape(augment_copies, key, jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"]))
+    shapes = [jax.ShapeDtypeStruct(np.shape(data[k]), np.asarray(data[k]).dtype) for k in ("x_train", "y_train", "x_val")]
+    rgb = jax.ShapeDtypeStruct((3,), jnp.float32)
+    seconds = precompile(normalize_and_augment, [((key, *shapes, rgb, rgb), {})],
+                         label=f"normalize_and_augment ({sz.data_config})")
+    x, y, _ = jax.eval_shape(normalize_and_augment, key, *shapes, rgb, rgb)
     n = x.shape[0]
     lo, hi = _BATCH_RANGE
     batches = sorted({train_batch(b, n) for b in (batch_sizes or range(lo, hi + 1))} - {0})
     static = dict(width=sz.width, depth=sz.depth, epochs=sz.epochs, im2col=sz.im2col)
     params = jax.eval_shape(lambda p: p, data["init"])
-    seconds = precompile(train_unet, [((key, params, x, y, f32, f32), dict(static, batch=b)) for b in batches],
-                         label=f"train_unet ({sz.data_config})")
+    seconds += precompile(train_unet, [((key, params, x, y, f32, f32), dict(static, batch=b)) for b in batches],
+                          label=f"train_unet ({sz.data_config})")
     x_val = jax.ShapeDtypeStruct(data["x_val"].shape, jnp.float32)
     y_val = jax.ShapeDtypeStruct(data["y_val"].shape, jnp.int32)
     seconds += precompile(evaluate, [((params, x_val, y_val, f32, f32, f32),
@@ -456,6 +461,15 @@ _BATCH_RANGE = (4, 32)  # the ``batch_size`` hyperparameter's bounds
 
 def _normalize(x, mean, std):
     return (x - mean) / std
+
+
+@jax.jit
+def normalize_and_augment(key, x_train, y_train, x_val, mean, std):
+    """Stage 0's computation, one compiled program (precompiled in ``prepare``):
+    normalized, augmented copies of the training split and the normalized
+    validation images."""
+    x, y = augment_copies(key, _normalize(x_train, mean, std), y_train)
+    return x, y, _normalize(x_val, mean, std)
 
 
 def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str | None = None) -> Pipeline:
@@ -477,13 +491,12 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
     name = name or ("segmentation" if size == "cpu" else f"segmentation-{size}")
 
     def augment(data, p, key):
-        mean = jnp.asarray([p["mean_r"], p["mean_g"], p["mean_b"]], jnp.float32)
-        std = jnp.asarray([p["std_r"], p["std_g"], p["std_b"]], jnp.float32)
-        if not bool(jnp.all(std > 0)):
-            raise ValueError(f"channel standard deviations must be positive, got {np.asarray(std)}")
-        x, y = augment_copies(key, _normalize(jnp.asarray(data["x_train"]), mean, std), jnp.asarray(data["y_train"]))
-        return {"x": x, "y": y, "x_val": _normalize(jnp.asarray(data["x_val"]), mean, std),
-                "y_val": jnp.asarray(data["y_val"]), "init": data["init"]}
+        mean = np.asarray([p["mean_r"], p["mean_g"], p["mean_b"]], np.float32)
+        std = np.asarray([p["std_r"], p["std_g"], p["std_b"]], np.float32)
+        if not np.all(std > 0):
+            raise ValueError(f"channel standard deviations must be positive, got {std}")
+        x, y, x_val = normalize_and_augment(key, data["x_train"], data["y_train"], data["x_val"], mean, std)
+        return {"x": x, "y": y, "x_val": x_val, "y_val": jnp.asarray(data["y_val"]), "init": data["init"]}
 
     def train(data, p, key):
         n = data["x"].shape[0]
