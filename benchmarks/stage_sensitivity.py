@@ -26,10 +26,16 @@ with other jobs the wall seconds are inflated and the CPU seconds are the
 better estimate of an unloaded core (the JSON keeps both and the load average).
 Compilation is not in the costs: the pipelines compile in ``prepare()``.
 
+Ablations (``--pipelines`` also takes the names in :data:`VARIANTS`: a
+pipeline's ``cpu`` size with some fields changed, e.g. without its
+pretraining), usually with ``--draws 0`` (no stage sweeps).
+
 Usage::
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/stage_sensitivity.py
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/stage_sensitivity.py --pipelines segmentation --draws 4
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/stage_sensitivity.py --draws 0 --seeds 3 \
+        --pipelines segmentation-unpretrained language-unpretrained-student --out benchmarks/results/pretraining_ablation
 
 Writes ``benchmarks/results/stage_sensitivity.json`` and ``.md`` (or
 ``--out``). The first run on a data directory also prepares the datasets and
@@ -74,6 +80,27 @@ REFERENCE = {
 }
 
 
+#: Ablation variants: name -> (module, fields of its ``cpu`` size to change).
+VARIANTS = {
+    "segmentation-unpretrained": ("segmentation", {"pretrain_steps": 0}),  # U-Net from a random initialization
+    "language-unpretrained-student": ("language", {"student_pretrain_steps": 0}),  # random student, as the authors'
+}
+
+
+def _pipeline(name: str):
+    """A registered pipeline, or a :data:`VARIANTS` entry built from its module's ``cpu`` size."""
+    from pipelines.registry import get_pipeline
+
+    if name not in VARIANTS:
+        return get_pipeline(name)
+    import importlib
+
+    module_name, fields = VARIANTS[name]
+    module = importlib.import_module(f"pipelines.{module_name}")
+    module.SIZES.setdefault(name, dataclasses.replace(module.SIZES["cpu"], **fields))
+    return module.make_pipeline(name, name=name)
+
+
 def _trial(pipe, config: dict, seed: int) -> dict:
     from pipelines.runner import Runner
 
@@ -90,29 +117,27 @@ def _trial(pipe, config: dict, seed: int) -> dict:
 
 def _trivial(name: str, pipe) -> tuple[float, str]:
     """The score of a trivial predictor, computed independently of the pipeline's model."""
-    if name == "segmentation":
+    if name.startswith("segmentation"):
         data = pipe.prepare()
         y = np.asarray(data["y_val"]).ravel()
         present = np.unique(y)
         # all pixels predicted as the majority class: its IoU is its frequency, every other class 0
         freq = np.bincount(y).max() / y.size
         return float(freq / len(present)), "every pixel the majority class"
-    if name == "language":
+    if name.startswith("language"):
         return 0.0, "empty output"
     return 0.5, "constant score"
 
 
 def study(name: str, n_random: int, n_seeds: int, n_draws: int, log) -> dict:
-    from pipelines.registry import get_pipeline
-
-    pipe = get_pipeline(name)
+    pipe = _pipeline(name)
     pipe = dataclasses.replace(pipe, prepare=functools.cache(pipe.prepare))  # one preparation for all runners
     space = pipe.space
     t0 = time.perf_counter()
     pipe.prepare()
     prepare_seconds = time.perf_counter() - t0
     log(f"{name}: prepared in {prepare_seconds:.1f} s")
-    ref = REFERENCE[name]
+    ref = REFERENCE[VARIANTS[name][0] if name in VARIANTS else name]
     rng = np.random.default_rng(0)
 
     random_trials = []
@@ -127,7 +152,7 @@ def study(name: str, n_random: int, n_seeds: int, n_draws: int, log) -> dict:
         noise[label] = {"trials": trials, "std": float(np.std(objs, ddof=1)), "mean": float(np.mean(objs))}
         log(f"  noise {label}: {np.round(objs, 4).tolist()} std {noise[label]['std']:.4f}")
     stages = []
-    for k, stage in enumerate(pipe.stages):
+    for k, stage in enumerate(pipe.stages if n_draws else ()):
         trials = []
         for u in space.sample(rng, n_draws):
             config = {s.name: dict(ref[s.name]) for s in pipe.stages}
@@ -140,9 +165,10 @@ def study(name: str, n_random: int, n_seeds: int, n_draws: int, log) -> dict:
     every = random_trials + [t for v in noise.values() for t in v["trials"]] + [t for s in stages for t in s["trials"]]
     seconds = np.array([t["stage_seconds"] for t in every])
     shares = seconds.mean(axis=0) / seconds.mean(axis=0).sum()
-    for k, s in enumerate(stages):
-        s["cost_share"] = float(shares[k])
-        s["mean_seconds"] = float(seconds[:, k].mean())
+    costs = [{"stage": st.name, "cost_share": float(shares[k]), "mean_seconds": float(seconds[:, k].mean())}
+             for k, st in enumerate(pipe.stages)]
+    for s in stages:
+        s.update(next(c for c in costs if c["stage"] == s["stage"]))
     objs = np.array([t["objective"] for t in random_trials])
     trivial, trivial_what = _trivial(name, pipe)
     return {
@@ -150,7 +176,7 @@ def study(name: str, n_random: int, n_seeds: int, n_draws: int, log) -> dict:
         "trivial": trivial, "trivial_what": trivial_what, "reference": ref,
         "random": {"trials": random_trials, "mean": float(objs.mean()), "min": float(objs.min()),
                    "max": float(objs.max()), "std": float(objs.std(ddof=1))},
-        "noise": noise, "stages": stages,
+        "noise": noise, "stages": stages, "costs": costs,
         "trial_wall": {"mean": float(np.mean([t["wall"] for t in every])),
                        "median": float(np.median([t["wall"] for t in every]))},
         "trial_cpu": {"mean": float(np.mean([t["cpu"] for t in every])),
@@ -193,24 +219,29 @@ def _markdown(results: dict) -> str:
     out += ["", "Objective of each random configuration (seed 0):", ""]
     for r in results["pipelines"]:
         out.append(f"* {r['pipeline']}: " + ", ".join(f"{t['objective']:.3f}" for t in r["random"]["trials"]))
-    out += [
-        "",
-        "## Stage sensitivity",
-        "",
-        f"Each stage's hyperparameters drawn {results['draws']} times, the other stages at the reference "
-        "configuration (below), seed 0. Noise: the reference configuration over seeds. Cost share: the stage's "
-        "mean measured seconds over all full trials of the pipeline, divided by the trial's.",
-        "",
-        "| pipeline | stage | objective min | max | range | std | range / noise | cost share | mean stage s (wall) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["pipelines"]:
-        noise = r["noise"]["reference"]["std"]
-        for s in r["stages"]:
-            out.append(f"| {r['pipeline']} | {s['stage']} | {s['min']:.4f} | {s['max']:.4f} | {s['range']:.4f} "
-                       f"| {s['std']:.4f} | {s['range'] / max(noise, 1e-12):.1f} | {s['cost_share']:.2f} "
-                       f"| {s['mean_seconds']:.3f} |")
-        out.append(f"| {r['pipeline']} | (seed noise, reference) | | | | {noise:.4f} | | | |")
+    if results["draws"]:
+        out += [
+            "",
+            "## Stage sensitivity",
+            "",
+            f"Each stage's hyperparameters drawn {results['draws']} times, the other stages at the reference "
+            "configuration (below), seed 0. Noise: the reference configuration over seeds. Cost share: the stage's "
+            "mean measured seconds over all full trials of the pipeline, divided by the trial's.",
+            "",
+            "| pipeline | stage | objective min | max | range | std | range / noise | cost share | mean stage s (wall) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["pipelines"]:
+            noise = r["noise"]["reference"]["std"]
+            for s in r["stages"]:
+                out.append(f"| {r['pipeline']} | {s['stage']} | {s['min']:.4f} | {s['max']:.4f} | {s['range']:.4f} "
+                           f"| {s['std']:.4f} | {s['range'] / max(noise, 1e-12):.1f} | {s['cost_share']:.2f} "
+                           f"| {s['mean_seconds']:.3f} |")
+            out.append(f"| {r['pipeline']} | (seed noise, reference) | | | | {noise:.4f} | | | |")
+    else:
+        out += ["", "Cost shares (mean stage seconds over all trials / the trial's):", ""]
+        for r in results["pipelines"]:
+            out.append(f"* {r['pipeline']}: " + ", ".join(f"{c['stage']} {c['cost_share']:.2f}" for c in r["costs"]))
     out += ["", "Reference configurations:", ""]
     for r in results["pipelines"]:
         out.append(f"* {r['pipeline']} (version `{r['version']}`): `{json.dumps(r['reference'])}`")

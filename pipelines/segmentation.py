@@ -86,7 +86,8 @@ class SegSize:
             (2x2 mean pooling of images, every other pixel of masks).
         n_train: training images used (the first ``n_train``; ``None``: all).
         pretrain_steps: AdamW steps of the one-off pretraining on the
-            ``pretrain`` split (in ``prepare``, untimed, kept on disk).
+            ``pretrain`` split (in ``prepare``, untimed, kept on disk); 0:
+            the training starts from a random initialization.
         pretrain_batch: batch size of the pretraining.
         pretrain_lr: peak learning rate of the pretraining (one-cycle).
         im2col: compute the 3x3 convolutions as one matrix product over the
@@ -392,10 +393,13 @@ def _masks(a, f: int):
 
 
 def _pretrained(sz: SegSize, source: dict, data_dir: str | None) -> dict:
-    """The U-Net pretrained on the source-domain split, loaded from disk or computed once."""
+    """The U-Net pretrained on the source-domain split, loaded from disk or computed once
+    (a fresh initialization, key 0, when ``sz.pretrain_steps`` is 0)."""
     from pipelines.pretrained import load_or_pretrain, pretrained_path
 
     x = _images(source["image"], sz.downsample)
+    if not sz.pretrain_steps:
+        return init_unet(jax.random.key(0), sz, x.shape[1:])
     mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
     tag = ("unet", sz.width, sz.depth, sz.im2col, sz.downsample, sz.pretrain_steps, sz.pretrain_batch,
            sz.pretrain_lr, sz.data_config, _DATA_VERSION, 1)
