@@ -43,7 +43,7 @@ smoothing, so every stage matters.
 Sizes (``size``): ``"tiny"`` (tests: 16 train / 8 validation 32x32 images,
 width 4, 1 epoch, a few pretraining steps), ``"cpu"`` (default: the first 128
 training and all 64 validation images of the 64x64 config, reduced to 32x32;
-width 8, depth 2, 3 epochs; about 1.5 s per trial on one core),
+width 8, depth 2, 3 epochs; about 1.7 s of CPU per trial on one core),
 ``"gpu"`` (2048/256 128x128 images, width 32, 10 epochs).
 """
 
@@ -62,9 +62,9 @@ from eeipu_jax.space import Float, Int
 from pipelines.base import Pipeline, Stage
 
 __all__ = [
-    "SegSize", "SIZES", "N_CLASSES", "CRF_ITERS", "Conv3x3", "UNet", "one_cycle", "train_unet", "pretrain_unet",
-    "augment_copies", "normalize_and_augment", "gaussian_message", "mean_field_step", "crf_smooth", "mean_iou", "make_pipeline", "make_tiny",
-    "make_gpu",
+    "SegSize", "SIZES", "N_CLASSES", "CRF_ITERS", "Conv3x3", "UNet", "one_cycle", "train_unet", "init_unet",
+    "pretrain_unet", "augment_copies", "normalize_and_augment", "gaussian_message", "normalized_message",
+    "mean_field_step", "crf_smooth", "mean_iou", "make_pipeline", "make_tiny", "make_gpu",
 ]
 
 N_CLASSES = 6
@@ -116,7 +116,7 @@ class SegSize:
 
 SIZES = {
     "tiny": SegSize("tiny", width=4, depth=1, epochs=1, crf_radius=3, pretrain_steps=4, pretrain_batch=8),
-    # One core: ~1.2-1.7 s of fine-tuning per trial (3 epochs of 384 augmented 32x32 images).
+    # One core: ~1.6 s of CPU for the fine-tuning (3 epochs of 384 augmented 32x32 images), ~1.7 s per trial.
     "cpu": SegSize("cpu", width=8, depth=2, epochs=3, crf_radius=3, downsample=2, n_train=128, pretrain_steps=3000,
                    precompile=True),
     "gpu": SegSize("gpu", width=32, depth=3, epochs=10, crf_radius=6, pretrain_steps=20_000, pretrain_batch=32,
