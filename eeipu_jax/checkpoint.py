@@ -5,6 +5,10 @@ handles it directly; restoring against the abstract shape of a template state
 gives back the same NamedTuple types. Orbax writes into a temporary directory
 and renames it when complete, so an interrupted save never leaves a checkpoint
 that restores half-written.
+
+Checkpoints written before ``BOState`` gained ``y_lo`` (the low float32 part
+of each objective) and ``n_fallback`` restore with those fields at their empty
+values (0): the objectives of such a run were stored as float32 only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ def save_state(path: str | os.PathLike, state: Any, key: jax.Array | None = None
     ckpt.wait_until_finished()
 
 
+# Fields added to BOState after checkpoints were first written; zeros are their empty values.
+_NEWER_FIELDS = ("y_lo", "n_fallback")
+
+
+def _fields_added_since(like: Any, saved_fields) -> list[str]:
+    if saved_fields is None or not hasattr(like, "_fields"):
+        return []
+    missing = [f for f in like._fields if f not in saved_fields]
+    unknown = [f for f in missing if f not in _NEWER_FIELDS]
+    if unknown:
+        raise ValueError(f"checkpoint state lacks field(s) {unknown}: not a checkpoint of this state type")
+    return missing
+
+
 def restore_state(path: str | os.PathLike, like: Any, with_key: bool = False):
     """Restore a state saved by :func:`save_state`.
 
@@ -53,13 +71,20 @@ def restore_state(path: str | os.PathLike, like: Any, with_key: bool = False):
         from eeipu_jax.loop import grow
 
         like = grow(like, int(saved_X.shape[0]))
-    target: dict[str, Any] = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+    saved_fields = set(tree["state"]) if isinstance(tree, dict) and isinstance(tree.get("state"), dict) else None
+    missing = _fields_added_since(like, saved_fields)
+    like_saved = like if not missing else {k: v for k, v in like._asdict().items() if k not in missing}
+    target: dict[str, Any] = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_saved)}
     if isinstance(tree, dict) and "key" in tree:
         target["key"] = jax.ShapeDtypeStruct(tuple(tree["key"].shape), np.dtype(tree["key"].dtype))
     out = ckpt.restore(path, target)
+    restored = out["state"]
+    if missing:
+        # An older checkpoint: the newer fields start empty (zeros of their shape).
+        restored = type(like)(**{**{k: jnp.zeros_like(getattr(like, k)) for k in missing}, **restored})
     # Host round trip: uncommitted arrays with canonical (non-weak) types, so
     # the restored state hits the same compiled ``ask`` as a live one.
-    state = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), out["state"])
+    state = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), restored)
     if not with_key:
         return state
     if "key" not in out:

@@ -4,8 +4,17 @@ This module owns the GP used for the objective and for every stage cost:
 
 * **Model.** Constant mean + ``amplitude * Matern52(ARD)`` + homoskedastic noise,
   built with :class:`tinygp.GaussianProcess`. Inputs live in the unit cube of
-  the declared bounds; targets are standardized by the caller
-  (:func:`standardize`).
+  the declared bounds; targets are standardized (:func:`standardize`).
+* **Scale-free standardization.** :func:`standardize` first takes every target
+  relative to an anchor (the first valid row) and divides by the largest
+  difference, so its values lie in ``[-1, 1]`` before the mean and standard
+  deviation are taken. The result is the same (to float32 rounding) for
+  ``y`` and for ``a * y + b`` with any ``a > 0``: an objective of ``1e-9 * f``
+  or ``1e30 * f`` is not mistaken for a constant, and sums of squares never
+  overflow. Differences are formed as halves (``y/2 - anchor/2``), so any two
+  finite float32 values can be subtracted. An optional low part ``y_lo`` (a
+  float32 hi/lo pair per row, see :func:`eeipu_jax.loop.tell`) carries what
+  float32 rounds away from a large offset, so ``1e9 + f`` keeps ``f``.
 * **Fixed shapes.** Observations live in arrays of a fixed capacity ``N`` with a
   boolean ``mask``. A padded row gets zero covariance with everything and a
   unit diagonal, and its target is zero, so it adds exactly ``-0.5 log(2 pi)``
@@ -23,8 +32,14 @@ This module owns the GP used for the objective and for every stage cost:
   unconstrained space (each positive value is a sigmoid-bounded log, so it can
   never leave its box: no NaN from a collapsing noise or exploding amplitude),
   warm-started from the previous fit (a few steps track the optimum as data
-  grow by one point), with periodic cold fits from fresh starts run together
-  under ``vmap``.
+  grow by one point), with periodic cold fits from a fresh start. A cold fit
+  runs ``GPConfig.restarts`` fresh starts together under ``vmap``; the default
+  is one start (the neutral point of :func:`default_params`): on the data
+  sets of ``benchmarks/gp_restarts.py`` (n = 20..100) 2 to 8 starts lowered
+  the final loss by at most 0.007 nats per point, while every ask, warm ones
+  included (the number of starts is static), got slower roughly in
+  proportion to R (``benchmarks/results/gp_restarts.md``, a shared 2-core
+  machine). The previous parameters always compete with the result.
 """
 
 from __future__ import annotations
@@ -41,10 +56,13 @@ import optax
 import tinygp
 from jaxtyping import Array, Bool, Float
 
+from eeipu_jax import _checks
+
 __all__ = [
     "GPConfig",
     "GPParams",
     "Posterior",
+    "scale_free",
     "standardize",
     "default_params",
     "constrain",
@@ -71,8 +89,11 @@ class GPConfig:
             standardized scale). The noise floor 1e-4 is BoTorch's.
         lengthscale_prior / amplitude_prior / noise_prior: Gamma
             ``(concentration, rate)`` priors, or ``None`` for a flat prior.
-        restarts: fresh starts of a cold fit, run together under ``vmap``
-            (the first is the default point, the others random).
+        restarts: starts of a fit, run together under ``vmap``. A cold fit
+            starts them from the default point and ``restarts - 1`` random
+            points; a warm fit starts every copy from the previous fit (the
+            count is static, so warm fits pay for the copies too). Default 1:
+            a cold fit is one fresh start from the default point.
         steps: Adam steps of a warm fit (continuing from the last fit).
         cold_steps: Adam steps of a cold fit (from fresh starts).
         learning_rate: Adam learning rate (on the unconstrained parameters).
@@ -92,16 +113,41 @@ class GPConfig:
     jitter: float = 1e-6
 
     def __post_init__(self):
+        # Floats are stored as Python floats (NumPy scalars accepted), so the
+        # config stays hashable, prints plainly and serializes to JSON.
         for name in ("lengthscale_bounds", "amplitude_bounds", "noise_bounds"):
-            lo, hi = getattr(self, name)
+            pair = getattr(self, name)
+            lo, hi = _float_pair(pair, f"GPConfig.{name}")
             if not (0 < lo < hi):
-                raise ValueError(f"GPConfig.{name} must satisfy 0 < low < high, got {(lo, hi)}")
+                raise ValueError(f"GPConfig.{name} must satisfy 0 < low < high (finite), got {pair!r}")
+            object.__setattr__(self, name, (lo, hi))
+        for name in ("lengthscale_prior", "amplitude_prior", "noise_prior"):
+            prior = getattr(self, name)
+            if prior is None:
+                continue
+            a, b = _float_pair(prior, f"GPConfig.{name}")
+            if not (a > 0 and b > 0):
+                raise ValueError(
+                    f"GPConfig.{name} must be None or a Gamma (concentration, rate) with both > 0, got {prior!r}"
+                )
+            object.__setattr__(self, name, (a, b))
+        for name in ("restarts", "steps", "cold_steps"):
+            object.__setattr__(self, name, _checks.integer(getattr(self, name), f"GPConfig.{name}"))
         if self.restarts < 1:
             raise ValueError(f"GPConfig.restarts must be >= 1, got {self.restarts}")
         if self.steps < 0 or self.cold_steps < 0:
             raise ValueError(
                 f"GPConfig.steps and cold_steps must be >= 0, got {self.steps}, {self.cold_steps}"
             )
+        lr = _checks.finite_number(self.learning_rate, "GPConfig.learning_rate", greater_than=0.0)
+        object.__setattr__(self, "learning_rate", lr)
+        object.__setattr__(self, "jitter", _checks.finite_number(self.jitter, "GPConfig.jitter", at_least=0.0))
+
+
+def _float_pair(pair, name: str) -> tuple[float, float]:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ValueError(f"{name} must be a pair of numbers, got {pair!r}")
+    return _checks.finite_number(pair[0], name), _checks.finite_number(pair[1], name)
 
 
 class GPParams(NamedTuple):
@@ -171,23 +217,69 @@ def _random_params(key, dim: int, cfg: GPConfig, dtype) -> GPParams:
     )
 
 
-def standardize(y: Float[Array, " n"], mask: Bool[Array, " n"]):
-    """Masked standardization ``(y - mean) / std`` (std with n - 1).
+def scale_free(y: Float[Array, " n"], mask: Bool[Array, " n"], y_lo=None):
+    """Valid targets relative to an anchor, divided by their largest difference.
 
-    Constant or single-point data get ``std = 1`` so nothing divides by zero.
-    Padded rows come back as 0.
+    ``u = (y - y[a]) / scale`` with ``a`` the first valid row and
+    ``scale = max |y - y[a]|`` over the valid rows (1 when every valid value
+    equals the anchor), so ``u`` lies in ``[-1, 1]``. Differences are formed as
+    halves (``y / 2 - y[a] / 2``), so they never overflow for finite float32
+    values, and the low parts ``y_lo`` (if given) are added before rounding
+    to ``u``: a ``(y, y_lo)`` hi/lo pair keeps the digits that a large common
+    offset pushes out of a single float32.
+
+    Args:
+        y: ``(n,)`` targets (high parts); invalid rows may hold anything.
+        mask: ``(n,)`` valid rows.
+        y_lo: optional ``(n,)`` low parts (``y + y_lo`` is the value).
 
     Returns:
-        ``(y_standardized, mean, std)``.
+        ``(u, anchor, scale)``: ``u`` is 0 in invalid rows, and
+        ``y ~= anchor + scale * u`` in valid ones (``anchor`` and ``scale`` are
+        float32 and only as exact as float32 allows).
     """
-    m = mask.astype(y.dtype)
+    first = jnp.argmax(mask)  # 0 when nothing is valid (then nothing is used)
+    lo = jnp.zeros_like(y) if y_lo is None else jnp.asarray(y_lo, y.dtype)
+    half = (0.5 * y - 0.5 * y[first]) + 0.5 * (lo - lo[first])
+    half = jnp.where(mask, half, 0.0)
+    top = jnp.max(jnp.abs(half))
+    ok = (top > 0) & jnp.isfinite(top)
+    u = jnp.where(mask, half / jnp.where(ok, top, 1.0), 0.0)
+    scale = jnp.where(ok, 2.0 * top, 1.0)
+    return u, y[first] + lo[first], scale
+
+
+def standardize(y: Float[Array, " n"], mask: Bool[Array, " n"], y_lo=None):
+    """Masked, scale-free standardization ``(y - mean) / std`` (std with n - 1).
+
+    The data are first made scale-free (:func:`scale_free`), so the
+    standardized values are the same for ``y`` and ``a * y + b`` (``a > 0``)
+    up to float32 rounding, and tiny (``1e-9 * f``) or huge (``1e30 * f``)
+    objectives are standardized like ``f``. Constant or single-point data get
+    ``std = 1`` (relative to the anchor's scale) so nothing divides by zero.
+    Padded rows come back as 0.
+
+    Args:
+        y: ``(n,)`` targets.
+        mask: ``(n,)`` valid rows.
+        y_lo: optional low parts of a hi/lo pair (see :func:`scale_free`).
+
+    Returns:
+        ``(y_standardized, mean, std)``; ``mean`` and ``std`` are on the scale
+        of ``y`` (float32: they overflow for targets spread beyond ~1e38, which
+        only their users, the cost GPs, would notice; costs are logarithms).
+    """
+    u, anchor, scale = scale_free(y, mask, y_lo)
+    m = mask.astype(u.dtype)
     n = jnp.maximum(m.sum(), 1.0)
-    y0 = jnp.where(mask, y, 0.0)
-    mean = y0.sum() / n
-    var = jnp.sum(m * (y0 - mean) ** 2) / jnp.maximum(n - 1.0, 1.0)
-    std = jnp.sqrt(var)
-    std = jnp.where(std > 1e-9 * jnp.maximum(1.0, jnp.abs(mean)), std, 1.0)
-    return jnp.where(mask, (y0 - mean) / std, 0.0), mean, std
+    mean_u = u.sum() / n
+    var = jnp.sum(m * (u - mean_u) ** 2) / jnp.maximum(n - 1.0, 1.0)
+    std_u = jnp.sqrt(var)
+    # |u| <= 1 and some |u| = 1 unless all values are equal, so std_u is
+    # either 0 (constant data) or at least ~1/n: no relative threshold needed.
+    std_u = jnp.where(std_u > 0, std_u, 1.0)
+    z = jnp.where(mask, (u - mean_u) / std_u, 0.0)
+    return z, anchor + scale * mean_u, scale * std_u
 
 
 _ARG_MAX = 60.0  # Matern argument beyond which the kernel is exactly 0
@@ -291,6 +383,45 @@ def loss_fn(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None):
     return -(log_marginal_likelihood(params, X, y, mask, cfg, input_mask) + lp) / n
 
 
+def _descend(value_and_grad, p0, n_steps, opt):
+    """Adam on ``value_and_grad(p) -> (loss, grad)`` from ``p0`` for ``n_steps``.
+
+    A step whose loss or gradient is non-finite is skipped: the parameters and
+    the optimizer state stay exactly as they were (zeroing the gradient alone
+    would let Adam's momentum carry the parameters further into the bad
+    region). The best finite iterate seen is returned, so the result never
+    depends on where a run wandered after it.
+
+    Returns:
+        ``(best_params, best_loss, params, opt_state)``: the best finite
+        iterate and its loss (``inf`` if none was finite), and the final
+        parameters and optimizer state.
+    """
+
+    def finite(tree):
+        return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), tree))
+
+    def keep(ok, new, old):
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+    def step(_, carry):
+        p, s, best_p, best_l = carry
+        loss, g = value_and_grad(p)
+        ok = jnp.isfinite(loss) & finite(g)
+        better = ok & (loss < best_l)
+        best_p, best_l = keep(better, p, best_p), jnp.where(better, loss, best_l)
+        g = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), g)  # keeps the discarded update NaN-free
+        upd, s_new = opt.update(g, s, p)
+        return keep(ok, optax.apply_updates(p, upd), p), keep(ok, s_new, s), best_p, best_l
+
+    inf = jnp.asarray(jnp.inf, jax.tree.leaves(p0)[0].dtype)
+    p, s, best_p, best_l = jax.lax.fori_loop(0, n_steps, step, (p0, opt.init(p0), p0, inf))
+    # The final iterate was never evaluated inside the loop.
+    loss = value_and_grad(p)[0]
+    better = jnp.isfinite(loss) & (loss < best_l)
+    return keep(better, p, best_p), jnp.where(better, loss, best_l), p, s
+
+
 def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=False):
     """Fit hyperparameters by MAP-II with optax Adam.
 
@@ -298,9 +429,11 @@ def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=Fa
     grew by one point since ``init`` was fitted, so a few steps track the
     optimum). A *cold* fit runs ``cfg.cold_steps`` steps from ``cfg.restarts``
     fresh starts (the default point and random draws), all under ``vmap``.
-    Either way ``init`` itself competes with the result, so a fit never returns
-    parameters worse than it was given, and a step that would produce a
-    non-finite loss is skipped, so the result is finite whenever ``init`` is.
+    Each run returns its best finite iterate, and ``init`` itself competes
+    with the results, so a fit never returns parameters worse than it was
+    given. A step whose loss or gradient is non-finite is skipped (parameters
+    and Adam's state unchanged, see :func:`_descend`), so the result is
+    finite whenever ``init`` is.
 
     Args:
         key: PRNG key for the random restarts.
@@ -324,21 +457,11 @@ def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=Fa
     starts = jax.tree.map(lambda f, w: jnp.where(cold, f, w), fresh, warm)
     n_steps = jnp.where(cold, cfg.cold_steps, cfg.steps)
     opt = optax.adam(cfg.learning_rate)
-    vg = jax.value_and_grad(loss_fn)
+    vg = jax.value_and_grad(lambda p: loss_fn(p, X, y, mask, cfg, input_mask))
 
     def run(p0):
-        def step(_, carry):
-            p, s = carry
-            loss, g = vg(p, X, y, mask, cfg, input_mask)
-            ok = jnp.isfinite(loss) & jax.tree.reduce(
-                jnp.logical_and, jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), g)
-            )
-            g = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), g)
-            upd, s = opt.update(g, s, p)
-            return optax.apply_updates(p, upd), s
-
-        p, _ = jax.lax.fori_loop(0, n_steps, step, (p0, opt.init(p0)))
-        return p, loss_fn(p, X, y, mask, cfg, input_mask)
+        best_p, best_l, _, _ = _descend(vg, p0, n_steps, opt)
+        return best_p, best_l
 
     params, losses = jax.vmap(run)(starts)
     # The incoming parameters compete too: a fit never makes things worse.
@@ -356,7 +479,8 @@ def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConf
         key: PRNG key.
         init: parameters stacked over a leading axis M.
         X: ``(N, d)`` unit-cube inputs shared by all M GPs.
-        targets: ``(N, M)`` raw targets (standardized here, per GP).
+        targets: ``(N, M)`` raw targets (standardized here, per GP, by
+            :func:`standardize`).
         masks: ``(N, M)`` rows each GP may use.
         input_masks: ``(M, d)`` columns each GP sees.
         cfg: GP settings.
@@ -377,7 +501,8 @@ def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConf
 
 
 def posterior_stacked(params: GPParams, X, targets, masks, input_masks, mean, std, cfg: GPConfig):
-    """Condition M stacked GPs (see :func:`fit_stacked`) on their standardized targets."""
+    """Condition M stacked GPs (see :func:`fit_stacked`) on their targets,
+    standardized with the ``mean`` and ``std`` the fit returned."""
 
     def one(p, t, m, im, mu, sd):
         return posterior(p, X, jnp.where(m, (t - mu) / sd, 0.0), m, cfg, im)

@@ -21,7 +21,9 @@ probability is ``p = (1 - gamma) softmax(-lr * L) + gamma / n_leaves`` where
 ``L`` accumulates importance-weighted losses ``loss_t / p_t(leaf_t)`` of the
 leaf each BO trial fell in. A trial's loss is ``1 - r`` with ``r`` its
 objective rescaled to ``[0, 1]`` over every trial seen so far (failed trials:
-loss 1). The whole bandit state is a deterministic function of the trials in
+loss 1; the objective enters on the scale-free scale of
+:func:`eeipu_jax.loop.scaled_objective`, to which the rescaling is
+indifferent). The whole bandit state is a deterministic function of the trials in
 order, so it is replayed inside ``ask`` from the observations (a
 ``fori_loop`` over the fixed-capacity arrays): it needs no extra state and
 survives checkpoints and ``--resume`` unchanged. ``lr = 1``, ``gamma = 0.1``.
@@ -36,8 +38,11 @@ the earliest (most expensive) stages switch least often.
 
 **Search inside the leaf.** Quasi-random candidates are mapped into the
 chosen leaf (early stages' split columns into their half; the rest over the
-full box) and scored by GP-UCB with ``beta = BOConfig.ucb_beta`` (0.2, the
-value in the authors' runs). The authors' code computed the leaf box but then
+full box), snapped to representable points (a split column with an odd
+number of bins has its middle bin centre at 0.5, in the upper half, so a
+snapped value that left its half is moved to the nearest bin centre inside
+it: the proposal always lies in the chosen leaf) and scored by GP-UCB with
+``beta = BOConfig.ucb_beta`` (0.2, the value in the authors' runs). The authors' code computed the leaf box but then
 searched the whole box (their LaMBO reduces to GP-UCB); here the leaf
 constrains the search, as the paper describes. The switching cost LaMBO
 trades off is not modelled separately: every trial is charged in full and
@@ -56,8 +61,8 @@ import numpy as np
 from eeipu_jax import acquisition as acqlib
 from eeipu_jax import candidates as candlib
 
-__all__ = ["split_columns", "leaf_of", "leaf_bits", "bandit_probabilities", "switch_depth", "propose",
-           "LEARNING_RATE", "GAMMA"]
+__all__ = ["split_columns", "leaf_of", "leaf_bits", "bandit_probabilities", "switch_depth", "leaf_candidates",
+           "propose", "LEARNING_RATE", "GAMMA"]
 
 LEARNING_RATE = 1.0
 GAMMA = 0.1
@@ -125,6 +130,29 @@ def switch_depth(key, n_levels: int):
     return jnp.argmax(sigma).astype(jnp.int32)
 
 
+def leaf_candidates(key, arm, config, dtype=jnp.float32):
+    """``config.n_random`` snapped quasi-random points inside leaf ``arm``.
+
+    Split columns are drawn in the leaf's half, snapped, and, for binned
+    columns whose snapped value left the half (an odd bin count puts a bin
+    centre at 0.5), moved to the nearest bin centre inside the half.
+    """
+    split_cols = split_columns(config.stage_of_column)
+    H = len(split_cols)
+    half = jnp.asarray(leaf_bits(H))[arm].astype(dtype)  # (H,)
+    cand = candlib.quasi_random(key, config.n_random, config.dim, dtype)
+    cand = cand.at[:, split_cols].set(0.5 * half[None, :] + 0.5 * cand[:, split_cols])
+    cand = config.snap(cand)
+    bins = np.asarray(config.bins)[split_cols]
+    nb = np.maximum(bins, 1)
+    last_lower = np.ceil((nb - 1) / 2) - 1  # the largest bin index whose centre is < 0.5
+    lower_max = jnp.asarray(np.where(bins > 0, (last_lower + 0.5) / nb, 1.0), dtype)
+    upper_min = jnp.asarray(np.where(bins > 0, (last_lower + 1.5) / nb, 0.0), dtype)
+    col = cand[:, split_cols]
+    col = jnp.where(half[None, :] > 0, jnp.maximum(col, upper_min), jnp.minimum(col, lower_max))
+    return cand.at[:, split_cols].set(col)
+
+
 def propose(key, state, config):
     """One LaMBO step (the ``propose`` hook of the registered method)."""
     from eeipu_jax import loop
@@ -140,21 +168,18 @@ def propose(key, state, config):
     rows = jnp.arange(N)
     valid = rows < state.n
     leaves = leaf_of(state.X, split_cols)
-    p = bandit_probabilities(leaves, jnp.where(valid, state.y, jnp.nan), valid & ~state.warmup, n_leaves)
+    p = bandit_probabilities(leaves, loop.scaled_objective(state), valid & ~state.warmup, n_leaves)
     prev = leaves[jnp.maximum(state.n - 1, 0)]
     h = switch_depth(k_depth, H)
     same_top = jnp.all((bits == bits[prev][None, :]) | (jnp.arange(H)[None, :] >= h), axis=1)
     arm = jax.random.categorical(k_arm, jnp.where(same_top, jnp.log(p), -jnp.inf))
 
-    cand = candlib.quasi_random(k_cand, config.n_random, config.dim, state.X.dtype)
-    half = bits[arm].astype(state.X.dtype)  # (H,)
-    cand = cand.at[:, split_cols].set(0.5 * half[None, :] + 0.5 * cand[:, split_cols])
+    cand = leaf_candidates(k_cand, arm, config, state.X.dtype)
     vals = jax.vmap(lambda x: acqlib.ucb(x, 0, acq))(cand)
     vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
     i = jnp.argmax(vals)
-    x = config.snap(cand[i])
-    prop = loop.Proposal(x=x, memo_depth=jnp.asarray(0, jnp.int32), source=jnp.asarray(-1, jnp.int32),
-                         score=vals[i], eta=acq.eta)
+    prop = loop.Proposal(x=cand[i], memo_depth=jnp.asarray(0, jnp.int32), source=jnp.asarray(-1, jnp.int32),
+                         score=vals[i], eta=acq.eta, fallback=jnp.asarray(False))
     return prop, state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1)
 
 

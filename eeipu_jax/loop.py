@@ -14,10 +14,51 @@ uniform random points (the Python driver of a synthetic benchmark may instead
 tell a cost-aware design from :mod:`eeipu_jax.design`). The budget spent when
 the warm-up completes is ``b0`` of the cost-cooling schedule.
 
-Failed trials (non-finite objective) are kept: the objective GP sees them at
-the worst objective observed so far (a common convention: the region is not
-worth revisiting, and the GP stays well conditioned); their stage costs are
-used for the stages that ran (``NaN`` marks a stage that did not run).
+**Validation.** :func:`tell` checks every argument on the host before anything
+is traced (shapes, finiteness, ranges; NumPy scalars and 0-d arrays are
+accepted) and raises a ``ValueError`` naming the argument and its value; the
+jitted ``_tell`` trusts its inputs (the synthetic driver calls it inside jit).
+
+**Objective scale.** Proposals do not depend on the objective's units: any
+increasing affine change ``a * y + b`` of the objective gives the same
+proposals up to float32 rounding. Three pieces make this so:
+
+* :func:`tell` splits each objective, in float64 on the host, into a float32
+  pair ``y`` (the value rounded to float32, what the state reports) and
+  ``y_lo`` (what the rounding lost), so ``1e9 + f`` keeps ``f``. Objectives
+  beyond the float32 range (``|y| > 3.4e38``) are refused with a
+  ``ValueError``: rescale them before telling.
+* The GP targets are made scale-free (:func:`eeipu_jax.gp.scale_free`):
+  differences to an anchor (the first finished trial), formed from the
+  hi/lo pairs as halves so they never overflow, divided by their largest
+  magnitude. The same formula runs inside jit for the synthetic driver,
+  whose objectives are float32 from the start (``y_lo = 0``).
+* The scale-free values are then standardized (:func:`eeipu_jax.gp.standardize`,
+  which has no absolute thresholds), and acquisitions work on that scale.
+
+``state.y`` holds the objective rounded to float32; :func:`best_observed` and
+:func:`objective_values` return it exactly (``y + y_lo`` in float64).
+
+**Failed trials** (objective NaN, or +-inf, which :func:`tell` also records as
+a failure) are kept: the objective GP sees them at the worst objective among
+the finished trials (a common convention: the region is not worth revisiting,
+and the GP stays well conditioned). Before any trial has finished, every
+failed trial sits at the same constant, so the standardized objective is 0
+everywhere (the GP is flat and EI is driven by its variance). Their stage
+costs are used for the stages that ran (``NaN`` marks a stage that did not
+run).
+
+**Integer and categorical columns.** Candidates are snapped to representable
+points *before* they are scored (the free coordinates only: a memoized prefix
+is copied bit for bit from its source trial), refined points are snapped and
+scored again, and the winner is chosen on these snapped scores, so the score
+of a proposal is the score of the point that will run.
+
+**Fallback.** If every candidate's score is non-finite, ``ask`` does not take
+an arbitrary row: it proposes a uniform random point (snapped, memo depth 0,
+no source), sets ``Proposal.fallback`` and counts it in
+``BOState.n_fallback``; drivers should log it (:func:`eeipu_jax.simulate.run_python`
+does).
 """
 
 from __future__ import annotations
@@ -32,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from eeipu_jax import _checks
 from eeipu_jax import acquisition as acqlib
 from eeipu_jax import candidates as candlib
 from eeipu_jax import costs as costlib
@@ -48,6 +90,9 @@ __all__ = [
     "grow",
     "ensure_capacity",
     "best_observed",
+    "objective_values",
+    "scaled_objective",
+    "effective_objective",
     "n_observations",
     "capacity_for",
 ]
@@ -108,6 +153,16 @@ class BOConfig:
     def __post_init__(self):
         object.__setattr__(self, "stage_of_column", tuple(int(s) for s in self.stage_of_column))
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
+        for name in ("n_warmup", "n_random", "n_per_prefix", "n_local", "top_q", "n_refine",
+                     "refine_steps", "mc_samples", "refit_every"):
+            object.__setattr__(self, name, _checks.integer(getattr(self, name), f"BOConfig.{name}"))
+        # Floats are stored as Python floats: the config stays hashable and
+        # JSON-serializable, and a NaN never reaches a results file.
+        refine_lr = _checks.finite_number(self.refine_lr, "BOConfig.refine_lr", greater_than=0.0)
+        object.__setattr__(self, "refine_lr", refine_lr)
+        object.__setattr__(self, "ucb_beta", _checks.finite_number(self.ucb_beta, "BOConfig.ucb_beta", at_least=0.0))
+        if not isinstance(self.gp, gplib.GPConfig):
+            raise ValueError(f"BOConfig.gp must be a GPConfig, got {self.gp!r}")
         soc = self.stage_of_column
         if not soc:
             raise ValueError("BOConfig.stage_of_column is empty")
@@ -180,7 +235,8 @@ class BOState(NamedTuple):
     """
 
     X: Float[Array, "N d"]  # unit-cube inputs
-    y: Float[Array, " N"]  # objective (NaN for failed trials)
+    y: Float[Array, " N"]  # objective rounded to float32 (NaN for failed trials)
+    y_lo: Float[Array, " N"]  # what the rounding lost: y + y_lo is the objective told
     stage_costs: Float[Array, "N K"]  # full (non-memoized) stage costs; NaN = unknown
     memo_depth: Int[Array, " N"]
     charged: Float[Array, " N"]  # what each trial cost the budget
@@ -189,6 +245,7 @@ class BOState(NamedTuple):
     n: Int[Array, ""]
     n_warmup: Int[Array, ""]
     n_bo: Int[Array, ""]  # BO asks so far (sets the refit schedule)
+    n_fallback: Int[Array, ""]  # BO asks whose every candidate scored non-finite
     spent: Float[Array, ""]
     budget: Float[Array, ""]
     b0: Float[Array, ""]
@@ -205,6 +262,7 @@ class Proposal(NamedTuple):
     source: Int[Array, ""]  # observation row whose prefix is reused (-1: none)
     score: Float[Array, ""]  # acquisition value (log scale for EI-based methods)
     eta: Float[Array, ""]  # cost-cooling exponent used
+    fallback: Bool[Array, ""]  # every candidate scored non-finite: x is a uniform random point
 
 
 def capacity_for(n: int, minimum: int = 16) -> int:
@@ -217,14 +275,18 @@ def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float 
 
     Args:
         config: static settings.
-        budget: total budget (seconds or cost units).
+        budget: total budget (seconds or cost units); a positive finite number
+            (Python or NumPy scalar, or a 0-d array).
         capacity: preallocated rows (grown on demand by :func:`tell`).
         epsilon: price of restoring one memoized stage (as seen by the acquisition).
     """
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+    budget = _checks.number(budget, "budget")
+    if not (math.isfinite(budget) and budget > 0):
         raise ValueError(f"budget must be a positive finite number, got {budget!r}")
+    epsilon = _checks.number(epsilon, "epsilon")
     if not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+    capacity = _checks.integer(capacity, "capacity")
     if capacity < config.n_warmup + 1:
         capacity = capacity_for(config.n_warmup + 1)
     N, d, K = capacity, config.dim, config.n_stages
@@ -233,6 +295,7 @@ def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float 
     return BOState(
         X=jnp.zeros((N, d), f),
         y=jnp.full((N,), jnp.nan, f),
+        y_lo=jnp.zeros((N,), f),
         stage_costs=jnp.full((N, K), jnp.nan, f),
         memo_depth=jnp.zeros((N,), jnp.int32),
         charged=jnp.zeros((N,), f),
@@ -241,6 +304,7 @@ def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float 
         n=jnp.asarray(0, jnp.int32),
         n_warmup=jnp.asarray(config.n_warmup, jnp.int32),
         n_bo=jnp.asarray(0, jnp.int32),
+        n_fallback=jnp.asarray(0, jnp.int32),
         spent=jnp.asarray(0.0, f),
         budget=jnp.asarray(budget, f),
         b0=jnp.asarray(0.0, f),
@@ -263,6 +327,7 @@ def grow(state: BOState, capacity: int) -> BOState:
     return state._replace(
         X=p(state.X, 0.0),
         y=p(state.y, jnp.nan),
+        y_lo=p(state.y_lo, 0.0),
         stage_costs=p(state.stage_costs, jnp.nan),
         memo_depth=p(state.memo_depth, 0),
         charged=p(state.charged, 0.0),
@@ -283,15 +348,98 @@ def n_observations(state: BOState) -> int:
     return int(state.n)
 
 
-def best_observed(state: BOState):
-    """Best finite objective told so far (``-inf`` if none)."""
-    valid = (jnp.arange(state.y.shape[0]) < state.n) & ~state.failed
-    return jnp.max(jnp.where(valid, state.y, -jnp.inf))
+def objective_values(state: BOState) -> np.ndarray:
+    """The objectives told so far, in order, exactly as told (float64;
+    NaN for failed trials). Host-side (not jittable)."""
+    n = int(state.n)
+    return np.asarray(state.y[:n], np.float64) + np.asarray(state.y_lo[:n], np.float64)
+
+
+def best_observed(state: BOState) -> float:
+    """Best finite objective told so far, as told (``-inf`` if none). Host-side."""
+    y = objective_values(state)
+    ok = ~np.asarray(state.failed[: int(state.n)])
+    return float(np.max(y[ok])) if ok.any() else -math.inf
 
 
 # ---------------------------------------------------------------- tell
+_F32_MAX = float(np.finfo(np.float32).max)
+_X_TOLERANCE = 1e-5  # unit-cube rounding slack accepted (then clipped) in ``tell``
+
+
+def _vector(value, name: str, n: int) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {n} numbers, got {value!r}") from None
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got shape {a.shape}: {value!r}")
+    return a
+
+
+def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
+    """Validate one trial on the host; returns ``(x, y_hi, y_lo, costs, depth, charged)``."""
+    N, d = state.X.shape
+    K = state.stage_costs.shape[1]
+    x = _vector(x, "x", d)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be finite, got {x.tolist()}")
+    out = (x < -_X_TOLERANCE) | (x > 1.0 + _X_TOLERANCE)
+    if out.any():
+        raise ValueError(
+            f"x must lie in the unit cube [0, 1]^{d} (the optimizer's coordinates; map raw values with "
+            f"SearchSpace.to_unit), got {x.tolist()} (columns {np.flatnonzero(out).tolist()} outside)"
+        )
+    x = np.clip(x, 0.0, 1.0)
+
+    if y is None:
+        raise ValueError("y is None: tell a failed trial with y=float('nan')")
+    y = _checks.number(y, "y")
+    if math.isfinite(y) and abs(y) > _F32_MAX:
+        raise ValueError(
+            f"y={y!r} is beyond the float32 range (|y| <= {_F32_MAX:.4g}) the optimizer stores; "
+            "tell a rescaled objective (e.g. y / 1e10: proposals do not depend on the scale)"
+        )
+
+    depth = memo_depth
+    if isinstance(depth, (bool, np.bool_)):
+        raise ValueError(f"memo_depth must be an integer in [0, {K - 1}], got {memo_depth!r}")
+    depth = _checks.number(depth, "memo_depth")
+    if not (depth == int(depth) and 0 <= depth <= K - 1):
+        raise ValueError(
+            f"memo_depth must be an integer in [0, {K - 1}] (stages restored from the cache; the last "
+            f"stage never is), got {memo_depth!r}"
+        )
+    depth = int(depth)
+
+    costs = _vector(stage_costs, "stage_costs", K)
+    bad = np.isinf(costs) | (costs < 0)
+    if bad.any():
+        raise ValueError(
+            f"stage_costs must be finite and >= 0 (NaN for a stage that did not run), got {costs.tolist()}"
+        )
+    if np.isnan(costs[:depth]).any():
+        raise ValueError(
+            f"stage_costs of the {depth} memoized stage(s) must be their original compute costs (finite), "
+            f"got {costs.tolist()}"
+        )
+
+    if charged is not None:
+        charged = _checks.number(charged, "charged")
+        if not (math.isfinite(charged) and charged >= 0):
+            raise ValueError(f"charged must be None or a finite number >= 0, got {charged!r}")
+
+    if math.isfinite(y):
+        hi = np.float32(y)
+        lo = np.float32(y - float(hi))  # exact in float64, then rounded: hi + lo == y to ~1e-14 relative
+    else:  # NaN or +-inf: a failed trial
+        hi, lo = np.float32(np.nan), np.float32(0.0)
+    return x.astype(np.float32), hi, lo, costs.astype(np.float32), depth, charged
+
+
 @jax.jit
-def _tell(state: BOState, x, y, stage_costs, memo_depth, charged, has_charged) -> BOState:
+def _tell(state: BOState, x, y, stage_costs, memo_depth, charged, has_charged, y_lo=0.0) -> BOState:
+    """Record a trial (jitted; no validation: :func:`tell` validates on the host)."""
     i = state.n
     K = state.stage_costs.shape[1]
     y = jnp.asarray(y, state.y.dtype)
@@ -308,6 +456,7 @@ def _tell(state: BOState, x, y, stage_costs, memo_depth, charged, has_charged) -
     return state._replace(
         X=state.X.at[i].set(jnp.asarray(x, state.X.dtype)),
         y=state.y.at[i].set(jnp.where(failed, jnp.nan, y)),
+        y_lo=state.y_lo.at[i].set(jnp.where(failed, 0.0, jnp.asarray(y_lo, state.y_lo.dtype))),
         stage_costs=state.stage_costs.at[i].set(costs),
         memo_depth=state.memo_depth.at[i].set(memo_depth),
         charged=state.charged.at[i].set(charge),
@@ -322,24 +471,35 @@ def _tell(state: BOState, x, y, stage_costs, memo_depth, charged, has_charged) -
 def tell(state: BOState, x, y, stage_costs, memo_depth=0, charged=None) -> BOState:
     """Record one finished (or failed) trial.
 
+    Every argument is validated here, on the host, before anything is traced;
+    a bad value raises ``ValueError`` naming the argument. Numbers may be
+    Python or NumPy scalars or 0-d arrays.
+
     Args:
         state: current state; grown to the next capacity bucket if full.
-        x: ``(d,)`` unit-cube point that ran (as proposed: snapped).
-        y: objective; NaN/inf marks a failed trial.
-        stage_costs: ``(K,)`` full cost of each stage (for memoized stages,
-            the cost of computing them originally), NaN for stages that did
-            not run. These are what the cost GPs learn.
-        memo_depth: number of leading stages restored from the cache.
-        charged: what the trial cost the budget; by default
+        x: ``(d,)`` unit-cube point that ran (as proposed: snapped), finite
+            and in ``[0, 1]`` (up to 1e-5 of rounding, then clipped).
+        y: objective. NaN marks a failed trial; ``+inf`` and ``-inf`` are
+            recorded as failed trials too (the optimizer cannot rank them).
+            Finite values must fit float32 (``|y| <= 3.4e38``): the state
+            keeps them as a float32 hi/lo pair, so large offsets lose nothing.
+        stage_costs: ``(K,)`` full cost of each stage, each finite ``>= 0`` or
+            NaN for a stage that did not run. For memoized stages, the cost of
+            computing them originally (finite). These are what the cost GPs
+            learn.
+        memo_depth: number of leading stages restored from the cache, an
+            integer in ``[0, K - 1]``.
+        charged: what the trial cost the budget (finite, ``>= 0``); by default
             ``epsilon * memo_depth + sum of the other stages' costs``. Real runs
             pass measured seconds (restore time + compute time).
 
     Returns:
         The new state.
     """
+    x, hi, lo, costs, depth, charged = _check_trial(state, x, y, stage_costs, memo_depth, charged)
     state = ensure_capacity(state)
     has = charged is not None
-    return _tell(state, x, y, stage_costs, memo_depth, 0.0 if charged is None else charged, has)
+    return _tell(state, x, hi, costs, depth, np.float32(0.0 if charged is None else charged), has, lo)
 
 
 # ---------------------------------------------------------------- ask
@@ -351,6 +511,7 @@ def _warmup_proposal(key, state: BOState, config: BOConfig) -> Proposal:
         source=jnp.asarray(-1, jnp.int32),
         score=jnp.asarray(jnp.nan, state.X.dtype),
         eta=jnp.asarray(1.0, state.X.dtype),
+        fallback=jnp.asarray(False),
     )
 
 
@@ -367,15 +528,31 @@ def _cost_data(state: BOState, config: BOConfig, valid):
     return log_c, ok & valid[:, None], jnp.asarray(input_masks, state.X.dtype)
 
 
-def effective_objective(state: BOState):
-    """``(valid, y_eff)``: which rows hold trials, and the objective with failed
-    trials set to the worst value observed (0 in padded rows)."""
+def scaled_objective(state: BOState):
+    """The finished trials' objectives on a scale-free float32 scale
+    (:func:`eeipu_jax.gp.scale_free`: relative to the first finished trial,
+    divided by the largest difference, so in ``[-1, 1]``); NaN for failed
+    trials and padded rows. An increasing affine change of the objective
+    leaves these values unchanged (up to float32 rounding)."""
     N = state.X.shape[0]
-    valid = jnp.arange(N) < state.n
-    ok_y = valid & ~state.failed
-    worst = jnp.min(jnp.where(ok_y, state.y, jnp.inf))
+    ok = (jnp.arange(N) < state.n) & ~state.failed
+    u, _, _ = gplib.scale_free(state.y, ok, state.y_lo)
+    return jnp.where(ok, u, jnp.nan)
+
+
+def effective_objective(state: BOState):
+    """``(valid, y_eff)``: which rows hold trials, and the objective the GP is
+    fitted on, on the scale-free scale of :func:`scaled_objective`.
+
+    Failed trials are set to the worst finished objective; before any trial
+    has finished they (like every row) are 0, a constant that standardizes
+    to 0. Padded rows are 0.
+    """
+    valid = jnp.arange(state.X.shape[0]) < state.n
+    u = scaled_objective(state)  # NaN in failed and padded rows
+    worst = jnp.min(jnp.where(valid & ~state.failed, u, jnp.inf))
     worst = jnp.where(jnp.isfinite(worst), worst, 0.0)
-    return valid, jnp.where(valid, jnp.where(state.failed, worst, state.y), 0.0)
+    return valid, jnp.where(valid, jnp.where(state.failed, worst, u), 0.0)
 
 
 def acquisition_state(key, state: BOState, config: BOConfig):
@@ -383,7 +560,8 @@ def acquisition_state(key, state: BOState, config: BOConfig):
 
     Returns:
         ``(acq_state, obj_params, cost_params, y_eff)`` where ``y_eff`` is the
-        objective with failed trials set to the worst observed value.
+        objective the GP was fitted on (:func:`effective_objective`: scale-free,
+        failed trials at the worst finished value).
     """
     method = config.method_def
     gcfg = config.gp
@@ -466,7 +644,16 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
     def score(x, j):
         return method.score(x, j, acq)
 
-    vals = jax.vmap(score)(batch.x, batch.depth)
+    def snap_free(x, j):
+        # Snap the free coordinates only: a memoized prefix is copied from its
+        # source trial and must stay bit-identical for the cache to hit.
+        return jnp.where(masks[j], x, config.snap(x))
+
+    # Snap first, then score: the winner is chosen on the scores of the points
+    # that will run (an integer/categorical winner chosen between bin centres
+    # could snap onto an observed point).
+    bx = jax.vmap(snap_free)(batch.x, batch.depth)
+    vals = jax.vmap(score)(bx, batch.depth)
     vals = jnp.where(batch.valid & jnp.isfinite(vals), vals, -jnp.inf)
 
     if config.n_refine > 0:
@@ -478,19 +665,25 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
         # optimum of a fresh run, and memoization would win by default.
         groups = config.n_stages if method.memoize else 1
         top, top_ok = candlib.top_per_depth(vals, batch.depth, groups, config.n_refine)
-        x0, d0 = batch.x[top], batch.depth[top]
+        x0, d0, v0 = bx[top], batch.depth[top], vals[top]
         free = ~masks[d0]
-        xr, vr = jax.vmap(
+        # Gradient steps on the continuous relaxation, then snapped and scored
+        # again; a refined point replaces its start only if its snapped score
+        # is higher.
+        xr, _ = jax.vmap(
             lambda x, j, f: candlib.refine(lambda z: score(z, j), x, f, config.refine_steps, config.refine_lr)
         )(x0, d0, free)
-        vr = jnp.where(top_ok & jnp.isfinite(vr), vr, -jnp.inf)
-        r = jnp.argmax(vr)
-        x, j, src = xr[r], d0[r], batch.source[top[r]]
+        xs = jax.vmap(snap_free)(xr, d0)
+        vs = jax.vmap(score)(xs, d0)
+        moved = jnp.isfinite(vs) & (vs > v0)
+        xc = jnp.where(moved[:, None], xs, x0)
+        vc = jnp.where(top_ok, jnp.where(moved, vs, v0), -jnp.inf)
+        r = jnp.argmax(vc)
+        x, j, src, v = xc[r], d0[r], batch.source[top[r]], vc[r]
     else:
         r = jnp.argmax(vals)
-        x, j, src = batch.x[r], batch.depth[r], batch.source[r]
-    x = config.snap(x)
-    prop = Proposal(x=x, memo_depth=j, source=src, score=score(x, j), eta=acq.eta)
+        x, j, src, v = bx[r], batch.depth[r], batch.source[r], vals[r]
+    prop = Proposal(x=x, memo_depth=j, source=src, score=v, eta=acq.eta, fallback=jnp.asarray(False))
     return prop, state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1)
 
 
@@ -515,6 +708,18 @@ def ask(key, state: BOState, config: BOConfig):
     return _ask(key, canonicalize(state), config)
 
 
+def _bo_step(k_random, k_bo, state: BOState, config: BOConfig):
+    """A BO proposal, or the documented fallback when no candidate scored finite."""
+    prop, new_state = _bo_proposal(k_bo, state, config)
+    # Every candidate non-finite (argmax would silently return row 0): propose
+    # a uniform random point instead, flag it and count it. ``k_random`` is
+    # the warm-up branch's key, unused on this branch.
+    bad = ~jnp.isfinite(prop.score)
+    rnd = _warmup_proposal(k_random, state, config)._replace(score=prop.score, eta=prop.eta, fallback=bad)
+    prop = jax.tree.map(lambda a, b: jnp.where(bad, a, b), rnd, prop)
+    return prop, new_state._replace(n_fallback=new_state.n_fallback + bad.astype(jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
 def _ask(key, state: BOState, config: BOConfig):
     k_warm, k_bo = jax.random.split(key)
@@ -522,5 +727,5 @@ def _ask(key, state: BOState, config: BOConfig):
     return jax.lax.cond(
         in_warmup,
         lambda: (_warmup_proposal(k_warm, state, config), state),
-        lambda: _bo_proposal(k_bo, state, config),
+        lambda: _bo_step(k_warm, k_bo, state, config),
     )

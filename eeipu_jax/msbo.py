@@ -16,7 +16,9 @@ GPs of the final objective on growing prefixes of the hyperparameters:
   columns (plus ``n_local`` Gaussian perturbations of the best observation's
   stage-``k`` values, when ``n_local > 0``) are scored by ``log EI`` under
   ``GP_k`` against ``GP_k``'s incumbent (its largest posterior mean at an
-  observed prefix), and the best is kept.
+  observed prefix), and the best is kept. Candidates are snapped to
+  representable points (integer/categorical columns) before they are
+  scored, so the chosen score is that of the point that runs.
 
 The method is cost-unaware and never memoizes; every trial is charged in full,
 as the EEIPU paper's baselines were. Differences from the EEIPU authors' code,
@@ -95,6 +97,7 @@ def propose(key, state, config):
             noise = 0.1 * jax.random.normal(jax.random.fold_in(k_loc, k), (config.n_local, d), state.X.dtype)
             cand = jnp.concatenate([cand, jnp.clip(incumbent[None, :] + noise, 0.0, 1.0)])
         cand = jnp.where(cols[None, :], cand, x[None, :])  # earlier stages fixed; later ones unseen by GP_k
+        cand = config.snap(cand)  # score the points that would run (integer/categorical columns)
         post_k = jax.tree.map(lambda a: a[k], posts)
 
         def log_ei(z, post_k=post_k, best_k=best[k]):
@@ -105,13 +108,13 @@ def propose(key, state, config):
         vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
         i = jnp.argmax(vals)
         x, score = cand[i], vals[i]
-    x = config.snap(x)
     prop = loop.Proposal(
         x=x,
         memo_depth=jnp.asarray(0, jnp.int32),
         source=jnp.asarray(-1, jnp.int32),
         score=score,
         eta=costlib.cooling_eta(state.budget, state.spent, state.b0),
+        fallback=jnp.asarray(False),
     )
     return prop, state._replace(cost_params=params, n_bo=state.n_bo + 1)
 

@@ -29,6 +29,7 @@ full stage costs.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import NamedTuple
 
 import jax
@@ -39,6 +40,8 @@ from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
 __all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "resolve_batching", "cached_rows"]
+
+logger = logging.getLogger(__name__)
 
 
 class RunResult(NamedTuple):
@@ -55,6 +58,7 @@ class RunResult(NamedTuple):
     eta: np.ndarray  # (n,) cooling exponent of the ask
     n_warmup: int
     budget: float
+    n_fallback: int = 0  # BO asks whose every candidate scored non-finite (see eeipu_jax.loop)
 
     @property
     def spent(self) -> np.ndarray:
@@ -174,6 +178,11 @@ def run_python(
         y, costs, depth = evaluate(state, prop)
         state = loop._tell(state, prop.x, y, costs, depth, 0.0, False)
         etas.append(float(prop.eta))
+        if bool(prop.fallback):
+            logger.warning(
+                "trial %d: every candidate scored non-finite (score %s); proposed a uniform random point",
+                int(state.n) - 1, float(prop.score),
+            )
         if callback is not None:
             callback(state, prop)
     return _result(state, np.asarray(etas), config.n_warmup)
@@ -188,13 +197,14 @@ def _result(state, eta, n_warmup) -> RunResult:
     n = int(state.n)
     return RunResult(
         X=np.asarray(state.X[:n]),
-        y=np.asarray(state.y[:n]),
+        y=loop.objective_values(state),
         stage_costs=np.asarray(state.stage_costs[:n]),
         memo_depth=np.asarray(state.memo_depth[:n]),
         charged=np.asarray(state.charged[:n]),
         eta=np.asarray(eta[:n], np.float64),
         n_warmup=n_warmup,
         budget=float(state.budget),
+        n_fallback=int(state.n_fallback),
     )
 
 
@@ -300,6 +310,12 @@ def run_jitted(
             break
         state, etas = _grow_batched(state, etas, 2 * state.X.shape[1])
     etas = np.asarray(etas)
+    fallbacks = np.asarray(state.n_fallback)
+    if fallbacks.any():
+        logger.warning(
+            "%d of %d seeds had asks whose every candidate scored non-finite (uniform random points "
+            "proposed instead): counts %s", int((fallbacks > 0).sum()), S, fallbacks.tolist(),
+        )
     return [
         _result(jax.tree.map(lambda a: a[i], state), etas[i], config.n_warmup) for i in range(S)
     ]

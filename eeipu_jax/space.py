@@ -35,6 +35,8 @@ from typing import Any, Union
 import jax.numpy as jnp
 import numpy as np
 
+from eeipu_jax import _checks
+
 __all__ = [
     "Float",
     "Int",
@@ -70,10 +72,10 @@ class Float:
 
     def __post_init__(self):
         _check_name(self.name, "parameter")
+        # Stored as Python floats, so the space hashes, prints and serializes plainly.
         for field in ("low", "high"):
-            v = getattr(self, field)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise SpaceError(f"parameter {self.name!r}: {field} must be a finite number, got {v!r}")
+            value = _checks.finite_number(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
+            object.__setattr__(self, field, value)
         if not self.low < self.high:
             raise SpaceError(
                 f"parameter {self.name!r}: low ({self.low}) must be smaller than high ({self.high})"
@@ -99,9 +101,7 @@ class Float:
         return xp.clip(u, 0.0, 1.0)
 
     def validate(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise SpaceError(f"parameter {self.name!r}: expected a number, got {value!r}")
-        v = float(value)
+        v = _checks.number(value, f"parameter {self.name!r}: value", SpaceError)
         if not (self.low <= v <= self.high):
             raise SpaceError(f"parameter {self.name!r}: {v} is outside [{self.low}, {self.high}]")
         return v
@@ -121,9 +121,8 @@ class Int:
     def __post_init__(self):
         _check_name(self.name, "parameter")
         for field in ("low", "high"):
-            v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise SpaceError(f"parameter {self.name!r}: {field} must be an integer, got {v!r}")
+            value = _checks.integer(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
+            object.__setattr__(self, field, value)
         if not self.low < self.high:
             raise SpaceError(
                 f"parameter {self.name!r}: low ({self.low}) must be smaller than high ({self.high})"
@@ -144,11 +143,10 @@ class Int:
         return self._to_unit(self._from_unit(u, xp), xp)
 
     def validate(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+        v = _checks.number(value, f"parameter {self.name!r}: value (an integer)", SpaceError)
+        if not math.isfinite(v) or v != round(v):
             raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
-        if float(value) != round(float(value)):
-            raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
-        v = int(round(float(value)))
+        v = int(round(v))
         if not (self.low <= v <= self.high):
             raise SpaceError(f"parameter {self.name!r}: {v} is outside [{self.low}, {self.high}]")
         return v
@@ -171,6 +169,23 @@ class Categorical:
         object.__setattr__(self, "choices", tuple(self.choices))
         if len(self.choices) < 2:
             raise SpaceError(f"parameter {self.name!r}: needs at least 2 choices, got {len(self.choices)}")
+        for c in self.choices:
+            # A choice must equal itself (NaN does not): values are looked up
+            # with ``==`` when a configuration is mapped to the cube.
+            try:
+                same = c == c
+                same = bool(same)
+            except Exception:
+                same = False
+            if not same:
+                raise SpaceError(
+                    f"parameter {self.name!r}: choice {c!r} is not equal to itself (e.g. NaN) and could "
+                    "never be looked up; use a hashable scalar such as a string or None"
+                )
+            try:
+                hash(c)
+            except TypeError:
+                raise SpaceError(f"parameter {self.name!r}: choice {c!r} is not hashable") from None
         if len(set(self.choices)) != len(self.choices):
             raise SpaceError(f"parameter {self.name!r}: duplicate choices in {self.choices!r}")
 

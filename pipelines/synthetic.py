@@ -27,13 +27,13 @@ of every pipeline has the same cost shape (``(18 x^2 + 12)^2 ...``).
 * ``synthetic3`` -- the authors' ICML-era 3-stage pipeline, fully specified:
   levy2 on [0,5]^2 -> hartmann3 on [-2,2]^3 -> beale2 on [-2,2]^2, budget 400
   (global optimum 0 + 3.86278 - 0.52334 = 3.3394). The 10-point cost-aware
-  warm-up costs about 72 here (authors' logs: 72.1).
+  warm-up costs 67.6 +- 14.2 here over seeds 0-9 (authors' logs: 72.1).
 * ``synthetic3_head`` -- the 3-stage pipeline of the authors' later ablations:
   beale2 [-2,2] -> hartmann3 [-2,2] -> branin2 [0,10], budget 200.
 * ``synthetic5`` -- not published (the authors' 5-stage functions were passed
   on the command line and are unknown); our choice: levy2 [0,5]^2 ->
   hartmann3 [-2,2]^3 -> beale2 [-2,2]^2 -> ackley3 [-3,3]^3 -> michale2
-  [0,5]^2 (D = 12, optimum 5.10), budget 1200. The warm-up costs ~275 and a
+  [0,5]^2 (D = 12, optimum 5.10), budget 1200. The warm-up costs 260 +- 33 (seeds 0-9) and a
   random evaluation ~60 (median), so the budget buys about as many random
   evaluations as the 3-stage budget does (~16), and the first stage is the
   expensive one, as in the 3-stage pipeline.
@@ -42,7 +42,7 @@ of every pipeline has the same cost shape (``(18 x^2 + 12)^2 ...``).
   Styblinski-Tang or Holder-table stages). Our choice: levy2 [0,5] ->
   hartmann3 -> styblinski3 [-5,0] -> levy2 -> ackley3 -> beale2 ->
   holdertable2 [5,10] -> michale2 [0,5] -> hartmann3 -> beale2 (D = 24,
-  optimum 145.2), budget 1500. Its warm-up costs 676 +- 116 (logged: 718),
+  optimum 145.2), budget 1500. Its warm-up costs 596 +- 79 over seeds 0-9 (logged: 718),
   and stages 0, 2 and 3 carry most of the cost, so memoizing early stages
   matters, as the authors' large iteration gains on this pipeline suggest.
 * :func:`random_pipeline` -- any number of stages K >= 2 from a seed, drawn

@@ -1,4 +1,5 @@
-"""EI, log-EI, Monte Carlo expected inverse cost, cooling and the method registry."""
+"""EI, log-EI, Monte Carlo expected inverse cost, cooling, the method registry, and every
+acquisition's value against an independent NumPy GP with closed-form / Monte Carlo costs."""
 
 import jax
 import jax.numpy as jnp
@@ -61,13 +62,15 @@ def test_log_ei_far_tail_finite_monotone_with_finite_gradient():
     assert float(acq.log_expected_improvement(-30.0, 1.0, 0.0)) < float(acq.log_expected_improvement(-29.0, 1.0, 0.0))
 
 
-@pytest.mark.parametrize("mu, sigma, eta", [(0.5, 0.3, 1.0), (-1.0, 0.8, 0.5), (2.0, 1.2, 0.25)])
-def test_mc_inverse_cost_one_stage_matches_lognormal_moment(mu, sigma, eta):
-    # C ~ LogNormal(mu, sigma): E[C^-eta] = exp(-eta mu + eta^2 sigma^2 / 2); C^eta is
-    # LogNormal(eta mu, eta sigma), so its expected inverse is exactly that.
+@pytest.mark.parametrize("mu, sigma", [(0.5, 0.3), (-1.0, 0.8), (2.0, 1.2), (0.0, 0.05)])
+def test_mc_inverse_cost_one_stage_matches_lognormal_moment(mu, sigma):
+    # C ~ LogNormal(mu, sigma): E[1/C] = exp(-mu + sigma^2 / 2).
     z = costs.normal_base_samples(jax.random.key(0), 4096, 1)
-    got = float(costs.log_expected_inverse_cost(jnp.asarray([eta * mu]), jnp.asarray([eta * sigma]), 0, z, np.log(0.1)))
-    assert got == pytest.approx(-eta * mu + 0.5 * (eta * sigma) ** 2, abs=5e-3)
+    got = float(costs.log_expected_inverse_cost(jnp.asarray([mu]), jnp.asarray([sigma]), 0, z, np.log(0.1)))
+    assert got == pytest.approx(-mu + 0.5 * sigma**2, abs=5e-3)
+    # one memoized stage of one: the whole cost is epsilon
+    got = float(costs.log_expected_inverse_cost(jnp.asarray([mu]), jnp.asarray([sigma]), 1, z, np.log(0.1)))
+    assert got == pytest.approx(-np.log(0.1), abs=1e-6)
 
 
 def test_mc_inverse_cost_several_stages_against_brute_force():
@@ -103,34 +106,116 @@ def test_cooling_schedule():
     assert float(costs.cooling_eta(100.0, 130.0, 20.0)) == 0.0
 
 
-def _toy_acq_state(eta):
-    """An AcqState with hand-made posteriors (1-point GPs) for unit checks."""
-    from eeipu_jax import gp
-
-    cfg = gp.GPConfig()
-    X = jnp.asarray([[0.2, 0.8]], jnp.float32)
-    p = gp.default_params(2, cfg)
-    obj = gp.posterior(p, X, jnp.asarray([1.0]), jnp.asarray([True]), cfg)
-    cp = jax.tree.map(lambda a: jnp.stack([a, a]), p)
-    posts = gp.posterior_stacked(cp, X, jnp.asarray([[1.0, 2.0]]), jnp.ones((1, 2), bool),
-                                 jnp.asarray([[1.0, 0.0], [1.0, 1.0]]), jnp.asarray([0.0, 0.0]),
-                                 jnp.asarray([1.0, 1.0]), cfg)
-    return acq.AcqState(obj=obj, best=jnp.asarray(1.0), costs=posts, cost_mean=jnp.zeros(2),
-                        cost_std=jnp.ones(2), z=costs.normal_base_samples(jax.random.key(0), 512, 2),
-                        log_epsilon=jnp.log(0.1), eta=jnp.asarray(eta), extra=jnp.asarray(0.2))
+# ------------------------------------------- acquisitions against NumPy + Monte Carlo
+SOC = (0, 0, 1, 1, 2)
+EPS = 0.1
 
 
-def test_eeipu_equals_ei_when_eta_is_zero_and_prefers_memoized():
-    s0 = _toy_acq_state(0.0)
-    s1 = _toy_acq_state(1.0)
-    x = jnp.asarray([0.6, 0.3])
-    ei = float(acq.ei(x, 0, s0))
-    assert float(acq.eeipu(x, 0, s0)) == pytest.approx(ei, abs=1e-6)
-    assert float(acq.eeipu(x, 1, s0)) == pytest.approx(ei, abs=1e-6)
-    assert float(acq.eeipu(x, 1, s1)) > float(acq.eeipu(x, 0, s1))
-    # non-memoizing cost-aware methods ignore the memo depth
-    assert float(acq.ms_carbo(x, 1, s1)) == pytest.approx(float(acq.ms_carbo(x, 0, s1)))
-    assert float(acq.ms_carbo(x, 0, s1)) == pytest.approx(float(acq.eeipu(x, 0, s1)))
+def _stage_costs(u):
+    u = np.asarray(u, np.float64)
+    return np.array([1.0 + 6.0 * u[0] * u[1], 0.5 + 2.0 * u[2] + u[0], 0.3 + 0.4 * u[4]])
+
+
+def _observations():
+    """12 trials: one failed (last stage never ran), one memoized (full costs told)."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(size=(12, 5))
+    y = np.sin(4 * X[:, 0]) - (X[:, 2] - 0.4) ** 2 + 0.5 * X[:, 4]
+    costs = np.stack([_stage_costs(u) for u in X])
+    y[7], costs[7, 2] = np.nan, np.nan
+    depth = np.zeros(12, int)
+    depth[9] = 1
+    return X, y, costs, depth
+
+
+def _fitted(method, budget_fraction_left):
+    """State with the observations, fitted by one ``acquisition_state`` call."""
+    from eeipu_jax import loop
+
+    cfg = loop.BOConfig(stage_of_column=SOC, bins=(0,) * 5, method=method, n_warmup=4, mc_samples=4096)
+    X, y, costs, depth = _observations()
+    state = loop.init(cfg, budget=1e3, epsilon=EPS)
+    for u, v, c, j in zip(X, y, costs, depth):
+        state = loop.tell(state, u, v, c, int(j))
+    # put the spend where linear cooling gives eta = budget_fraction_left
+    spent = float(state.b0) + (1.0 - budget_fraction_left) * (1e3 - float(state.b0))
+    state = loop.canonicalize(state._replace(spent=jnp.asarray(spent, jnp.float32)))
+    acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
+    acq, obj_params, cost_params, _ = acq_fn(jax.random.key(0), state, cfg)
+    return cfg, state, acq, obj_params, cost_params
+
+
+@pytest.fixture(scope="module")
+def stagewise():
+    return _fitted("eeipu", 0.6)
+
+
+@pytest.fixture(scope="module")
+def total():
+    return _fitted("carbo", 0.6)
+
+
+def _reference(method, cfg, state, obj_params, cost_params, x, depth, eta):
+    from tests import reference as ref
+
+    n = int(state.n)
+    M = jax.tree.leaves(cost_params)[0].shape[0]
+    return ref.acquisition(
+        method, x, depth,
+        X=np.asarray(state.X[:n]), y=np.asarray(state.y[:n], np.float64), failed=np.asarray(state.failed[:n]),
+        stage_costs=np.asarray(state.stage_costs[:n]), soc=SOC, obj=ref.hyper(obj_params, cfg.gp),
+        costs=[ref.hyper(jax.tree.map(lambda a: a[m], cost_params), cfg.gp) for m in range(M)],
+        eta=eta, epsilon=EPS, cost_inputs=cfg.cost_inputs, jitter=cfg.gp.jitter,
+    )
+
+
+POINTS = [np.array([0.3, 0.7, 0.45, 0.2, 0.9]), np.array([0.85, 0.1, 0.6, 0.5, 0.05])]
+
+
+@pytest.mark.parametrize("method", ["ei", "ms_carbo", "eeipu"])
+def test_stagewise_acquisitions_match_numpy_gp_and_monte_carlo(stagewise, method):
+    cfg, state, acqs, obj_params, cost_params = stagewise
+    assert float(acqs.eta) == pytest.approx(0.6, abs=1e-5)
+    fn = jax.jit(acq.get_method(method).score)
+    for x in POINTS:
+        for depth in (0, 1, 2):
+            got = float(fn(jnp.asarray(x, jnp.float32), depth, acqs))
+            want = _reference(method, cfg, state, obj_params, cost_params, x, depth, 0.6)
+            assert got == pytest.approx(want, abs=2e-3), (method, x, depth)
+            if method != "ei":
+                # discriminating: eta = 1 instead of 0.6 would be caught
+                other = _reference(method, cfg, state, obj_params, cost_params, x, depth, 1.0)
+                assert abs(other - want) > 5e-2
+    if method == "eeipu":  # memoized stages are priced at epsilon: deeper is cheaper
+        vals = [float(fn(jnp.asarray(POINTS[0], jnp.float32), j, acqs)) for j in range(3)]
+        assert vals[0] < vals[1] < vals[2]
+
+
+@pytest.mark.parametrize("method", ["eips", "carbo"])
+def test_total_cost_acquisitions_match_the_lognormal_closed_form(total, method):
+    cfg, state, acqs, obj_params, cost_params = total
+    fn = jax.jit(acq.get_method(method).score)
+    for x in POINTS:
+        got = float(fn(jnp.asarray(x, jnp.float32), 0, acqs))
+        want = _reference(method, cfg, state, obj_params, cost_params, x, 0, 0.6)
+        assert got == pytest.approx(want, abs=2e-3), (method, x)
+        # the memo depth means nothing to a non-memoizing method
+        assert float(fn(jnp.asarray(x, jnp.float32), 2, acqs)) == pytest.approx(got, abs=1e-6)
+    # the one cost GP was fitted on ln(total cost) of the trials whose stages all ran
+    from tests import reference as ref
+
+    n = int(state.n)
+    total_cost = np.asarray(state.stage_costs[:n], np.float64).sum(1)
+    ok = np.isfinite(total_cost)
+    assert ok.sum() == n - 1  # the failed trial's last stage never ran
+    t, mu, sd = ref.standardize(np.log(total_cost[ok]))
+    np.testing.assert_allclose(np.asarray(acqs.costs.y[0] + acqs.costs.mean[0])[:n][ok], t, atol=1e-5)
+    np.testing.assert_allclose([float(acqs.cost_mean[0]), float(acqs.cost_std[0])], [mu, sd], rtol=1e-5)
+    # EIPS has no cooling: its cost term is not scaled by eta
+    x = POINTS[0]
+    eips = _reference("eips", cfg, state, obj_params, cost_params, x, 0, 0.6)
+    carbo = _reference("carbo", cfg, state, obj_params, cost_params, x, 0, 0.6)
+    assert abs(eips - carbo) > 5e-2
 
 
 def test_registry():

@@ -121,6 +121,25 @@ def test_failed_trials_are_kept_and_do_not_break_ask(warm_state):
     assert np.all(np.isfinite(np.asarray(prop.x))) and np.isfinite(float(prop.score))
 
 
+def test_failed_trials_are_seen_at_the_worst_finished_value(warm_state):
+    """Inspect what the objective GP is conditioned on: failed rows at the worst
+    finished objective, then standardized (NumPy float64 reference)."""
+    from tests import reference
+
+    s = warm_state
+    for i in (1, 3):
+        x = np.asarray(warm_state.X[i]) * 0.5 + 0.25
+        s = loop.tell(s, x, float("nan"), stage_costs(x), 0)
+    acq, _, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(0), s, CFG)
+    n = int(s.n)
+    got = np.asarray(acq.obj.y + acq.obj.mean)[:n]
+    y = loop.objective_values(s)
+    failed = np.isnan(y)
+    assert failed.tolist() == [False] * 5 + [True] * 2
+    np.testing.assert_allclose(got, reference.objective_targets(y, failed), atol=1e-5)
+    assert got[5] == got[6] == pytest.approx(got[:5].min(), abs=1e-6)
+
+
 def test_checkpoint_round_trip_gives_the_same_proposal(warm_state, tmp_path):
     state, key = run(warm_state, jax.random.key(6), 3)
     checkpoint.save_state(tmp_path / "ckpt", state, key)
@@ -129,6 +148,23 @@ def test_checkpoint_round_trip_gives_the_same_proposal(warm_state, tmp_path):
     b, _ = loop.ask(rkey, restored, CFG)
     np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
     assert int(a.memo_depth) == int(b.memo_depth) and int(a.source) == int(b.source)
+
+
+def test_checkpoints_from_before_the_hi_lo_objective_restore(warm_state, tmp_path):
+    """A state saved without ``y_lo`` / ``n_fallback`` (older checkpoints) restores
+    with those fields empty and proposes what the live state proposes (up to the
+    float32 rounding of the objectives that the missing ``y_lo`` held)."""
+    import collections
+
+    Old = collections.namedtuple("BOState", [f for f in loop.BOState._fields if f not in ("y_lo", "n_fallback")])
+    checkpoint.save_state(tmp_path / "old", Old(**{f: getattr(warm_state, f) for f in Old._fields}))
+    restored = checkpoint.restore_state(tmp_path / "old", loop.init(CFG, 1.0, capacity=32))
+    assert isinstance(restored, loop.BOState) and int(restored.n_fallback) == 0
+    np.testing.assert_array_equal(np.asarray(restored.y_lo), 0.0)
+    a, _ = loop.ask(jax.random.key(8), warm_state, CFG)
+    b, _ = loop.ask(jax.random.key(8), restored, CFG)
+    np.testing.assert_allclose(np.asarray(a.x), np.asarray(b.x), atol=1e-5)
+    assert int(a.memo_depth) == int(b.memo_depth)
 
 
 def test_tell_grows_capacity():

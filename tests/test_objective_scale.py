@@ -1,0 +1,129 @@
+"""Objective scale: an increasing affine change of the objective changes no proposal;
+values beyond float32 are refused; huge, tiny and offset objectives keep their digits."""
+
+import jax
+import numpy as np
+import pytest
+
+from eeipu_jax import gp, loop
+from eeipu_jax.space import Float, SearchSpace, StageSpace
+
+SPACE = SearchSpace(
+    [
+        StageSpace("prep", [Float("a", 0.0, 1.0), Float("b", 0.0, 1.0)]),
+        StageSpace("train", [Float("c", 0.0, 1.0), Float("d", 0.0, 1.0)]),
+        StageSpace("eval", [Float("e", 0.0, 1.0)]),
+    ]
+)
+CFG = loop.BOConfig.from_space(SPACE, method="eeipu", n_warmup=4, n_random=128, n_per_prefix=16, mc_samples=256)
+N_BO = 4
+
+
+def f(u):
+    u = np.asarray(u, np.float64)
+    return float(-np.sum((u - 0.35) ** 2) + 0.3 * np.sin(5.0 * u[0]))  # in about [-2.1, 0.3]
+
+
+def stage_costs(u):
+    u = np.asarray(u, np.float64)
+    return np.array([1.0 + 4.0 * u[0], 0.5 + 2.0 * u[2], 0.2 + 0.2 * u[4]])
+
+
+TRANSFORMS = {
+    "f": lambda v: v,
+    "1e9+f": lambda v: 1e9 + v,
+    "1e-9*f": lambda v: 1e-9 * v,
+    "1e30*f": lambda v: 1e30 * v,
+    "3f-7": lambda v: 3.0 * v - 7.0,
+}
+
+
+def run(transform):
+    """4 warm-up trials (same points) and N_BO asks with the same keys."""
+    state = loop.init(CFG, budget=1e3, capacity=16)
+    told = []
+    for u in SPACE.sample(np.random.default_rng(0), CFG.n_warmup):
+        told.append(transform(f(u)))
+        state = loop.tell(state, u, told[-1], stage_costs(u))
+    props = []
+    key = jax.random.key(0)
+    for _ in range(N_BO):
+        key, sub = jax.random.split(key)
+        prop, state = loop.ask(sub, state, CFG)
+        x = np.asarray(prop.x)
+        props.append(prop)
+        told.append(transform(f(x)))
+        state = loop.tell(state, x, told[-1], stage_costs(x), int(prop.memo_depth))
+    return props, state, np.array(told)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {name: run(t) for name, t in TRANSFORMS.items()}
+
+
+@pytest.mark.parametrize("name", [n for n in TRANSFORMS if n != "f"])
+def test_affine_changes_of_the_objective_give_the_same_proposals(runs, name):
+    ref = runs["f"][0]
+    got = runs[name][0]
+    for i, (a, b) in enumerate(zip(ref, got)):
+        assert int(a.memo_depth) == int(b.memo_depth) and int(a.source) == int(b.source), (name, i)
+        np.testing.assert_allclose(np.asarray(b.x), np.asarray(a.x), atol=2e-3, err_msg=f"{name}, ask {i}")
+        # acquisitions live on the standardized scale: the scores agree too
+        assert float(b.score) == pytest.approx(float(a.score), abs=2e-3), (name, i)
+        assert np.isfinite(float(b.score)) and not bool(b.fallback)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_the_state_reports_the_raw_objective(runs, name):
+    _, state, told = runs[name]
+    assert int(state.n) == CFG.n_warmup + N_BO
+    # y + y_lo gives back the float64 value told (1e9 + f keeps f's digits)
+    np.testing.assert_allclose(loop.objective_values(state), told, rtol=1e-13, atol=0)
+    assert loop.best_observed(state) == pytest.approx(told.max(), rel=1e-13)
+
+
+def test_objective_spread_near_the_float32_limit_stays_finite():
+    """1e38 * f: differences of raw values overflow float32 and sums of squares
+    overflow everywhere; the scale-free targets do not."""
+    props, _, _ = run(lambda v: 1e38 * v)
+    assert all(np.isfinite(float(p.score)) for p in props), [float(p.score) for p in props]
+    assert not any(bool(p.fallback) for p in props)
+    ref = run(TRANSFORMS["f"])[0]
+    np.testing.assert_allclose(np.asarray(props[-1].x), np.asarray(ref[-1].x), atol=2e-3)
+
+
+def test_values_beyond_float32_are_refused_and_infinities_are_failures():
+    state = loop.init(CFG, budget=10.0)
+    u = SPACE.sample(np.random.default_rng(1), 1)[0]
+    for y in (1e39, -4e38):
+        with pytest.raises(ValueError, match=r"y=.*float32 range.*rescale"):
+            loop.tell(state, u, y, stage_costs(u))
+    for y in (np.inf, -np.inf, np.nan):
+        s = loop.tell(state, u, y, stage_costs(u))
+        assert bool(s.failed[0]) and np.isnan(loop.objective_values(s)[0])
+    s = loop.tell(state, u, 3.4e38, stage_costs(u))  # representable: accepted
+    assert loop.best_observed(s) == pytest.approx(3.4e38, rel=1e-12)
+
+
+def test_standardize_is_scale_free_against_numpy():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=12)
+    mask = np.ones(12, bool)
+    mask[[3, 9]] = False
+    ref = (v[mask] - v[mask].mean()) / v[mask].std(ddof=1)
+    for a, b in [(1.0, 0.0), (1e-9, 0.0), (1e30, 0.0), (3.0, -7.0), (1e37, 1e37)]:
+        y = a * v + b
+        hi = y.astype(np.float32)
+        z, _, _ = gp.standardize(hi, mask)
+        np.testing.assert_allclose(np.asarray(z)[mask], ref, atol=1e-5, err_msg=f"{a} * v + {b}")
+        assert np.all(np.asarray(z)[~mask] == 0)
+    # an offset float32 cannot hold: the hi/lo pair keeps the digits
+    y = 1e9 + v
+    hi = y.astype(np.float32)
+    lo = (y - hi.astype(np.float64)).astype(np.float32)
+    z, _, _ = gp.standardize(hi, mask, lo)
+    np.testing.assert_allclose(np.asarray(z)[mask], ref, atol=1e-5)
+    # constant data: std 1, finite zeros
+    z, mean, std = gp.standardize(np.full(12, 1e-20, np.float32), mask)
+    assert float(std) == 1.0 and np.all(np.asarray(z) == 0)
