@@ -83,6 +83,8 @@ def test_trials_summary_dataframe_and_plot_agree_with_the_records(tmp_path):
     assert study.best_trial.y == max(ys) and study.best_trial.index == int(np.argmax(ys))
     assert summary["n_trials"] == 9 and summary["spent"] == pytest.approx(sum(r["charged"] for r in records))
     assert study.summary()["best"] == summary["best"]
+    # every record says whether ask fell back (all scores non-finite); none did on this well-posed run
+    assert [r["fallback"] for r in records] == [False] * 9 and summary["n_fallback"] == 0
     assert json.load(open(os.path.join(study.out_dir, "summary.json")))["n_trials"] == 9
 
     df = study.trials_dataframe()

@@ -553,6 +553,7 @@ class Study:
             "n_trials": len(records),
             "n_failed": sum(1 for r in records if r["status"] != "ok"),
             "n_memoized": sum(1 for r in records if r["memo_depth"] > 0),
+            "n_fallback": sum(1 for r in records if r.get("fallback", False)),
             "best": None if best is None else {k: best[k] for k in ("index", "y", "params", "metrics")},
             "cache_io_seconds": io,
             "cache_io_fraction": io / spent if spent > 0 else 0.0,
@@ -759,6 +760,8 @@ class Study:
                     "saved_keys": list(result.saved_keys),
                     "eta": float(prop.eta),
                     "score": float(prop.score),
+                    # every candidate scored non-finite: ask fell back to its documented choice
+                    "fallback": bool(prop.fallback),
                     "warmup": i < config.n_warmup,
                     "time": time.time(),
                 }
