@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from pipelines.data import DATA_DIR_ENV, DATASETS, default_data_dir, define_builder, get_builder, load_arrays
-from pipelines.data.aerial_scenes import N_CLASSES, render_scene
+from pipelines.data.aerial_scenes import COLOURS, N_CLASSES, SOURCE_COLOURS, render_scene
 from pipelines.data.pydoc_text import first_sentence
 
 CALLS = {"n": 0}
@@ -100,6 +100,18 @@ def test_aerial_scenes_tiny(tmp_path):
     np.testing.assert_array_equal(val["image"][5], image)
     np.testing.assert_array_equal(val["mask"][5], mask)
     assert len(np.unique(train["mask"])) >= 4  # several classes present
+
+
+def test_aerial_scenes_pretrain_split_is_the_source_domain(tmp_path):
+    pre = load_arrays("aerial_scenes", "pretrain", config="tiny", data_dir=tmp_path)
+    assert pre["image"].shape == (16, 32, 32, 3) and pre["mask"].max() < N_CLASSES
+    image, mask = render_scene(np.random.default_rng([0, 2, 3]), 32, SOURCE_COLOURS)
+    np.testing.assert_array_equal(pre["image"][3], image)
+    np.testing.assert_array_equal(pre["mask"][3], mask)
+    # same layout as the target palette would give, different colours
+    target_image, target_mask = render_scene(np.random.default_rng([0, 2, 3]), 32, COLOURS)
+    np.testing.assert_array_equal(target_mask, mask)
+    assert np.abs(target_image.astype(int) - image.astype(int)).mean() > 5
 
 
 def test_pydoc_text_tiny(tmp_path):

@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from experiments.run import RunSpec, run_tuning
+from eeipu_jax import Study
 from pipelines.base import Stage
 from tests.pipelines_for_tests import fail_on_call
 from pipelines.cache import CachePolicy, StageCache
-from pipelines.language import SIZES, distill_loss, lcs_length, make_tiny, rouge_l_f1
+from pipelines.language import SIZES, denoising_pairs, distill_loss, lcs_length, make_tiny, rouge_l_f1
 from pipelines.registry import get_pipeline
 from pipelines.runner import Runner
-from pipelines.t5 import decode_ids, encode_texts
+from pipelines.t5 import EOS, OFFSET, SENTINEL, T5Config, decode_ids, encode_texts
 
 SMALL_BO = (("n_random", 64), ("mc_samples", 64), ("n_refine", 0), ("n_per_prefix", 8))
 C1 = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-4}
@@ -53,6 +53,28 @@ def test_tokenizer_round_trip():
     ids = encode_texts(["héllo", "a longer text"], 8)
     assert ids.shape == (2, 8) and ids[0, 6] == 2  # 'héllo' is 6 bytes, then EOS
     assert decode_ids(ids[0]) == "héllo" and decode_ids(ids[1]) == "a longe"
+
+
+def test_denoising_pairs_reconstruct_a_window_with_one_span_masked():
+    cfg = T5Config(16, 2, 1, 32, 40, 24)
+    texts = ["The quick brown fox jumps over the lazy dog and keeps running far away.", "short text here"]
+    src, tgt = denoising_pairs(texts, cfg, np.random.default_rng(0))
+    assert src.shape == (2, 40) and tgt.shape == (2, 24)
+    for text, s_row, t_row in zip(texts, src, tgt):
+        s_ids = [int(v) for v in s_row if v != 0]
+        assert s_ids.count(SENTINEL) == 1
+        at = s_ids.index(SENTINEL)
+        t_ids = [int(v) for v in t_row if v != 0]
+        assert t_ids[-1] == EOS
+        window = bytes(v - OFFSET for v in t_ids[:-1])
+        # the target is a stretch of the text starting at a word boundary, and the source is
+        # the same window with one span (15% of it) replaced by the sentinel
+        start = text.encode().find(window)
+        assert start == 0 or text.encode()[start - 1:start] == b" "
+        full = text.encode()[start:start + 40]
+        span = round(0.15 * len(full))
+        assert bytes(v - OFFSET for v in s_ids[:at]) + full[at:at + span] + bytes(v - OFFSET for v in s_ids[at + 1:]) == full
+        assert window == full[:23]
 
 
 def test_distill_loss_matches_numpy():
@@ -122,9 +144,9 @@ def failing_tiny():
 
 @pytest.mark.slow
 def test_failed_stage_is_a_failed_trial_and_the_run_goes_on(tmp_path):
-    spec = RunSpec(pipeline="tests.test_language:failing_tiny", method="ei", budget=1e6, seed=0,
-                   out=str(tmp_path / "run"), n_warmup=3, max_trials=4, bo_options=SMALL_BO, progress=False)
-    summary = run_tuning(spec)
+    study = Study.create(str(tmp_path / "run"), "tests.test_language:failing_tiny", "ei", 1e6, 0, n_warmup=3,
+                         bo=dict(SMALL_BO))
+    summary = study.optimize(4)
     lines = [json.loads(s) for s in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert [r["status"] for r in lines] == ["ok", "failed", "ok", "ok"]
     assert "injected failure" in lines[1]["error"] and lines[1]["failed_stage"] == 1

@@ -20,7 +20,8 @@ from pipelines.cache import CachePolicy, StageCache
 
 pytestmark = pytest.mark.usefixtures("module_data_dir")
 
-_NAMES = ("train_unet", "evaluate", "finetune", "distill_chunk", "greedy_decode")
+_NAMES = ("normalize_and_augment", "train_unet", "evaluate", "permutation", "init_opt_state", "finetune", "distill_chunk",
+          "greedy_decode")
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_segmentation_precompiled_trial_does_not_compile(compile_log, tmp_path):
     compile_log()
     seconds = segmentation.precompile_stages(data, segmentation.SIZES["tiny"], batch_sizes=[8])
     assert seconds > 0
-    assert sorted(set(compile_log())) == ["evaluate", "train_unet"]
+    assert sorted(set(compile_log())) == ["evaluate", "normalize_and_augment", "train_unet"]
     params = {
         "augment": dict(mean_r=0.5, mean_g=0.4, mean_b=0.3, std_r=0.2, std_g=0.2, std_b=0.2),
         "train": dict(batch_size=9, peak_lr=0.01, weight_decay=1e-4),  # used as 8
@@ -82,7 +83,7 @@ def test_language_precompiled_trial_does_not_compile(compile_log):
     data = pipe.prepare()
     compile_log()
     language.precompile_stages(data, language.SIZES["tiny"], batch_sizes=[16])
-    assert sorted(set(compile_log())) == ["distill_chunk", "finetune", "greedy_decode"]
+    assert sorted(set(compile_log())) == ["distill_chunk", "finetune", "greedy_decode", "init_opt_state", "permutation"]
     chunk = dict(lr=1e-3, temperature=2.0, weight_decay=1e-4)
     params = {"preprocess": dict(batch_size=16), "teacher": dict(lr=1e-4, weight_decay=1e-4),
               "distill1": chunk, "distill2": chunk, "distill3": chunk}

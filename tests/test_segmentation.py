@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.run import RunSpec, run_tuning
+from eeipu_jax import Study
 from tests.pipelines_for_tests import fail_on_call
 from pipelines.cache import CachePolicy, StageCache
 from pipelines.registry import get_pipeline
 from pipelines.runner import Runner
-from pipelines.segmentation import augment_copies, make_tiny, mean_field_step, mean_iou, one_cycle
+from pipelines.segmentation import Conv3x3, augment_copies, make_tiny, mean_field_step, mean_iou, one_cycle
 
 SMALL_BO = (("n_random", 64), ("mc_samples", 64), ("n_refine", 0), ("n_per_prefix", 8))
 P1 = {
@@ -34,19 +34,47 @@ def test_mean_field_step_matches_numpy_loops():
     sigma, compat, conf = 1.3, 0.8, 1.5
     log_p = np.log(rng.dirichlet(np.ones(L), size=(H, W)))
     q = rng.dirichlet(np.ones(L), size=(H, W))
-    # Brute force: message_i = sum over window pixels j != i of exp(-|i-j|^2/(2 sigma^2)) q_j.
+    # Brute force: k_ij = exp(-|i-j|^2/(2 sigma^2)) for window pixels j != i, d_i = sum_j k_ij,
+    # message_i = sum_j k_ij q_j / sqrt(d_i d_j) (symmetric normalization).
+    def k(i, j, a, b):
+        return math.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma**2))
+
+    def window(i, j):
+        return [(a, b) for a in range(max(0, i - R), min(H, i + R + 1))
+                for b in range(max(0, j - R), min(W, j + R + 1)) if (a, b) != (i, j)]
+
+    d = np.array([[sum(k(i, j, a, b) for a, b in window(i, j)) for j in range(W)] for i in range(H)])
     msg = np.zeros_like(q)
     for i in range(H):
         for j in range(W):
-            for a in range(max(0, i - R), min(H, i + R + 1)):
-                for b in range(max(0, j - R), min(W, j + R + 1)):
-                    if (a, b) != (i, j):
-                        msg[i, j] += math.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma**2)) * q[a, b]
+            for a, b in window(i, j):
+                msg[i, j] += k(i, j, a, b) * q[a, b] / math.sqrt(d[i, j] * d[a, b])
     z = conf * log_p + compat * msg
     expected = np.exp(z - z.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
     got = mean_field_step(jnp.asarray(log_p, jnp.float32), jnp.asarray(q, jnp.float32), sigma, compat, conf, R)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_conv3x3_matches_numpy_loops_and_lax_conv():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+    conv = Conv3x3(4, im2col=True)
+    params = conv.init(jax.random.key(0), jnp.asarray(x))["params"]
+    kern, bias = np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64) + 0.5
+    params = {"kernel": params["kernel"], "bias": jnp.asarray(bias, jnp.float32)}
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    expected = np.zeros((2, 5, 6, 4))
+    for n in range(2):
+        for i in range(5):
+            for j in range(6):
+                for di in range(3):
+                    for dj in range(3):
+                        expected[n, i, j] += xp[n, i + di, j + dj] @ kern[di, dj]
+    expected += bias
+    for im2col in (True, False):
+        got = Conv3x3(4, im2col=im2col).apply({"params": params}, jnp.asarray(x))
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_one_cycle_matches_closed_form():
@@ -116,9 +144,9 @@ def failing_tiny():
 
 @pytest.mark.slow
 def test_failed_stage_is_a_failed_trial_and_the_run_goes_on(tmp_path):
-    spec = RunSpec(pipeline="tests.test_segmentation:failing_tiny", method="ei", budget=1e6, seed=0,
-                   out=str(tmp_path / "run"), n_warmup=3, max_trials=4, bo_options=SMALL_BO, progress=False)
-    summary = run_tuning(spec)
+    study = Study.create(str(tmp_path / "run"), "tests.test_segmentation:failing_tiny", "ei", 1e6, 0, n_warmup=3,
+                         bo=dict(SMALL_BO))
+    summary = study.optimize(4)
     lines = [json.loads(s) for s in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert [r["status"] for r in lines] == ["ok", "failed", "ok", "ok"]
     assert "injected failure" in lines[1]["error"] and lines[1]["failed_stage"] == 1

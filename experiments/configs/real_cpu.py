@@ -15,11 +15,12 @@ def get_config():
     c.methods = ["ei", "eips", "carbo", "ms_carbo", "eeipu"] + [m for m in ("lambo", "ms_bo") if m in METHODS]
     c.seeds = 3
     c.seed_offset = 0
-    c.budget = 150.0  # wall seconds of trials per run (the paper: 500 s for stacking)
-    # Per-pipeline budgets (seconds); a pipeline not listed uses `budget`. A segmentation trial
-    # costs ~5 s and a language trial ~6-9 s on one core, so their runs get more to leave room
-    # after the 10 warm-up trials.
-    c.budgets = ml_collections.ConfigDict({"segmentation": 180.0, "language": 240.0})
+    c.budget = 100.0  # wall seconds of trials per run (the paper: 500 s for stacking)
+    # Per-pipeline budgets (seconds); a pipeline not listed uses `budget`. At cpu size a full
+    # trial costs about 1.2 s (stacking), 1.7 s (segmentation) and 2.1 s (language) of one core
+    # (docs/real_pipelines.md), so 100 s leaves room for about 40-50 full trials after the
+    # 10 warm-up trials.
+    c.budgets = ml_collections.ConfigDict({})
     c.n_warmup = 10
     c.epsilon = 0.1
     c.cache_policy = "top_q"
