@@ -779,8 +779,12 @@ def predict(post: Posterior, x: Float[Array, " d"]):
         the variance is clamped at 1e-12.
     """
     xq = (x * post.input_mask / post.lengthscale)[None, :]
-    phi, _ = _matern52_and_slope(_sq_dist(post.xs, xq)[:, 0])
-    k_star = post.amplitude * post.row_mask * phi
+    # _matern52, not _matern52_and_slope: predict is differentiated in x
+    # (candidate refinement), and a query whose visible columns equal a
+    # training row's (a memoized candidate's prefix, seen by the prefix cost
+    # GPs) has r2 = 0, where only _matern52's guarded square root keeps the
+    # gradient finite (an unguarded one makes all of it NaN).
+    k_star = post.amplitude * post.row_mask * _matern52(_sq_dist(post.xs, xq)[:, 0])
     v = jax.scipy.linalg.solve_triangular(post.chol, k_star, lower=True)
     mean = v @ post.alpha + post.mean
     var = jnp.maximum(post.amplitude - v @ v, 1e-12)  # k(x, x) = amplitude

@@ -377,3 +377,40 @@ def test_fit_rows_keep_the_best_quarter_and_sample_the_rest():
     assert set(other.tolist()) != set(idx.tolist())  # the sample changes with the key
     few = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), jnp.arange(N) < 10, prio, 16))
     assert set(few[:10].tolist()) == set(range(10))
+
+
+def _np_posterior_mean_var(X, y, x, ls, amp, noise, mean, cols):
+    """Float64 posterior mean and variance at one point of a GP that sees ``cols`` only."""
+    mu, var, _ = reference_posterior(X[:, cols], y, x[None, cols], ls[cols], amp, noise, mean)
+    return mu[0], var[0]
+
+
+@pytest.mark.parametrize("cols", [[0, 1], [0, 1, 2, 3]])
+def test_predict_gradient_is_finite_and_exact_at_a_training_input(cols):
+    # A memoized candidate copies its source trial's prefix, so a prefix
+    # cost GP is queried exactly at a training input; candidate refinement
+    # differentiates predict there. Reference: central differences of the
+    # float64 textbook posterior.
+    d, n = 4, 12
+    X, y = data(n, d, seed=5)
+    p = some_params(d, seed=5)
+    ls, amp, noise = (np.asarray(v, np.float64) for v in gp.constrain(p, CFG))
+    im = np.zeros(d, np.float32)
+    im[cols] = 1.0
+    post = posterior(p, jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32), np.ones(n, bool), CFG,
+                     jnp.asarray(im))
+    x = X[3].copy()  # the GP's columns equal training row 3's
+    if len(cols) < d:
+        x[len(cols):] = [0.15, 0.85]  # the free columns differ from the source row
+    jac = jax.jit(jax.jacobian(lambda z: jnp.stack(gp.predict(post, z))))(jnp.asarray(x, jnp.float32))
+    jac = np.asarray(jac)
+    assert np.all(np.isfinite(jac))
+    h = 1e-5
+    ref = np.zeros((2, d))
+    for c in cols:
+        e = np.zeros(d)
+        e[c] = h
+        hi = _np_posterior_mean_var(X, y, x + e, ls, amp, noise, float(p.mean), cols)
+        lo = _np_posterior_mean_var(X, y, x - e, ls, amp, noise, float(p.mean), cols)
+        ref[:, c] = (np.asarray(hi) - np.asarray(lo)) / (2 * h)
+    np.testing.assert_allclose(jac, ref, rtol=2e-3, atol=2e-3)
