@@ -153,7 +153,7 @@ def _study_options(cfg: dict) -> dict:
     """The :meth:`eeipu_jax.Study.create` options of a config (every job shares them)."""
     return dict(cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=_cache_max_bytes(cfg),
                 n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
-                bo=dict(cfg.get("bo") or {}))
+                bo=dict(cfg.get("bo") or {}), charge_optimizer=cfg.get("charge_optimizer", False))
 
 
 def prepare_pipeline(pipeline_name: str, jax_cache_dir: str | None = None) -> dict:

@@ -224,6 +224,30 @@ def test_failed_trials_are_recorded_charged_and_the_run_continues(tmp_path):
     assert [t.ok for t in study.trials] == [r["status"] == "ok" for r in trials]
 
 
+def test_charge_optimizer_from_the_command_line_charges_and_resumes(tmp_path, capsys):
+    """``--charge-optimizer``: recorded in config.json, each trial charged its own plus its
+    optimizer seconds (the checkpointed budget is their sum), the summary line reports the
+    optimizer's share, and a resume without the flag is refused as a different run."""
+    out = tmp_path / "cli"
+    args = ["--pipeline", "tests.pipelines_for_tests:counting_toy", "--budget", "1e6", "--out", str(out),
+            "--n-warmup", str(N_WARMUP), "--cache-policy", "all", "--max-trials", str(N_WARMUP + 2),
+            "--no-progress", *SMALL_BO_ARGS]
+    assert main([*args, "--charge-optimizer"]) == 0
+    assert "optimizer" in capsys.readouterr().out
+    assert json.load(open(out / "config.json"))["charge_optimizer"] is True
+    trials = read_trials(str(out / "trials.jsonl"))
+    for r in trials:
+        assert r["ask_seconds"] > 0 and r["charged"] == pytest.approx(r["trial_seconds"] + r["ask_seconds"], rel=1e-12)
+    study = Study.load(str(out))
+    n, state = _latest_state(str(out), study)
+    assert n == N_WARMUP + 2
+    assert float(state.spent) == pytest.approx(sum(r["trial_seconds"] + r["ask_seconds"] for r in trials), rel=1e-5)
+    assert main([*args, "--resume"]) == 2
+    assert "charge_optimizer" in capsys.readouterr().err
+    assert main([*args, "--resume", "--charge-optimizer"]) == 0
+    assert len(read_trials(str(out / "trials.jsonl"))) == 2 * (N_WARMUP + 2)
+
+
 # ---------------------------------------------------------------- kill -9
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, capsys):
     out = tmp_path / "run"

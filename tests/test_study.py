@@ -228,3 +228,36 @@ def test_nomemo_study_never_restores_or_writes_and_records_its_name(tmp_path):
     assert json.load(open(os.path.join(study.out_dir, "config.json")))["method"] == "eeipu_nomemo"
     assert all(t.memo_depth == 0 and t.proposed_depth == 0 for t in study.trials)
     assert os.listdir(os.path.join(study.cache_dir, "entries")) == []  # cache writes "auto": none
+
+
+# ------------------------------------------------ the optimizer's seconds
+@pytest.mark.parametrize("charge", [False, True])
+def test_optimizer_seconds_are_recorded_summarized_and_charged_on_request(tmp_path, charge):
+    """Every record has ``ask_seconds`` (positive: the ask and the previous tell ran);
+    the summary's optimizer seconds and fraction equal what the records give (computed
+    here); with ``charge_optimizer`` the budget is charged trial + optimizer seconds,
+    so spent is the sum of those, and a reopened study keeps the setting."""
+    study = _create(tmp_path, charge_optimizer=charge)
+    summary = study.optimize(N_WARMUP + 3)
+    records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    asks = np.array([r["ask_seconds"] for r in records])
+    assert len(asks) == N_WARMUP + 3 and np.all(asks > 0)
+    trial_s = np.array([r["trial_seconds"] for r in records])
+    charged = np.array([r["charged"] for r in records])
+    np.testing.assert_allclose(charged, trial_s + asks if charge else trial_s, rtol=1e-12)
+    assert summary["spent"] == pytest.approx(float(np.sum(charged)), rel=1e-5)
+    assert summary["optimizer_seconds"] == pytest.approx(float(asks.sum()), rel=1e-12)
+    assert summary["optimizer_fraction"] == pytest.approx(float(asks.sum() / (asks.sum() + trial_s.sum())),
+                                                          rel=1e-12)
+    assert summary["charge_optimizer"] is charge
+    assert json.load(open(os.path.join(study.out_dir, "config.json")))["charge_optimizer"] is charge
+    assert Study.load(study.out_dir).charge_optimizer is charge
+    other = not charge
+    with pytest.raises(ConfigError, match="charge_optimizer"):
+        _create(tmp_path, charge_optimizer=other, load_if_exists=True)
+
+
+def test_charge_optimizer_must_be_a_bool(tmp_path):
+    with pytest.raises(ConfigError, match="charge_optimizer"):
+        _create(tmp_path, charge_optimizer="yes")
+    assert not os.path.exists(tmp_path / "run")

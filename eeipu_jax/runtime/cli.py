@@ -94,6 +94,9 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     p("--stage-timeout", type=float, default=None,
       help="per-stage time limit in seconds; a stage over it fails the trial (charged, run continues; default: none)")
     p("--epsilon", type=float, default=0.1, help="price of a memoized stage in the acquisition (default: %(default)s)")
+    p("--charge-optimizer", action="store_true",
+      help="charge the optimizer's seconds (each trial's ask, and the tell before it) to the budget too; "
+           "they are recorded either way (ask_seconds in trials.jsonl, optimizer_fraction in summary.json)")
     p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
       help="set another BOConfig field, e.g. --bo n_random=256 --bo top_q=5 (repeatable)")
     p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
@@ -135,6 +138,7 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         n_warmup=args.n_warmup,
         stage_timeout=args.stage_timeout,
         epsilon=args.epsilon,
+        charge_optimizer=args.charge_optimizer,
         bo_options=tuple(args.bo),
         jax_cache_dir=args.jax_cache_dir if args.jax_cache_dir is not None else default_jax_cache_dir(),
         cli=True,
@@ -155,7 +159,9 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
     print(
         f"{summary['n_trials']} trials ({summary['n_failed']} failed, {summary['n_memoized']} memoized), "
         f"spent {summary['spent']:.1f}/{summary['budget']:.1f} s, best {best_text}, "
-        f"cache I/O {100 * summary['cache_io_fraction']:.1f}% of spend -> {os.path.join(args.out, 'summary.json')}"
+        f"cache I/O {100 * summary['cache_io_fraction']:.1f}% of spend, optimizer {summary['optimizer_seconds']:.1f} s "
+        f"({100 * summary['optimizer_fraction']:.1f}% of optimizer + trial seconds"
+        f"{', charged' if summary['charge_optimizer'] else ', not charged'}) -> {os.path.join(args.out, 'summary.json')}"
     )
     return 0
 

@@ -117,8 +117,8 @@ class Trial:
         y: the objective (``None`` for a failed trial).
         params: raw hyperparameters, ``{stage: {name: value}}``.
         memo_depth: leading stages restored from the stage cache.
-        charged: wall seconds the trial cost the budget (restore, stages,
-            cache writes).
+        charged: seconds the trial cost the budget: its ``trial_seconds``,
+            plus its ``ask_seconds`` in a study that charges the optimizer.
         spent: the budget spent after this trial.
         warmup: whether it was one of the initial random trials.
         stage_costs: compute seconds per stage (restored stages: their
@@ -133,6 +133,11 @@ class Trial:
         eta: cost-cooling exponent of the ask.
         score: acquisition value of the proposal (NaN during warm-up).
         time: Unix time when the trial was recorded.
+        trial_seconds: wall seconds of the trial itself (restore, stages,
+            cache writes).
+        ask_seconds: the optimizer's wall seconds before the trial (the
+            previous trial's tell in this process and the ask that proposed
+            it); NaN in records written before they were recorded.
     """
 
     index: int
@@ -153,6 +158,8 @@ class Trial:
     eta: float = math.nan
     score: float = math.nan
     time: float = math.nan
+    trial_seconds: float = math.nan
+    ask_seconds: float = math.nan
 
     @property
     def ok(self) -> bool:
@@ -185,4 +192,6 @@ class Trial:
             eta=num(rec.get("eta")),
             score=num(rec.get("score")),
             time=num(rec.get("time")),
+            trial_seconds=num(rec.get("trial_seconds", rec["charged"])),
+            ask_seconds=num(rec.get("ask_seconds")),
         )

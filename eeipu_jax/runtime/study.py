@@ -15,8 +15,17 @@ memoizing methods, remaining stages timed), ``tell`` the result, append one
 line to ``trials.jsonl`` (flushed and fsynced), then checkpoint the BO state
 and key with orbax. The budget is wall seconds of trials (restore, stages,
 cache writes); the optimizer's own time is not charged, as in the paper
-(arXiv 2411.03731). The loop runs while ``spent < budget``, so the last trial
-may overshoot.
+(arXiv 2411.03731), unless ``charge_optimizer`` is set. Either way each trial
+records its optimizer seconds (``ask_seconds``: the wall seconds of the
+``tell`` of the previous trial in this process plus the ``ask`` that
+proposed this one, each timed to ``block_until_ready``: all the optimizer
+did between the end of one trial and the start of the next) and its own
+seconds (``trial_seconds``); the summary gives ``optimizer_seconds`` and
+``optimizer_fraction``, their share of optimizer plus trial seconds. With
+``charge_optimizer`` the budget is charged ``trial_seconds + ask_seconds``
+per trial (``charged``), so the optimizer's time counts against the budget
+as the trials' does. The loop runs while ``spent < budget``, so the last
+trial may overshoot.
 
 A run directory holds::
 
@@ -79,10 +88,10 @@ _BO_RESERVED = ("n_warmup",)
 # The fields of config.json that make a run what it is: reopening a run with
 # explicit settings (a command line's --resume) must match them.
 _IDENTITY = ("format", "pipeline", "pipeline_name", "pipeline_version", "method", "budget", "seed", "n_warmup",
-             "epsilon", "cache_policy", "cache_q", "cache_writes", "bo_options")
+             "epsilon", "cache_policy", "cache_q", "cache_writes", "bo_options", "charge_optimizer")
 # Options of Study.create beyond (pipeline, method, budget, seed), with their defaults.
 _OPTIONS = dict(cache_dir=None, cache_policy="top_q", cache_q=5, cache_max_bytes=None, cache_writes="auto",
-                n_warmup=10, stage_timeout=None, epsilon=0.1, bo=None, jax_cache_dir=None)
+                n_warmup=10, stage_timeout=None, epsilon=0.1, bo=None, jax_cache_dir=None, charge_optimizer=False)
 # Options that may differ when a run is reopened (where it runs, not what it is).
 _RUNTIME = ("cache_dir", "cache_max_bytes", "stage_timeout", "jax_cache_dir")
 
@@ -114,6 +123,8 @@ class StudySettings:
         jax_cache_dir: turn on JAX's persistent compilation cache in this
             directory when optimizing (``None``: leave JAX's configuration
             alone).
+        charge_optimizer: charge the optimizer's seconds of each trial (its
+            ``ask_seconds``) to the budget with the trial's own.
         cli: name settings as command-line options in error messages.
     """
 
@@ -132,6 +143,7 @@ class StudySettings:
     epsilon: float = 0.1
     bo_options: tuple = ()
     jax_cache_dir: str | None = None
+    charge_optimizer: bool = False
     cli: bool = False
 
     def name(self, field: str) -> str:
@@ -193,6 +205,8 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
         bad("stage_timeout", f"must be positive seconds, got {s.stage_timeout!r}")
     if not (is_real(s.epsilon) and math.isfinite(s.epsilon) and s.epsilon > 0):
         bad("epsilon", f"must be a positive number, got {s.epsilon!r}")
+    if not isinstance(s.charge_optimizer, bool):
+        bad("charge_optimizer", f"must be True or False, got {s.charge_optimizer!r}")
     if not isinstance(s.method, str):
         bad("method", f"must be a registered method name, got {s.method!r}")
     try:
@@ -241,6 +255,7 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
         "cache_q": int(policy.q),
         "cache_writes": s.cache_writes,
         "bo_options": {k: bo_options[k] for k in sorted(bo_options)},
+        "charge_optimizer": s.charge_optimizer,
         # Not part of the run's identity: where the pipeline can be imported
         # from, and where the run ran (defaults when it is reopened).
         "pipeline_target": target_of(s.pipeline) if isinstance(s.pipeline, str) else None,
@@ -293,6 +308,8 @@ def _read_config(run_dir: str, what: str) -> dict:
             raise ValueError(f"it holds a {type(saved).__name__}, not an object")
     except (OSError, ValueError) as e:
         raise ConfigError(f"{what}: {path} is unreadable ({e}); the run directory was altered") from None
+    # Runs recorded before the option existed charged trials only.
+    saved.setdefault("charge_optimizer", False)
     return saved
 
 
@@ -363,7 +380,8 @@ class Study:
                 ``cache_max_bytes`` (int or ``"500MB"``), ``cache_writes``
                 (``"auto"``: only memoizing methods write), ``stage_timeout``
                 (seconds), ``jax_cache_dir`` (turn on JAX's persistent
-                compilation cache there).
+                compilation cache there), ``charge_optimizer`` (False:
+                charge the optimizer's seconds to the budget too).
 
         Raises:
             ConfigError: a wrong setting (nothing is written), or ``out_dir``
@@ -425,7 +443,7 @@ class Study:
         settings = StudySettings(
             pipeline=spec, method=saved["method"], budget=saved["budget"], seed=saved["seed"], out=run_dir,
             cache_policy=saved["cache_policy"], cache_q=saved["cache_q"], cache_writes=saved["cache_writes"],
-            n_warmup=saved["n_warmup"], epsilon=saved["epsilon"],
+            n_warmup=saved["n_warmup"], epsilon=saved["epsilon"], charge_optimizer=saved["charge_optimizer"],
             bo_options=tuple(sorted((saved["bo_options"] or {}).items())),
             cache_dir=recorded.get("cache_dir"), cache_max_bytes=recorded.get("cache_max_bytes"),
             stage_timeout=recorded.get("stage_timeout"), jax_cache_dir=recorded.get("jax_cache_dir"),
@@ -519,6 +537,11 @@ class Study:
         return self._plan.config
 
     @property
+    def charge_optimizer(self) -> bool:
+        """Whether the optimizer's seconds are charged to the budget."""
+        return bool(self._plan.settings.charge_optimizer)
+
+    @property
     def cache_dir(self) -> str:
         return self._plan.cache_dir
 
@@ -537,12 +560,17 @@ class Study:
         return None if best is None else Trial.from_record(best)
 
     def summary(self) -> dict:
-        """Trials, failures, memoized trials, spend, the best trial and the share of cache I/O."""
+        """Trials, failures, memoized trials, spend, the best trial, the share of cache I/O and
+        the optimizer's seconds and share (of optimizer plus trial seconds)."""
         return self._summary(self._records())
 
     def _summary(self, records: list[dict]) -> dict:
         spent = float(records[-1]["spent"]) if records else 0.0
         io = sum(r["restore_seconds"] + r["save_seconds"] for r in records)
+        # Records written before ask_seconds was recorded carry no optimizer time.
+        timed = [r for r in records if "ask_seconds" in r]
+        optimizer = sum(r["ask_seconds"] for r in timed)
+        wall = optimizer + sum(r["trial_seconds"] for r in timed)
         best = _best(records)
         return {
             "pipeline": self.pipeline.name,
@@ -557,6 +585,9 @@ class Study:
             "best": None if best is None else {k: best[k] for k in ("index", "y", "params", "metrics")},
             "cache_io_seconds": io,
             "cache_io_fraction": io / spent if spent > 0 else 0.0,
+            "charge_optimizer": self.charge_optimizer,
+            "optimizer_seconds": optimizer,
+            "optimizer_fraction": optimizer / wall if wall > 0 else 0.0,
         }
 
     def trials_dataframe(self):
@@ -577,6 +608,7 @@ class Study:
         for t in self.trials:
             row = {"index": t.index, "status": t.status, "y": t.y, "memo_depth": t.memo_depth,
                    "proposed_depth": t.proposed_depth, "source": t.source, "charged": t.charged,
+                   "trial_seconds": t.trial_seconds, "ask_seconds": t.ask_seconds,
                    "spent": t.spent, "warmup": t.warmup, "error": t.error}
             row.update({f"params.{s}.{k}": v for s, p in t.params.items() for k, v in p.items()})
             row.update({f"metrics.{k}": v for k, v in t.metrics.items()})
@@ -721,11 +753,16 @@ class Study:
             )
 
         postfix()
+        charge_optimizer = plan.settings.charge_optimizer
+        tell_seconds = 0.0  # the previous trial's tell (none before the first trial of this process)
         with bar, logging_redirect_tqdm():
             while float(state.spent) < budget and (max_trials is None or len(records) - started < max_trials):
                 i = int(state.n)
+                t0 = time.perf_counter()
                 key, k_ask = jax.random.split(key)
                 prop, state = bo.ask(k_ask, state, config)
+                jax.block_until_ready((prop, state))
+                ask_seconds = tell_seconds + (time.perf_counter() - t0)
                 x = np.array(prop.x, np.float32)
                 params = space.from_unit(x)
                 proposed_depth, source = int(prop.memo_depth), int(prop.source)
@@ -736,7 +773,11 @@ class Study:
                     mask = space.prefix_mask(proposed_depth)
                     x[mask] = np.asarray(state.X[source])[mask]
                 result = runner.run(params)
-                state = bo.tell(state, x, result.objective, result.stage_costs, result.memo_depth, result.charged)
+                charged = result.charged + ask_seconds if charge_optimizer else result.charged
+                t0 = time.perf_counter()
+                state = bo.tell(state, x, result.objective, result.stage_costs, result.memo_depth, charged)
+                jax.block_until_ready(state)
+                tell_seconds = time.perf_counter() - t0
                 record = {
                     "index": i,
                     "status": result.status,
@@ -748,7 +789,9 @@ class Study:
                     "source": source,
                     "stage_costs": result.stage_costs,
                     "stage_seconds": result.stage_seconds,
-                    "charged": result.charged,
+                    "charged": charged,
+                    "trial_seconds": result.charged,
+                    "ask_seconds": ask_seconds,
                     "spent": float(state.spent),
                     "restore_seconds": result.restore_seconds,
                     "save_seconds": result.save_seconds,
@@ -768,7 +811,7 @@ class Study:
                 records.append(append_line(trials_path, record))
                 logger.info(
                     "trial %d %s: y=%s memo_depth=%d charged=%.3fs spent=%.1f/%gs%s",
-                    i, result.status, f"{result.objective:.6g}", result.memo_depth, result.charged,
+                    i, result.status, f"{result.objective:.6g}", result.memo_depth, charged,
                     float(state.spent), budget, f" ({result.error})" if result.error else "",
                 )
                 rundir.save_checkpoint(self.out_dir, state, key)
@@ -778,7 +821,7 @@ class Study:
                 fails += not result.ok
                 best = _best(records)
                 postfix()
-                bar.update(max(0.0, min(result.charged, bar.total - bar.n)))  # the last trial may overshoot
+                bar.update(max(0.0, min(charged, bar.total - bar.n)))  # the last trial may overshoot
 
         summary = self._summary(records)
         summary["cache"] = cache.summary()

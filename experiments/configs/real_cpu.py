@@ -28,5 +28,8 @@ def get_config():
     c.cache_max_bytes = None
     c.stage_timeout = ml_collections.FieldReference(None, field_type=float)
     c.max_trials = ml_collections.FieldReference(None, field_type=int)
+    # True: each trial is also charged the optimizer's seconds before it (its ask and the tell
+    # before); they are recorded either way (ask_seconds, optimizer_fraction in summary.json).
+    c.charge_optimizer = False
     c.bo = ml_collections.ConfigDict()  # other BOConfig fields, e.g. {"top_q": 5}
     return c
