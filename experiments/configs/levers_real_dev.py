@@ -13,4 +13,9 @@ def get_config():
     c.methods = ["ei", "eeipu"]
     c.seeds = 3
     c.seed_offset = 0
+    # Defaults of BOConfig, listed so that each can be overridden with --set bo.<field>=...
+    c.bo.prefix_pool = "all"
+    c.bo.prefix_select = "top_trials"
+    c.bo.pbgi_lambda0 = 0.1
+    c.bo.pbgi_decay = 2.0
     return c
