@@ -9,9 +9,9 @@ values, so compression could not help): seconds of
   not fsync, for integrity);
 * ``raw read (cold)``: reading the file back into memory after evicting it
   from the page cache (``posix_fadvise(DONTNEED)``); ``raw read (hot)``;
-* ``cache save``: :meth:`pipelines.cache.StageCache.save` (orbax write,
+* ``cache save``: :meth:`eeipu_jax.runtime.cache.StageCache.save` (orbax write,
   SHA-256 of the files, metadata, atomic rename);
-* ``cache restore``: :meth:`~pipelines.cache.StageCache.restore` (SHA-256
+* ``cache restore``: :meth:`~eeipu_jax.runtime.cache.StageCache.restore` (SHA-256
   verification, orbax read, array placement), hot and cold;
 * ``orbax save`` / ``orbax restore``: the orbax calls alone (no hashing), to
   show where the time goes.
@@ -19,7 +19,7 @@ values, so compression could not help): seconds of
 Medians over ``--repeats``; the raw baselines run in the same process on the
 same directory, so the ratios are the overhead of the cache on this machine.
 
-Part 2: a short real tuning run (:func:`experiments.run.run_tuning`) of the
+Part 2: a short real tuning run (:class:`eeipu_jax.Study`) of the
 demo pipeline with EEIPU, reporting the fraction of its budget spent on cache
 I/O (restores + writes) per cache policy.
 
@@ -50,7 +50,10 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.cache import CachePolicy, StageCache, _digest_dir  # noqa: E402
+import pipelines.registry  # noqa: E402,F401  (registers "toy")
+from eeipu_jax.cpu import pin_xla_threads  # noqa: E402
+from eeipu_jax.runtime.cache import CachePolicy, StageCache  # noqa: E402
+from eeipu_jax.runtime.cache.store import _digest_dir  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -129,16 +132,13 @@ def bench_size(root: str, megabytes: int, repeats: int) -> dict:
 
 
 def bench_run(root: str, budget: float, policy: str, seed: int) -> dict:
-    from experiments.run import RunSpec, run_tuning
+    from eeipu_jax import Study
 
-    spec = RunSpec(
-        pipeline="toy", method="eeipu", budget=budget, seed=seed, out=os.path.join(root, f"run-{policy}"),
-        cache_policy=policy, progress=False,
-    )
+    out = os.path.join(root, f"run-{policy}")
     t = time.perf_counter()
-    summary = run_tuning(spec)
+    summary = Study.create(out, "toy", "eeipu", budget, seed, cache_policy=policy).optimize()
     wall = time.perf_counter() - t
-    trials = [json.loads(line) for line in open(os.path.join(spec.out, "trials.jsonl"))]
+    trials = [json.loads(line) for line in open(os.path.join(out, "trials.jsonl"))]
     restore = sum(r["restore_seconds"] for r in trials if r["memo_depth"] > 0)
     save = sum(r["save_seconds"] for r in trials)
     return {
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-run", action="store_true", help="only part 1")
     parser.add_argument("--out", default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
+    pin_xla_threads()  # the scripts' CPU set-up, before the first JAX computation
 
     root = tempfile.mkdtemp(prefix="cache-bench-", dir=args.dir)
     results = {

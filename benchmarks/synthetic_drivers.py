@@ -48,7 +48,7 @@ def run_driver(driver: str, config: str, overrides: list[str], workers: int, out
     cache = tempfile.mkdtemp(prefix=f"xla-{driver}-")
     env = dict(os.environ, EEIPU_JAX_XLA_CACHE=cache, PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "experiments.synthetic", "--config", config, *DRIVERS[driver],
-           "--out", out, "--workers", str(workers), "--no-figures"]
+           "--out", out, "--workers", str(workers)]
     for o in overrides:
         cmd += ["--set", o]
     print("$", " ".join(cmd), flush=True)

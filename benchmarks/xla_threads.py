@@ -1,7 +1,7 @@
 """Does a two-thread XLA CPU pool speed up ``ask``, and does it hang?
 
 Importing eeipu_jax creates the JAX CPU backend with a one-thread intra-op pool
-(eeipu_jax/_runtime.py): jaxlib < 0.11 splits a batched LAPACK call
+(eeipu_jax/cpu.py, which the scripts opt in to): jaxlib < 0.11 splits a batched LAPACK call
 (Cholesky, triangular solve: the stacked GP fits) over the pool and blocks a
 pool thread until the chunks finish, so several such calls at once can wait
 on each other forever. ``EEIPU_JAX_NO_PIN=1`` skips the pinning: the pool then

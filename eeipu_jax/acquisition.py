@@ -41,7 +41,10 @@ observed so far; it decays as in the paper's PBGI-D (see
 
 Adding an acquisition is one function and one :func:`register` call; the
 registry entry says which cost model it needs and whether it proposes
-memoized prefixes.
+memoized prefixes. Any registered name with the suffix ``_nomemo`` resolves
+to the same method with memoization off (:func:`get_method`):
+``eeipu_nomemo`` is the paper's Q = 0 ablation, scored exactly like EEIPU
+at memo depth 0 and never proposing a cached prefix.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ __all__ = [
     "register",
     "get_method",
     "METHODS",
+    "NOMEMO_SUFFIX",
     "log_h",
     "expected_improvement",
     "log_expected_improvement",
@@ -331,12 +335,31 @@ def register(method: Method, *, overwrite: bool = False) -> Method:
     return method
 
 
+#: A method name with this suffix is the registered method with memoization off.
+NOMEMO_SUFFIX = "_nomemo"
+
+
 def get_method(name: str) -> Method:
-    """Look a method up by (case-insensitive) name, with a clear error."""
-    try:
-        return METHODS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}") from None
+    """Look a method up by (case-insensitive) name, with a clear error.
+
+    ``<name>_nomemo`` is the registered ``<name>`` with ``memoize=False``
+    (same acquisition, cost model and search; only the memoized-prefix
+    candidates are left out), named ``<name>_nomemo``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a method name must be a string, got {name!r}")
+    key = name.lower()
+    if key in METHODS:
+        return METHODS[key]
+    base = key.removesuffix(NOMEMO_SUFFIX)
+    if base != key and base in METHODS:
+        m = METHODS[base]
+        return dataclasses.replace(m, name=key, memoize=False,
+                                   description=f"{m.description}, memoization off" if m.memoize else m.description)
+    raise ValueError(
+        f"unknown method {name!r}; registered: {sorted(METHODS)} "
+        f"(add {NOMEMO_SUFFIX!r} to any of them to turn memoization off)"
+    )
 
 
 register(Method("ei", ei, "none", False, "expected improvement"))

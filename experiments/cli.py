@@ -1,9 +1,13 @@
-"""The ``eeipu`` command: one entry point for the experiment scripts.
+"""One entry point for the experiment scripts of a clone: ``python -m experiments.cli COMMAND``.
 
-    eeipu synthetic [...]   the synthetic comparison      (python -m experiments.synthetic)
-    eeipu real [...]        the real-pipeline comparison  (python -m experiments.real)
-    eeipu run [...]         a tuning run on a pipeline    (python -m experiments.run)
-    eeipu figures DIR       figures from a results folder (python -m paper_figures.synthetic)
+    python -m experiments.cli synthetic [...]   the synthetic comparison      (python -m experiments.synthetic)
+    python -m experiments.cli real [...]        the real-pipeline comparison  (python -m experiments.real)
+    python -m experiments.cli run [...]         a tuning run on a pipeline    (python -m experiments.run)
+
+The installed ``eeipu`` command is the library's (:mod:`eeipu_jax.runtime.cli`:
+``eeipu tune``, ``eeipu summary``); the experiments live in the repository and
+run from its root. Figures are drawn by ``python -m paper_figures.synthetic``
+and ``python -m paper_figures.real`` from a results folder.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ _COMMANDS = {
     "synthetic": ("experiments.synthetic", "the synthetic comparison (methods x pipelines x seeds)"),
     "real": ("experiments.real", "the real-pipeline comparison (stacking, segmentation, language)"),
     "run": ("experiments.run", "a crash-safe tuning run on a (real) pipeline with the stage cache"),
-    "figures": ("paper_figures.synthetic", "draw figures and the summary table from a results folder"),
-    "stage-regret": ("paper_figures.stage_regret", "per-stage regret of the best points of synthetic runs"),
 }
 
 
@@ -23,7 +25,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
         lines = [f"  {name:<10} {desc}" for name, (_, desc) in _COMMANDS.items()]
-        print("usage: eeipu COMMAND [options]   (eeipu COMMAND --help for options)\n\ncommands:\n" + "\n".join(lines))
+        print("usage: python -m experiments.cli COMMAND [options]   (COMMAND --help for options)\n\ncommands:\n"
+              + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     import importlib
 

@@ -18,17 +18,25 @@ rebuilt from results alone.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib.util
 import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+# The checks a study makes are the library's; the experiment scripts share them.
+from eeipu_jax.runtime.settings import (  # noqa: F401  (re-exported)
+    INT32_MAX,
+    ConfigError,
+    check_writable_dir,
+    coerce_bo_option,
+    is_int,
+    is_real,
+)
 
 __all__ = [
     "ConfigError",
@@ -54,25 +62,9 @@ __all__ = [
 ]
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
-#: Integer settings enter jitted code as int32.
-INT32_MAX = 2**31 - 1
 
 
 # ------------------------------------------------------------- checking
-class ConfigError(ValueError):
-    """A wrong setting (config file, ``--set`` override or option), found before any compute."""
-
-
-def is_int(v: Any) -> bool:
-    """An integer (Python or NumPy), not a bool."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def is_real(v: Any) -> bool:
-    """A real number (Python or NumPy int or float), not a bool."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
 def check_int(value: Any, name: str, lo: int, hi: int = INT32_MAX) -> int:
     """``value`` as an ``int`` in ``lo .. hi`` (raises :class:`ConfigError` naming ``name``)."""
     if not (is_int(value) and lo <= value <= hi):
@@ -105,89 +97,6 @@ def check_names(values: Any, name: str, check: Callable[[str], Any]) -> list[str
     if len(set(values)) != len(values):
         raise ConfigError(f"{name} lists a name twice: {values}")
     return values
-
-
-def _nearest_existing(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
-def check_writable_dir(path: Any, what: str, error: type[Exception] = ConfigError) -> str:
-    """``path`` made absolute, after checking it is (or can be made) a writable directory.
-
-    Leaves nothing behind: the check creates and removes one empty directory
-    in ``path``, or in its nearest existing ancestor if ``path`` does not exist
-    yet (the caller creates it once every setting is checked).
-
-    Raises:
-        error: not a path, an existing non-directory on the way, or not
-            writable (the message starts with ``what``).
-    """
-    if not isinstance(path, str) or not path.strip():
-        raise error(f"{what}: expected a directory path, got {path!r}")
-    path = os.path.abspath(path)
-    base = _nearest_existing(path)
-    if not os.path.isdir(base):
-        raise error(f"{what} {path!r}: {base!r} exists and is not a directory")
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".eeipu-write-test-"))
-    except OSError as e:
-        raise error(f"{what} {path!r} is not writable: {e}") from None
-    return path
-
-
-def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where: str = "bo.") -> Any:
-    """A :class:`~eeipu_jax.loop.BOConfig` field's value (text or a config's value) as the field's type.
-
-    Ints must fit int32, floats must be finite, bools and strings must be
-    what they say; the core checks ranges when the config is built.
-    ``where`` starts the messages (``"--bo "`` on a command line, ``"bo."``
-    in a config).
-
-    Raises:
-        ConfigError: not a settable field (``reserved`` ones included), or a
-            value of the wrong type.
-    """
-    from eeipu_jax import loop
-
-    fields = {f.name: f for f in dataclasses.fields(loop.BOConfig)}
-    if name not in fields or name in reserved or name in ("stage_of_column", "bins", "method", "gp"):
-        allowed = sorted(set(fields) - set(reserved) - {"stage_of_column", "bins", "method", "gp"})
-        raise ConfigError(f"{where}{name}: not a settable BOConfig field; choose from {allowed}")
-    default = fields[name].default
-    kind = type(default).__name__
-    what = {"float": "a finite float", "int": f"an int of at most {INT32_MAX}"}.get(kind, f"a {kind}")
-    if isinstance(value, str) and not isinstance(default, str):
-        text = value.strip()
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(text)
-                value = text.lower() in ("true", "1")
-            elif isinstance(default, int):
-                value = int(text)
-            elif isinstance(default, float):
-                value = float(text)
-        except ValueError:
-            raise ConfigError(f"{where}{name}={value}: expected {what}") from None
-    ok = (
-        isinstance(value, (bool, np.bool_)) if isinstance(default, bool)
-        else is_int(value) and abs(value) <= INT32_MAX if isinstance(default, int)
-        else is_real(value) and math.isfinite(value) if isinstance(default, float)
-        else isinstance(value, str) if isinstance(default, str)
-        else True
-    )
-    if not ok:
-        raise ConfigError(f"{where}{name}={value!r}: expected {what}")
-    if isinstance(default, bool):
-        return bool(value)
-    if isinstance(default, float):
-        return float(value)
-    return int(value) if is_int(value) else value
 
 
 def load_checked_config(name: str, overrides: Iterable[str]):

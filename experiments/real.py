@@ -7,7 +7,7 @@ Usage::
     python -m experiments.real --config real_cpu --set seeds=5 --set "pipelines=['stacking']"
 
 Each (pipeline, method, seed) job is one crash-safe tuning run
-(:func:`experiments.run.run_tuning`, called in-process) with its own run and
+(an :class:`eeipu_jax.Study`, in-process) with its own run and
 stage-cache directories, ``<out>/tuning/<pipeline>/<method>/seed<k>/``. Every
 method of a seed starts from the same warm-up configurations (the optimizer's
 key depends on the seed only) and gets the same budget of measured seconds.
@@ -15,24 +15,25 @@ When a run ends its ``trials.jsonl`` is converted into the synthetic
 benchmark's results format, ``<out>/runs/run_<pipeline>_<method>_<seed>.json``
 (:func:`experiments.common.write_run`), so the summaries
 (:func:`experiments.common.summarize`, :func:`~experiments.common.headline`)
-and the figures (:mod:`paper_figures.real`) work unchanged.
+and the figures (``python -m paper_figures.real <out>``) work unchanged.
 
 First each pipeline with runs left is prepared once (:func:`prepare_pipeline`:
 data, pretraining, compilation into the persistent cache), then the jobs run
 in ``--workers`` processes (default 2), each with
 ``OMP_NUM_THREADS=1`` unless it is set; a progress bar counts finished runs.
 Rerunning the same command resumes: runs with a results file are skipped, an
-interrupted run continues from its checkpoint (``RunSpec.resume``).
+interrupted run continues from its checkpoint (``Study.create(...,
+load_if_exists=True)``).
 
 Every setting is checked before anything is written or computed
-(:func:`check_config`, which checks each job's tuning-run settings as
-:mod:`experiments.run` would): a wrong one is named on one line and the exit
+(:func:`check_config`, which checks each job's tuning-run settings with
+:meth:`eeipu_jax.Study.check`): a wrong one is named on one line and the exit
 status is 2.
 
 Outputs: ``<out>/summary.md`` (iterations and best objective per method,
 mean ± standard error, and the paper's two headline figures computed its way,
-beside the paper's +103% / +108%), ``<out>/summary.json``, and figures in
-``<out>/figures``.
+beside the paper's +103% / +108%) and ``<out>/summary.json``; the command that
+draws the figures into ``<out>/figures`` is printed at the end.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _budget(cfg: dict, pipeline: str) -> float:
 
 
 def _cache_max_bytes(cfg: dict) -> int | None:
-    from pipelines.cache import parse_bytes
+    from eeipu_jax.runtime.cache import parse_bytes
 
     value = cfg.get("cache_max_bytes")
     return None if value is None else parse_bytes(value)
@@ -89,7 +90,7 @@ def trials_to_run(trials_path: str, *, pipeline_name: str, method: str, seed: in
     Returns:
         The number of trials converted.
     """
-    from experiments.run import read_trials
+    from eeipu_jax.runtime.records import read_trials
     from pipelines.registry import get_pipeline
 
     records = read_trials(trials_path)
@@ -126,22 +127,18 @@ def trials_to_run(trials_path: str, *, pipeline_name: str, method: str, seed: in
 
 def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> dict:
     """One tuning run (resumed if interrupted), then its results file. Runs in a worker."""
-    from experiments.run import RunSpec, run_tuning
+    from eeipu_jax import Study
+    from eeipu_jax.runtime.cli import default_jax_cache_dir
 
     result = _result_path(out, pipeline_name, method, seed)
     if os.path.exists(result):
         return dict(pipeline=pipeline_name, method=method, seed=seed, skipped=True, seconds=0.0)
     run_dir = _run_dir(out, pipeline_name, method, seed)
     budget = _budget(cfg, pipeline_name)
-    spec = RunSpec(
-        pipeline=pipeline_name, method=method, budget=budget, seed=int(seed), out=run_dir,
-        cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=_cache_max_bytes(cfg),
-        n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
-        bo_options=tuple(sorted((cfg.get("bo") or {}).items())), max_trials=cfg.get("max_trials"),
-        progress=False, resume=os.path.exists(os.path.join(run_dir, "config.json")),
-    )
     t0 = time.perf_counter()
-    summary = run_tuning(spec)
+    study = Study.create(run_dir, pipeline_name, method, budget, int(seed), load_if_exists=True,
+                         jax_cache_dir=default_jax_cache_dir(), **_study_options(cfg))
+    summary = study.optimize(cfg.get("max_trials"))
     seconds = time.perf_counter() - t0
     trials_to_run(
         os.path.join(run_dir, "trials.jsonl"), pipeline_name=pipeline_name, method=method, seed=seed,
@@ -150,6 +147,13 @@ def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> 
     )
     return dict(pipeline=pipeline_name, method=method, seed=seed, skipped=False, seconds=seconds,
                 n_trials=summary["n_trials"], best=(summary["best"] or {}).get("y"))
+
+
+def _study_options(cfg: dict) -> dict:
+    """The :meth:`eeipu_jax.Study.create` options of a config (every job shares them)."""
+    return dict(cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=_cache_max_bytes(cfg),
+                n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
+                bo=dict(cfg.get("bo") or {}))
 
 
 def prepare_pipeline(pipeline_name: str, jax_cache_dir: str | None = None) -> dict:
@@ -190,17 +194,17 @@ def check_config(cfg) -> None:
 
     The fields of the config itself (names, seeds, budgets finite and > 0 per
     pipeline, warm-up, cache and BO settings), then every (pipeline, method)
-    job's tuning-run settings as :mod:`experiments.run` checks them (the
+    job's tuning-run settings as :meth:`eeipu_jax.Study.check` checks them (the
     pipeline is built, its data not prepared); unregistered pipelines are
     left to :func:`plan_jobs`, which skips them.
 
     Raises:
         experiments.common.ConfigError: the first wrong field, named.
     """
+    from eeipu_jax import Study
     from eeipu_jax.acquisition import get_method
-    from experiments.run import RunSpec, _validate
+    from eeipu_jax.runtime.runner import MAX_SEED
     from pipelines.registry import available_pipelines
-    from pipelines.runner import MAX_SEED
 
     try:
         c = {k: cfg[k] for k in ("pipelines", "methods", "seeds", "seed_offset", "budget", "n_warmup", "epsilon",
@@ -228,7 +232,7 @@ def check_config(cfg) -> None:
     if cfg.get("max_trials") is not None:
         common.check_int(cfg.get("max_trials"), "max_trials", 1)
     try:
-        cache_max_bytes = _cache_max_bytes(cfg)
+        _cache_max_bytes(cfg)
     except ValueError as e:
         raise common.ConfigError(f"cache_max_bytes: {e}") from None
     bo = cfg.get("bo") or {}
@@ -240,24 +244,21 @@ def check_config(cfg) -> None:
     known = set(available_pipelines())
     for p in (p for p in pipelines if p in known or ":" in p):
         for m in methods:
-            spec = RunSpec(
-                pipeline=p, method=m, budget=_budget(cfg_dict, p), seed=offset, out="", cache_policy=c["cache_policy"],
-                cache_q=c["cache_q"], cache_max_bytes=cache_max_bytes, n_warmup=c["n_warmup"],
-                stage_timeout=cfg.get("stage_timeout"), epsilon=c["epsilon"],
-                bo_options=tuple(sorted(bo.items())), max_trials=cfg.get("max_trials"), progress=False,
-            )
             try:
-                _validate(spec, disk=False)
+                Study.check(p, m, _budget(cfg_dict, p), offset, **_study_options(cfg_dict))
             except common.ConfigError as e:
                 raise common.ConfigError(f"{p}/{m}: {e}") from None
 
 
 def _init_worker(counter):
     """One CPU per worker for XLA, and single-threaded BLAS/OpenMP in the learners."""
+    from eeipu_jax.cpu import pin_xla_threads
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with counter.get_lock():
         os.environ["EEIPU_JAX_CPU"] = str(counter.value)
         counter.value += 1
+    pin_xla_threads()
 
 
 def _headline_md(head: dict) -> str:
@@ -310,8 +311,10 @@ def main(argv=None) -> int:
                     help="override a config field (repeatable)")
     ap.add_argument("--out", default=None, help="results directory (default results/<config name>)")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (processes)")
-    ap.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     args = ap.parse_args(argv)
+    from eeipu_jax.cpu import pin_xla_threads
+
+    pin_xla_threads()  # before the first JAX computation (serial jobs run in this process)
 
     try:  # every setting before anything is written or computed
         cfg = common.load_checked_config(args.config, args.overrides)
@@ -363,10 +366,8 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(f"\nwall time {wall:.0f} s; results in {out}/")
-    if not args.no_figures:
-        from paper_figures import real as figs
-
-        print("figures: " + ", ".join(figs.draw(out)))
+    # Figures are the paper_figures package's job (it reads these results files).
+    print(f"figures: python -m paper_figures.real {out}   (writes {os.path.join(out, 'figures')}/)")
     return 0
 
 

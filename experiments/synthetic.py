@@ -14,8 +14,8 @@ driver (:func:`eeipu_jax.simulate.run_jitted`; ``--batching`` picks ``lax.map``
 or ``vmap`` over seeds, ``--driver python`` uses the Python ask/tell loop
 instead). Jobs run in ``--workers`` processes. Results:
 ``<out>/runs/run_<pipeline>_<method>_<seed>.json``, ``<out>/summary.md`` and
-``summary.json``; figures are drawn by :mod:`paper_figures.synthetic` into
-``<out>/figures``.
+``summary.json``; the command that draws the figures into ``<out>/figures``
+(``python -m paper_figures.synthetic <out>``) is printed at the end.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def check_config(cfg) -> None:
     """Check every field of a synthetic comparison config before anything runs.
 
     ``budget`` is a finite number > 0 or ``None`` (each pipeline's own
-    budget); seeds fit :data:`pipelines.runner.MAX_SEED`; ``bo`` holds
+    budget); seeds fit :data:`eeipu_jax.runtime.runner.MAX_SEED`; ``bo`` holds
     :class:`~eeipu_jax.loop.BOConfig` fields of the right types, and the
     config they make is built for every pipeline and method;
     ``max_trials`` exceeds the warm-up.
@@ -109,7 +109,7 @@ def check_config(cfg) -> None:
     """
     from eeipu_jax import loop
     from eeipu_jax.acquisition import get_method
-    from pipelines.runner import MAX_SEED
+    from eeipu_jax.runtime.runner import MAX_SEED
     from pipelines.synthetic import get_pipeline
 
     try:
@@ -145,10 +145,13 @@ def check_config(cfg) -> None:
 
 
 def _init_worker(counter):
-    """Give each worker process its own CPU for XLA (see eeipu_jax._runtime)."""
+    """Give each worker process its own CPU for XLA (see :mod:`eeipu_jax.cpu`)."""
+    from eeipu_jax.cpu import pin_xla_threads
+
     with counter.get_lock():
         os.environ["EEIPU_JAX_CPU"] = str(counter.value)
         counter.value += 1
+    pin_xla_threads()
 
 
 def main(argv=None) -> int:
@@ -171,11 +174,13 @@ def main(argv=None) -> int:
                          "or auto (map on CPU, vmap on an accelerator); see eeipu_jax.simulate.run_jitted")
     ap.add_argument("--workers", type=int, default=None,
                     help="parallel jobs (processes); default min(2, CPUs)")
-    ap.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     ap.add_argument("--force", action="store_true",
                     help="rerun jobs whose results files already exist (default: skip them, so an "
                          "interrupted comparison resumes and new methods can be added to a results dir)")
     args = ap.parse_args(argv)
+    from eeipu_jax.cpu import pin_xla_threads
+
+    pin_xla_threads()  # before the first JAX computation (serial jobs run in this process)
 
     try:  # every setting before anything is written or computed
         cfg = common.load_checked_config(args.config, args.overrides)
@@ -236,11 +241,8 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(f"\nwall time {wall:.0f} s; results in {out}/")
-    if not args.no_figures:
-        from paper_figures import synthetic as figs
-
-        paths = figs.draw(out)
-        print("figures: " + ", ".join(paths))
+    # Figures are the paper_figures package's job (it reads these results files).
+    print(f"figures: python -m paper_figures.synthetic {out}   (writes {os.path.join(out, 'figures')}/)")
     return 0
 
 

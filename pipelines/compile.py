@@ -10,7 +10,7 @@ It is a per-process, per-shape cost, not a property of the hyperparameters,
 so pipelines whose shapes come from a finite set compile them all in
 ``prepare()``, which the runner does not charge (like the authors' untimed
 preprocessing). With JAX's persistent compilation cache, which
-:func:`experiments.run.run_tuning` turns on, only the first process on a
+every tuning run of the experiment scripts turns on, only the first process on a
 machine pays the full compile; the others load each executable in about a
 second.
 """

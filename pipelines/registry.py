@@ -1,104 +1,37 @@
-"""Pipelines by name: the registry the CLI and experiment scripts look up.
+"""The repository's pipelines, registered by name.
 
-A registry entry maps a name to a zero-argument factory returning a
-:class:`~pipelines.base.Pipeline`, either the callable itself or its import
-path ``"module:attribute"`` (imported only when the pipeline is requested, so
-registering a pipeline with heavy dependencies costs nothing elsewhere).
-Registering a pipeline is one line::
-
-    register_pipeline("stacking", "pipelines.stacking:make_pipeline")
-
-:func:`get_pipeline` also accepts any ``"module:attribute"`` path directly (a
-``Pipeline`` or a zero-argument factory), so a pipeline defined in a user's
-own module runs without being registered.
+Importing this module registers the concrete pipelines of this repository
+with the library's registry (:mod:`eeipu_jax.runtime.registry`), so that the
+experiment scripts and ``--pipeline NAME`` find them. Each entry is an import
+path, imported only when the pipeline is requested. The registry's functions
+are re-exported here for the scripts' convenience.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-
-from pipelines.base import Pipeline
+from eeipu_jax.runtime.registry import (
+    PIPELINES,
+    available_pipelines,
+    get_pipeline,
+    import_object,
+    register_pipeline,
+)
 
 __all__ = ["PIPELINES", "register_pipeline", "get_pipeline", "available_pipelines", "import_object"]
 
-PIPELINES: dict[str, Callable[[], Pipeline] | str] = {}
-
-
-def register_pipeline(name: str, factory: Callable[[], Pipeline] | str, *, overwrite: bool = False) -> None:
-    """Register a pipeline factory (or its ``"module:attribute"`` path) under ``name``."""
-    if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"pipeline name must be a non-empty string without ':', got {name!r}")
-    if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
-        raise TypeError(f"pipeline {name!r}: factory must be callable or 'module:attribute', got {factory!r}")
-    if name in PIPELINES and not overwrite:
-        raise ValueError(f"pipeline {name!r} is already registered")
-    PIPELINES[name] = factory
-
-
-def available_pipelines() -> list[str]:
-    return sorted(PIPELINES)
-
-
-def import_object(path: str):
-    """The object at ``"module:attribute"`` (dots in ``attribute`` walk nested names).
-
-    Raises:
-        ValueError: the module or attribute does not exist, or importing the
-            module raised (its error is named in the message and chained).
-    """
-    module, _, attr = path.partition(":")
-    if not module or not attr:
-        raise ValueError(f"expected 'module:attribute', got {path!r}")
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"cannot import module {module!r} (from {path!r}): {e}") from e
-    except Exception as e:  # the module's own code failed: say so instead of a traceback
-        raise ValueError(f"importing module {module!r} (from {path!r}) raised {type(e).__name__}: {e}") from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"module {module!r} has no attribute {attr!r} (from {path!r})") from None
-    return obj
-
-
-def get_pipeline(name: str) -> Pipeline:
-    """The pipeline registered as ``name``, or found at ``"module:attribute"``.
-
-    Raises:
-        ValueError: unknown name, unimportable path, a factory that raised
-            (its error is named in the message and chained), or an object
-            that is not a pipeline (the message lists the registered names).
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"pipeline must be a non-empty name, got {name!r}")
-    if name in PIPELINES:
-        target = PIPELINES[name]
-    elif ":" in name:
-        target = name
-    else:
-        raise ValueError(f"unknown pipeline {name!r}; registered: {available_pipelines()} (or pass 'module:attribute')")
-    obj = import_object(target) if isinstance(target, str) else target
-    if not isinstance(obj, Pipeline) and callable(obj):
-        try:
-            obj = obj()
-        except Exception as e:  # a failing factory (e.g. a search space it refuses) is a bad --pipeline
-            raise ValueError(f"pipeline {name!r}: building it raised {type(e).__name__}: {e}") from e
-    if not isinstance(obj, Pipeline):
-        raise ValueError(f"pipeline {name!r} resolved to {type(obj).__name__}, not a Pipeline")
-    return obj
-
-
-register_pipeline("toy", "pipelines.toy:make_toy")
-register_pipeline("toy-small", "pipelines.toy:make_toy_small")
-register_pipeline("stacking", "pipelines.stacking:make_pipeline")
-register_pipeline("stacking-tiny", "pipelines.stacking:make_tiny")
-register_pipeline("stacking-gpu", "pipelines.stacking:make_gpu")
-register_pipeline("segmentation", "pipelines.segmentation:make_pipeline")
-register_pipeline("segmentation-tiny", "pipelines.segmentation:make_tiny")
-register_pipeline("segmentation-gpu", "pipelines.segmentation:make_gpu")
-register_pipeline("language", "pipelines.language:make_pipeline")
-register_pipeline("language-tiny", "pipelines.language:make_tiny")
-register_pipeline("language-gpu", "pipelines.language:make_gpu")
+_REGISTERED = {
+    "toy": "pipelines.toy:make_toy",
+    "toy-small": "pipelines.toy:make_toy_small",
+    "stacking": "pipelines.stacking:make_pipeline",
+    "stacking-tiny": "pipelines.stacking:make_tiny",
+    "stacking-gpu": "pipelines.stacking:make_gpu",
+    "segmentation": "pipelines.segmentation:make_pipeline",
+    "segmentation-tiny": "pipelines.segmentation:make_tiny",
+    "segmentation-gpu": "pipelines.segmentation:make_gpu",
+    "language": "pipelines.language:make_pipeline",
+    "language-tiny": "pipelines.language:make_tiny",
+    "language-gpu": "pipelines.language:make_gpu",
+}
+for _name, _path in _REGISTERED.items():
+    # overwrite: re-importing this module (importlib.reload) re-registers the same paths
+    register_pipeline(_name, _path, overwrite=True)

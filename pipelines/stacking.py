@@ -46,7 +46,7 @@ import optax
 from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
 from eeipu_jax.space import Float, Int
-from pipelines.base import Pipeline, Stage
+from eeipu_jax.runtime.pipeline import Pipeline, Stage
 
 __all__ = ["StackingSize", "SIZES", "make_pipeline", "make_tiny", "roc_auc", "fit_logistic", "meta_objective", "level0_learners"]
 
@@ -265,7 +265,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
             other sizes).
 
     Returns:
-        A two-stage :class:`~pipelines.base.Pipeline`.
+        A two-stage :class:`~eeipu_jax.runtime.Pipeline`.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")

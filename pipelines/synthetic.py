@@ -47,7 +47,16 @@ of every pipeline has the same cost shape (``(18 x^2 + 12)^2 ...``).
   matters, as the authors' large iteration gains on this pipeline suggest.
 * :func:`random_pipeline` -- any number of stages K >= 2 from a seed, drawn
   from the function library with 0-2 extra cost-only parameters per stage, for
-  pipelines that were never tuned against.
+  pipelines that were never tuned against (``get_pipeline("random7_3")``).
+* :func:`parse_layout` -- any layout written on a command line, e.g.
+  ``"levy2[0,5]-hartmann3[-2,2]-beale2[-2,2]@400"`` (``synthetic3``): stages
+  separated by ``-``, each a function of :data:`FUNCTIONS` with an optional
+  ``:D`` (D >= the function's dimension hyperparameters, the extra ones
+  cost-only) and an optional box ``[low,high]`` (default: the function's
+  own), then an optional ``@budget`` (default 150 per stage). At least two
+  stages. :func:`get_pipeline` accepts these strings wherever a pipeline name
+  goes, e.g. ``python -m experiments.synthetic --set
+  "pipelines=['levy2:4[0,5]-ackley3-beale2[-2,2]@300']"``.
 
 The unit cube of the optimizer maps linearly onto each stage's box.
 """
@@ -57,6 +66,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random as pyrandom
+import re
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +79,7 @@ __all__ = [
     "SyntheticPipeline",
     "cost_coefficients",
     "get_pipeline",
+    "parse_layout",
     "random_pipeline",
     "PIPELINES",
 ]
@@ -319,14 +330,110 @@ PIPELINES = {
 
 
 def get_pipeline(name: str) -> SyntheticPipeline:
-    """A named synthetic pipeline, or ``random<K>_<seed>`` (e.g. ``random7_3``)."""
+    """A named synthetic pipeline, ``random<K>_<seed>`` (e.g. ``random7_3``) or a
+    layout string (:func:`parse_layout`, e.g. ``"levy2[0,5]-beale2[-2,2]@200"``)."""
+    if not isinstance(name, str):
+        raise ValueError(f"a synthetic pipeline is a name or a layout string, got {name!r}")
     if name in PIPELINES:
         return PIPELINES[name]
     if name.startswith("random") and "_" in name:
         k, seed = name[len("random") :].split("_", 1)
         if k.isdigit() and seed.isdigit():
             return random_pipeline(int(k), int(seed))
-    raise ValueError(f"unknown synthetic pipeline {name!r}; known: {sorted(PIPELINES)} or 'random<K>_<seed>'")
+    if any(c in name for c in "-[@:"):
+        return parse_layout(name)
+    raise ValueError(
+        f"unknown synthetic pipeline {name!r}; known: {sorted(PIPELINES)}, 'random<K>_<seed>' or a layout "
+        "such as 'levy2[0,5]-hartmann3[-2,2]-beale2[-2,2]@400'"
+    )
+
+
+_STAGE = re.compile(r"(?P<f>[a-z_]+[0-9]+)(?::(?P<d>[0-9]+))?(?:\[(?P<lo>[^,\[\]]+),(?P<hi>[^,\[\]]+)\])?")
+
+
+def _split_outside_brackets(text: str, sep: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for c in text:
+        depth += c == "["
+        depth -= c == "]"
+        if c == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    parts.append("".join(cur))
+    return parts
+
+
+def _number(text: str, what: str, layout: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"layout {layout!r}: {what} {text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"layout {layout!r}: {what} must be finite, got {text!r}")
+    return v
+
+
+def parse_layout(text: str, budget_per_stage: float = 150.0) -> SyntheticPipeline:
+    """A synthetic pipeline from a compact layout string (see the module docstring).
+
+    ``"levy2[0,5]-hartmann3[-2,2]-beale2[-2,2]@400"`` is ``synthetic3``;
+    ``"levy2:4[0,5]-ackley3"`` has a first stage with 4 hyperparameters (the
+    last 2 enter only its cost), ackley3 on its default box, and a budget of
+    ``budget_per_stage`` per stage. The pipeline's name is the layout written
+    canonically (every box and the budget explicit).
+
+    Raises:
+        ValueError: the string does not parse, names an unknown function, has
+            fewer than two stages, an empty or non-finite box, fewer
+            hyperparameters than the function needs, or a budget that is not
+            a positive finite number; the message names the part.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"a layout must be a non-empty string, got {text!r}")
+    layout = text.replace(" ", "")
+    at = _split_outside_brackets(layout, "@")
+    if len(at) > 2:
+        raise ValueError(f"layout {text!r}: more than one '@budget'")
+    budget = None
+    if len(at) == 2:
+        budget = _number(at[1], "budget", text)
+        if budget <= 0:
+            raise ValueError(f"layout {text!r}: the budget must be positive, got {at[1]!r}")
+    functions, dims, boxes = [], [], []
+    for i, part in enumerate(_split_outside_brackets(at[0], "-")):
+        m = _STAGE.fullmatch(part)
+        if m is None:
+            raise ValueError(
+                f"layout {text!r}: stage {i} {part!r} is not 'function', 'function:D', 'function[low,high]' "
+                "or 'function:D[low,high]'"
+            )
+        f = m["f"]
+        if f not in FUNCTIONS:
+            raise ValueError(f"layout {text!r}: stage {i}: unknown function {f!r}; known: {sorted(FUNCTIONS)}")
+        d = int(m["d"]) if m["d"] else FUNCTIONS[f][1]
+        if d < FUNCTIONS[f][1]:
+            raise ValueError(f"layout {text!r}: stage {i}: {f} needs at least {FUNCTIONS[f][1]} hyperparameters, got {d}")
+        if m["lo"] is None:
+            lo, hi = FUNCTIONS[f][2]
+        else:
+            lo, hi = _number(m["lo"], "a box bound", text), _number(m["hi"], "a box bound", text)
+            if not lo < hi:
+                raise ValueError(f"layout {text!r}: stage {i}: empty box [{m['lo']},{m['hi']}] (low must be < high)")
+        functions.append(f)
+        dims.append(d)
+        boxes.append((lo, hi))
+    if len(functions) < 2:
+        raise ValueError(f"layout {text!r}: a pipeline needs at least two stages separated by '-'")
+    budget = budget_per_stage * len(functions) if budget is None else budget
+
+    def stage_text(f, d, box):
+        extra = f":{d}" if d != FUNCTIONS[f][1] else ""
+        return f"{f}{extra}[{box[0]:g},{box[1]:g}]"
+
+    name = "-".join(stage_text(*t) for t in zip(functions, dims, boxes)) + f"@{budget:g}"
+    return _pipe(name, functions, budget, dims=dims, boxes=boxes)
 
 
 def random_pipeline(n_stages: int, seed: int, budget_per_stage: float = 150.0) -> SyntheticPipeline:

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from eeipu_jax.space import Float, Int
-from pipelines.base import Pipeline, Stage
+from eeipu_jax.runtime.pipeline import Pipeline, Stage
 
 __all__ = ["make_toy", "make_toy_small"]
 
@@ -71,7 +71,7 @@ def make_toy(
         name: pipeline name.
 
     Returns:
-        A three-stage :class:`~pipelines.base.Pipeline`.
+        A three-stage :class:`~eeipu_jax.runtime.Pipeline`.
     """
     if len(stage_sleep) != 3 or any(s < 0 for s in stage_sleep):
         raise ValueError(f"stage_sleep must be three non-negative numbers, got {stage_sleep!r}")

@@ -1,5 +1,6 @@
-"""Shared test settings: CPU, quiet logs, and a persistent XLA cache shared by
-the test workers (compiling the BO step dominates test time on a CPU)."""
+"""Shared test settings: CPU, XLA's threads on one core (as the scripts set it up),
+quiet logs, and a persistent XLA cache shared by the test workers (compiling the
+BO step dominates test time on a CPU)."""
 
 import os
 
@@ -12,8 +13,10 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"),
 )
 
+from eeipu_jax.cpu import pin_xla_threads  # noqa: E402
 from eeipu_jax.utils import enable_compilation_cache  # noqa: E402
 
+pin_xla_threads()  # before any test creates the JAX backend (the scripts opt in the same way)
 enable_compilation_cache()
 
 

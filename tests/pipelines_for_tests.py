@@ -14,7 +14,7 @@ import time
 import jax.numpy as jnp
 
 from eeipu_jax.space import Categorical, Float
-from pipelines.base import Pipeline, Stage
+from eeipu_jax.runtime.pipeline import Pipeline, Stage
 from pipelines.toy import make_toy_small
 
 CALLS: collections.Counter = collections.Counter()

@@ -201,16 +201,14 @@ def test_lambo_proposals_lie_in_the_chosen_leaf():
 def test_real_run_resumed_from_its_checkpoint_proposes_what_an_uninterrupted_run_does(tmp_path, method):
     """The bandit/prefix-GP state is rebuilt from the checkpointed observations: 5 trials, then
     --resume for 4 more, must propose exactly the 9 points a single 9-trial run proposes."""
-    import dataclasses
+    from eeipu_jax import Study
+    from eeipu_jax.runtime.records import read_trials
 
-    from experiments.run import RunSpec, read_trials, run_tuning
-
-    base = RunSpec(pipeline="tests.pipelines_for_tests:counting_toy", method=method, budget=1e6, seed=0,
-                   out=str(tmp_path / "split"), n_warmup=3, progress=False,
-                   bo_options=(("n_random", 64), ("n_refine", 0)), max_trials=5)
-    run_tuning(base)
-    run_tuning(dataclasses.replace(base, resume=True, max_trials=4))
-    run_tuning(dataclasses.replace(base, out=str(tmp_path / "whole"), max_trials=9))
+    kw = dict(n_warmup=3, bo={"n_random": 64, "n_refine": 0})
+    pipe = "tests.pipelines_for_tests:counting_toy"
+    Study.create(str(tmp_path / "split"), pipe, method, 1e6, 0, **kw).optimize(5)
+    Study.load(str(tmp_path / "split")).optimize(4)
+    Study.create(str(tmp_path / "whole"), pipe, method, 1e6, 0, **kw).optimize(9)
     split = read_trials(str(tmp_path / "split" / "trials.jsonl"))
     whole = read_trials(str(tmp_path / "whole" / "trials.jsonl"))
     assert [r["index"] for r in split] == list(range(9))

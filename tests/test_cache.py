@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pipelines.cache import PACK_BYTES, CachePolicy, StageCache, parse_bytes, prefix_keys, stage_cache_key
+from eeipu_jax.runtime.cache import PACK_BYTES, CachePolicy, StageCache, parse_bytes, prefix_keys, stage_cache_key
 from pipelines.toy import make_toy_small
 
 Pair = collections.namedtuple("Pair", "left right")
@@ -203,7 +203,7 @@ def test_damaged_entry_is_discarded_with_a_warning(tmp_path, caplog, damage):
     else:
         with open(os.path.join(cache.entry_path(key), "meta.json"), "w") as f:
             f.write("{not json")
-    with caplog.at_level(logging.WARNING, logger="pipelines.cache"):
+    with caplog.at_level(logging.WARNING, logger="eeipu_jax.runtime.cache.store"):
         assert cache.restore(key) is None
     assert any("discarding cache entry" in r.message for r in caplog.records)
     assert not os.path.exists(cache.entry_path(key))
@@ -297,7 +297,7 @@ def _edit_meta(cache, key, edit, *, reseal=False):
 
 def _toy_runs(tmp_path):
     """A fresh toy-small trial with every stage output cached, and a second configuration's."""
-    from pipelines.runner import Runner
+    from eeipu_jax.runtime.runner import Runner
 
     pipe = make_toy_small()
     cache = StageCache(tmp_path / "cache", CachePolicy("all"))
@@ -324,7 +324,7 @@ def _shape_transposed(meta):
 @pytest.mark.parametrize("edit", ["offset", "prefix_costs", "files_and_data", "shape"])
 def test_edited_metadata_is_discarded_and_the_stage_recomputed(tmp_path, caplog, edit):
     """One edited number in a valid meta.json must not restore wrong data or costs."""
-    from pipelines.runner import Runner
+    from eeipu_jax.runtime.runner import Runner
 
     pipe, params, fresh, other = _toy_runs(tmp_path)
     cache = StageCache(tmp_path / "cache", CachePolicy("all"))
@@ -459,7 +459,7 @@ def test_save_refuses_bad_costs(tmp_path):
 _KILLED_WRITER = """
 import os, sys
 import jax.numpy as jnp
-import pipelines.cache as c
+import eeipu_jax.runtime.cache.store as c
 
 real = c._write_text
 def die(path, text):  # the process is killed while the entry is half-written

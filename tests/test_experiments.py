@@ -151,7 +151,7 @@ def test_synthetic_bad_settings_exit_2_before_anything(tmp_path, capsys, extra, 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     out = tmp_path / "res"
-    argv = ["--config", "synthetic_smoke", "--out", str(out), "--workers", "1", "--no-figures",
+    argv = ["--config", "synthetic_smoke", "--out", str(out), "--workers", "1",
             "--set", "methods=['ei']", "--set", "seeds=1"]
     code = synthetic.main(argv + [a.replace("{blocker}", str(blocker)) for a in extra])
     err = capsys.readouterr().err
@@ -160,8 +160,8 @@ def test_synthetic_bad_settings_exit_2_before_anything(tmp_path, capsys, extra, 
     assert not out.exists()
 
 
-def test_synthetic_main_job_end_to_end(tmp_path):
-    """The README's main job at a tiny size: results files, summary, figures."""
+def test_synthetic_main_job_end_to_end(tmp_path, capsys):
+    """The README's main job at a tiny size: results files, summary, the figure command and its figures."""
     from experiments import synthetic
 
     out = str(tmp_path / "res")
@@ -176,12 +176,14 @@ def test_synthetic_main_job_end_to_end(tmp_path):
         spent = [t["spent"] for t in r["trials"]]
         assert spent[-1] >= 110.0 > spent[-2]  # stopped by the budget, one trial of overshoot at most
         assert all(t["memo_depth"] == 0 for t in r["trials"])  # EI never memoizes
+    assert f"figures: python -m paper_figures.synthetic {out}" in capsys.readouterr().out
+    figs.main([out])  # the command the job printed (the README chains it)
     assert os.path.exists(os.path.join(out, "figures", "synthetic3.png"))
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["table"]["synthetic3"]["ei"]["iterations"] == rows["iterations"]
     # A second invocation finds every results file and reruns nothing (resume / add methods).
     mtimes = {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in os.listdir(os.path.join(out, "runs"))}
-    assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1", "--no-figures",
+    assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["table"]["synthetic3"]["ei"] == rows

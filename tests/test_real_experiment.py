@@ -27,7 +27,8 @@ def data_dir(tmp_path, monkeypatch):
 def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
     out = str(tmp_path / "res")
     assert real.main(ARGS + ["--out", out]) == 0
-    assert "not registered" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "not registered" in printed.err
     jobs = json.load(open(os.path.join(out, "summary.json")))["jobs"]
     assert [j["pipeline"] for j in jobs if "prepare_seconds" in j] == ["stacking-tiny"]  # prepared once, first
     runs = common.read_runs(os.path.join(out, "runs"))
@@ -48,11 +49,15 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
     assert runs[0]["trials"][0]["x"] == runs[1]["trials"][0]["x"]
     md = open(os.path.join(out, "summary.md")).read()
     assert "**stacking-tiny**" in md and "+103%" in md and "+108%" in md
+    assert f"figures: python -m paper_figures.real {out}" in printed.out
+    from paper_figures import real as real_figures
+
+    real_figures.main([out])  # the command the comparison printed
     assert os.path.exists(os.path.join(out, "figures", "stacking-tiny.png"))
     assert os.path.exists(os.path.join(out, "figures", "stacking-tiny_iterations.png"))
     # Resume: finished runs are skipped, results untouched.
     mtimes = {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in os.listdir(os.path.join(out, "runs"))}
-    assert real.main(ARGS + ["--out", out, "--no-figures"]) == 0
+    assert real.main(ARGS + ["--out", out]) == 0
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["jobs"] and all(j["skipped"] for j in summary["jobs"])  # nothing left: nothing prepared
     assert {r: os.stat(os.path.join(out, "runs", r)).st_mtime_ns for r in mtimes} == mtimes
@@ -83,7 +88,7 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
 )
 def test_bad_config_exits_2_before_anything(tmp_path, capsys, extra, message):
     out = tmp_path / "res"
-    argv = ARGS[:-2] + ["--set", "pipelines=['stacking-tiny']", "--out", str(out), "--no-figures"] + ARGS[-2:]
+    argv = ARGS[:-2] + ["--set", "pipelines=['stacking-tiny']", "--out", str(out)] + ARGS[-2:]
     code = real.main(argv + extra)
     err = capsys.readouterr().err
     assert code == 2 and message in err, err

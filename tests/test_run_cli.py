@@ -1,8 +1,12 @@
-"""The tuning driver and its CLI: records, budget, failures, resume after a crash or a kill."""
+"""The tuning run and its command line: records, budget, failures, resume after a crash or a kill.
+
+The command line is ``python -m experiments.run`` (``eeipu tune`` with the
+repository's pipelines registered); in-process runs go through
+:class:`eeipu_jax.Study`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -15,10 +19,13 @@ import time
 import numpy as np
 import pytest
 
+from eeipu_jax import Study
 from eeipu_jax import loop as bo
 from eeipu_jax.checkpoint import restore_state
-from experiments import run as run_mod
-from experiments.run import RunConfigError, RunSpec, main, read_trials, run_tuning
+from eeipu_jax.runtime import rundir
+from eeipu_jax.runtime.records import read_trials
+from eeipu_jax.runtime.settings import ConfigError
+from experiments.run import main
 from tests import pipelines_for_tests as tp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,26 +35,15 @@ SMALL_BO_ARGS = [a for k, v in SMALL_BO for a in ("--bo", f"{k}={v}")]
 N_WARMUP = 6
 
 
-def _spec(tmp_path, **kw):
-    base = dict(
-        pipeline="tests.pipelines_for_tests:counting_toy",
-        method="eeipu",
-        budget=1e6,
-        seed=0,
-        out=str(tmp_path / "run"),
-        n_warmup=N_WARMUP,
-        bo_options=SMALL_BO,
-        progress=False,
-        cache_policy="all",
-    )
-    base.update(kw)
-    return RunSpec(**base)
+def _create(tmp_path, pipeline="tests.pipelines_for_tests:counting_toy", budget=1e6, seed=0, **kw):
+    options = dict(n_warmup=N_WARMUP, bo=dict(SMALL_BO), cache_policy="all")
+    options.update(kw)
+    return Study.create(str(tmp_path / "run"), pipeline, "eeipu", budget, seed, **options)
 
 
-def _latest_state(run_dir, spec):
-    plan = run_mod._validate(dataclasses.replace(spec, resume=True))
-    n, path = run_mod._checkpoint_dirs(run_dir)[-1]
-    state, _ = restore_state(path, bo.init(plan.config, spec.budget), with_key=True)
+def _latest_state(run_dir, study):
+    n, path = rundir.checkpoint_dirs(run_dir)[-1]
+    state, _ = restore_state(path, bo.init(study.config, study.budget), with_key=True)
     return n, state
 
 
@@ -122,12 +118,13 @@ def test_argparse_rejects_unknown_choices_and_sizes(tmp_path, capsys):
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RunConfigError, match="--out"):
-        run_tuning(_spec(tmp_path, out=str(blocker / "run")))
-    with pytest.raises(RunConfigError, match="--cache-dir"):
-        run_tuning(_spec(tmp_path, cache_dir=str(blocker / "cache")))
-    with pytest.raises(RunConfigError, match="--cache-policy"):
-        run_tuning(_spec(tmp_path, cache_policy="lru"))
+    with pytest.raises(ConfigError, match="^out"):
+        Study.create(str(blocker / "run"), "tests.pipelines_for_tests:counting_toy", budget=10)
+    with pytest.raises(ConfigError, match="^cache_dir"):
+        _create(tmp_path, cache_dir=str(blocker / "cache"))
+    with pytest.raises(ConfigError, match="^cache_policy"):
+        _create(tmp_path, cache_policy="lru")
+    assert not (tmp_path / "run").exists()
 
 
 def test_help_explains_the_options(capsys):
@@ -142,13 +139,13 @@ def test_help_explains_the_options(capsys):
 
 # ------------------------------------------------------------- a real run
 def test_run_records_every_trial_and_resumes_after_a_crash(tmp_path, monkeypatch, caplog):
-    spec = _spec(tmp_path, max_trials=8)
-    run_dir = spec.out
-    summary = run_tuning(spec)
+    study = _create(tmp_path)
+    run_dir = study.out_dir
+    summary = study.optimize(8)
     trials = read_trials(os.path.join(run_dir, "trials.jsonl"))
     assert [r["index"] for r in trials] == list(range(8)) and summary["n_trials"] == 8
     assert sum(r["warmup"] for r in trials) == N_WARMUP
-    n, state = _latest_state(run_dir, spec)
+    n, state = _latest_state(run_dir, study)
     assert n == int(state.n) == 8
     np.testing.assert_array_equal(np.asarray(state.y[:8]), np.asarray([r["y"] for r in trials], np.float32))
     assert float(state.spent) == pytest.approx(sum(r["charged"] for r in trials), rel=1e-5)
@@ -159,56 +156,57 @@ def test_run_records_every_trial_and_resumes_after_a_crash(tmp_path, monkeypatch
             assert r["stage_seconds"][r["memo_depth"] - 1] == pytest.approx(r["restore_seconds"])
 
     # A crash after trial 9's line is fsynced but before its checkpoint.
-    real_save = run_mod._save_checkpoint
+    real_save = rundir.save_checkpoint
 
     def crash_at_9(path, state, key):
         if int(state.n) == 10:
             raise OSError("simulated crash while checkpointing")
         real_save(path, state, key)
 
-    monkeypatch.setattr(run_mod, "_save_checkpoint", crash_at_9)
+    monkeypatch.setattr(rundir, "save_checkpoint", crash_at_9)
     with pytest.raises(OSError, match="simulated"):
-        run_tuning(dataclasses.replace(spec, resume=True, max_trials=5))
+        Study.load(run_dir).optimize(5)
     monkeypatch.undo()
     before = read_trials(os.path.join(run_dir, "trials.jsonl"))
-    assert len(before) == 10 and _latest_state(run_dir, spec)[0] == 9
+    assert len(before) == 10 and _latest_state(run_dir, study)[0] == 9
     with open(os.path.join(run_dir, "trials.jsonl"), "a") as f:
         f.write('{"index": 10, "status": "o')  # and a line cut short by the crash
 
     evaluations = tp.CALLS[("counting_toy", "evaluate")]
-    with caplog.at_level(logging.WARNING, logger="experiments.run"):
-        run_tuning(dataclasses.replace(spec, resume=True, max_trials=2))
+    with caplog.at_level(logging.WARNING, logger="eeipu_jax.runtime.records"):
+        Study.load(run_dir).optimize(2)
     assert any("half-written line" in r.message for r in caplog.records)
     after = read_trials(os.path.join(run_dir, "trials.jsonl"))
     assert [r["index"] for r in after] == list(range(12))
     assert after[:10] == before  # nothing finished lost or changed
     # Trial 9 was re-told from its line, not rerun: only the 2 new trials evaluated.
     assert tp.CALLS[("counting_toy", "evaluate")] == evaluations + 2
-    n, state = _latest_state(run_dir, spec)
+    n, state = _latest_state(run_dir, study)
     assert n == int(state.n) == 12
     np.testing.assert_array_equal(np.asarray(state.X[:12]), np.asarray([r["x"] for r in after], np.float32))
     assert float(state.spent) == pytest.approx(sum(r["charged"] for r in after), rel=1e-5)
 
-    # Resuming with other settings, or starting over in the same directory, is refused.
-    with pytest.raises(RunConfigError, match="budget"):
-        run_tuning(dataclasses.replace(spec, resume=True, budget=5.0))
-    with pytest.raises(RunConfigError, match="--resume"):
-        run_tuning(spec)
+    # Reopening with other settings, or starting over in the same directory, is refused.
+    with pytest.raises(ConfigError, match="budget: run has 1000000.0, given 5.0"):
+        _create(tmp_path, budget=5.0, load_if_exists=True)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _create(tmp_path)
+    assert len(read_trials(os.path.join(run_dir, "trials.jsonl"))) == 12
 
 
 def test_budget_stops_the_run(tmp_path):
-    spec = _spec(tmp_path, budget=2.0, pipeline="tests.pipelines_for_tests:counting_toy")
-    summary = run_tuning(spec)
-    trials = read_trials(os.path.join(spec.out, "trials.jsonl"))
+    study = _create(tmp_path, budget=2.0)
+    summary = study.optimize()
+    trials = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
     assert trials[-1]["spent"] >= 2.0 and summary["spent"] >= 2.0
     assert len(trials) == 1 or trials[-2]["spent"] < 2.0  # stopped at the first trial past the budget
 
 
 def test_failed_trials_are_recorded_charged_and_the_run_continues(tmp_path):
     # Seed 0's warm-up hits the failing regions: [ok, ok, nan, nan, raise, nan].
-    spec = _spec(tmp_path, pipeline="tests.pipelines_for_tests:failing_toy", max_trials=8, seed=0)
-    summary = run_tuning(spec)
-    trials = read_trials(os.path.join(spec.out, "trials.jsonl"))
+    study = _create(tmp_path, pipeline="tests.pipelines_for_tests:failing_toy", seed=0)
+    summary = study.optimize(8)
+    trials = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
     assert len(trials) == 8
     failed = [r for r in trials if r["status"] == "failed"]
     assert summary["n_failed"] == len(failed) >= 4
@@ -219,16 +217,17 @@ def test_failed_trials_are_recorded_charged_and_the_run_continues(tmp_path):
         if r["failed_stage"] == 1:
             assert r["stage_costs"][2] is None  # evaluate never ran
     assert trials[-1]["index"] > failed[0]["index"]  # trials continued after a failure
-    n, state = _latest_state(spec.out, spec)
+    n, state = _latest_state(study.out_dir, study)
     assert [bool(f) for f in np.asarray(state.failed[:8])] == [r["status"] == "failed" for r in trials]
     assert float(state.spent) == pytest.approx(sum(r["charged"] for r in trials), rel=1e-5)
     assert summary["best"]["y"] == max(r["y"] for r in trials if r["y"] is not None)
+    assert [t.ok for t in study.trials] == [r["status"] == "ok" for r in trials]
 
 
 # ---------------------------------------------------------------- kill -9
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT)  # and cwd=ROOT: `python -m experiments...` imports the repository
     argv = [
         "--pipeline", "tests.pipelines_for_tests:slow_toy", "--method", "eeipu", "--budget", "1000",
         "--seed", "1", "--out", str(out), "--n-warmup", str(N_WARMUP), "--no-progress", *SMALL_BO_ARGS,
@@ -258,8 +257,6 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, caps
     after = read_trials(str(trials_path))
     assert [r["index"] for r in after] == list(range(len(before) + 3))
     assert after[: len(before)] == before
-    spec = RunSpec(pipeline="tests.pipelines_for_tests:slow_toy", method="eeipu", budget=1000.0, seed=1,
-                   out=str(out), n_warmup=N_WARMUP, bo_options=tuple((k, str(v)) for k, v in SMALL_BO))
-    n, state = _latest_state(str(out), spec)
+    n, state = _latest_state(str(out), Study.load(str(out)))
     assert n == int(state.n) == len(after)
     assert math.isclose(float(state.spent), sum(r["charged"] for r in after), rel_tol=1e-5)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from eeipu_jax.space import SpaceError
-from pipelines.base import objective_of, stage_key
-from pipelines.cache import CachePolicy, StageCache
-from pipelines.runner import Runner
+from eeipu_jax.runtime.cache import CachePolicy, StageCache
+from eeipu_jax.runtime.pipeline import objective_of, stage_key
+from eeipu_jax.runtime.runner import Runner
 from tests import pipelines_for_tests as tp
 
 SEED = 3
@@ -123,7 +123,7 @@ def test_corrupted_entry_is_recomputed(tmp_path, toy, caplog):
     with open(biggest, "r+b") as f:
         f.truncate(os.path.getsize(biggest) - 7)
     train_calls = tp.CALLS[("counting_toy", "train")]
-    with caplog.at_level(logging.WARNING, logger="pipelines.cache"):
+    with caplog.at_level(logging.WARNING, logger="eeipu_jax.runtime.cache.store"):
         res = runner.run(params)
     assert any("discarding cache entry" in r.message for r in caplog.records)
     assert res.memo_depth == 1  # fell back to the intact stage-0 entry
@@ -205,7 +205,7 @@ def test_prepare_is_not_charged():
     import time
 
     from eeipu_jax.space import Float
-    from pipelines.base import Pipeline, Stage
+    from eeipu_jax.runtime.pipeline import Pipeline, Stage
 
     def slow_prepare():
         time.sleep(0.5)

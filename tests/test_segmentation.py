@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.run import RunSpec, run_tuning
+from eeipu_jax import Study
 from tests.pipelines_for_tests import fail_on_call
 from pipelines.cache import CachePolicy, StageCache
 from pipelines.registry import get_pipeline
@@ -144,9 +144,9 @@ def failing_tiny():
 
 @pytest.mark.slow
 def test_failed_stage_is_a_failed_trial_and_the_run_goes_on(tmp_path):
-    spec = RunSpec(pipeline="tests.test_segmentation:failing_tiny", method="ei", budget=1e6, seed=0,
-                   out=str(tmp_path / "run"), n_warmup=3, max_trials=4, bo_options=SMALL_BO, progress=False)
-    summary = run_tuning(spec)
+    study = Study.create(str(tmp_path / "run"), "tests.test_segmentation:failing_tiny", "ei", 1e6, 0, n_warmup=3,
+                         bo=dict(SMALL_BO))
+    summary = study.optimize(4)
     lines = [json.loads(s) for s in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert [r["status"] for r in lines] == ["ok", "failed", "ok", "ok"]
     assert "injected failure" in lines[1]["error"] and lines[1]["failed_stage"] == 1

@@ -1,7 +1,8 @@
 """The paper-size synthetic comparison: 3-, 5- and 10-stage pipelines at their
-budgets (400 / 1200 / 1500), 10 seeds, every method."""
+budgets (400 / 1200 / 1500), 10 seeds, every method. Fields as in synthetic_smoke."""
 
 import ml_collections
+
 
 
 def get_config():

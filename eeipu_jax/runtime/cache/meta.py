@@ -1,6 +1,6 @@
 """The ``meta.json`` of a stage-cache entry: its checksum and the checks of its values.
 
-An entry's ``meta.json`` (written by :meth:`pipelines.cache.StageCache.save`)
+An entry's ``meta.json`` (written by :meth:`eeipu_jax.runtime.cache.StageCache.save`)
 says how to rebuild the output from the data files: the tree structure, each
 leaf's shape, dtype and offset in a pack, the size and SHA-256 of every data
 file, and the original compute cost of the stages it holds. Every number in it

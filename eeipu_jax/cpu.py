@@ -1,4 +1,13 @@
-"""CPU runtime set-up done once, when eeipu_jax is imported.
+"""Opt-in CPU set-up for scripts: XLA's thread pool on one core, host BLAS on one thread.
+
+Importing :mod:`eeipu_jax` changes nothing in the process. A script that runs
+many BO steps on a CPU calls :func:`pin_xla_threads` once, before its first
+JAX computation (the experiment scripts, benchmarks and the test suite do):
+
+    from eeipu_jax.cpu import pin_xla_threads
+    pin_xla_threads()      # -> {"xla_cpu": 1, "host_blas_threads": 1, "reason": "pinned"}
+
+Why:
 
 jaxlib < 0.11 runs batched LAPACK calls (Cholesky, triangular solves: the
 core of every GP fit) by splitting the batch over XLA's intra-op thread pool
@@ -23,9 +32,10 @@ BO step runs in XLA and host BLAS calls are tiny, but an idle OpenBLAS worker
 thread busy-waits, and SciPy's (loaded for the Sobol sequences) was measured
 taking half of the core that XLA computes on for a whole vmapped run.
 
-Skipped when ``EEIPU_JAX_NO_PIN=1``, when a GPU plugin is installed, when the
-platform has no ``sched_setaffinity``, or when the JAX backend already exists
-(then a warning says so).
+Skipped when ``EEIPU_JAX_NO_PIN=1`` (so the scripts' set-up can be turned
+off from outside), when a GPU plugin is installed or ``JAX_PLATFORMS`` names
+no CPU, when the platform has no ``sched_setaffinity``, or when the JAX
+backend already exists (then a warning says so: the pool cannot be resized).
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+
+__all__ = ["pin_xla_threads", "limit_host_blas_threads"]
+
+_DONE: dict | None = None  # what pin_xla_threads did in this process, once it pinned
 
 
 def _cpu_index(n: int) -> int:
@@ -51,46 +65,70 @@ def _has_gpu_plugin() -> bool:
     )
 
 
-def limit_host_blas_threads() -> None:
+def limit_host_blas_threads() -> bool:
     """One thread for host BLAS libraries (see module doc); ``OPENBLAS_NUM_THREADS``
-    / ``OMP_NUM_THREADS`` set by the user are respected."""
+    / ``OMP_NUM_THREADS`` set by the user are respected.
+
+    Returns:
+        Whether the limit was set (``False``: the user's setting was kept).
+    """
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         if var in os.environ:
-            return
+            return False
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         import threadpoolctl
     except ImportError:  # optional: only libraries loaded from now on are limited
-        return
+        return True
     threadpoolctl.threadpool_limits(1, user_api="blas")
+    return True
 
 
-def pin_xla_cpu_threads() -> int | None:
+def pin_xla_threads() -> dict:
     """Create the JAX CPU backend with a one-thread intra-op pool (see module doc).
 
+    Must run before the first JAX computation of the process (anything that
+    creates the backend: ``jax.devices()``, an array, a jitted call); later
+    calls return what the first one did.
+
     Returns:
-        The CPU the XLA threads run on, or ``None`` if nothing was done.
+        What was done: ``{"xla_cpu": int | None, "host_blas_threads": 1 | None,
+        "reason": str}``; ``xla_cpu`` is the CPU XLA's threads run on
+        (``None``: not pinned, ``reason`` says why), ``host_blas_threads`` is
+        1 when host BLAS was limited (``None`` when the user's
+        ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` were kept or nothing
+        was done).
     """
-    if os.environ.get("EEIPU_JAX_NO_PIN") or not hasattr(os, "sched_setaffinity"):
-        return None
+    global _DONE
+    if _DONE is not None:  # already set up in this process: say what was done then
+        return dict(_DONE)
+
+    def skipped(reason, blas=None):
+        return {"xla_cpu": None, "host_blas_threads": blas, "reason": reason}
+
+    if os.environ.get("EEIPU_JAX_NO_PIN"):
+        return skipped("EEIPU_JAX_NO_PIN is set")
+    if not hasattr(os, "sched_setaffinity"):
+        return skipped("this platform has no sched_setaffinity")
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if (platforms and "cpu" not in platforms.split(",")) or (not platforms and _has_gpu_plugin()):
-        return None
+        return skipped("JAX runs on an accelerator here")
     from jax._src import xla_bridge
 
     if getattr(xla_bridge, "_backends", None):
         warnings.warn(
-            "eeipu_jax was imported after the JAX backend started; XLA's CPU thread pool "
+            "pin_xla_threads() was called after the JAX backend started; XLA's CPU thread pool "
             "could not be limited to one thread (batched LAPACK calls may deadlock on "
-            "jaxlib < 0.11). Import eeipu_jax before running any JAX computation.",
+            "jaxlib < 0.11). Call it before running any JAX computation.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
-        return None
-    limit_host_blas_threads()
+        return skipped("the JAX backend had already started")
+    blas = 1 if limit_host_blas_threads() else None
     mask = os.sched_getaffinity(0)
     if len(mask) <= 1:
-        return None
+        _DONE = skipped("the process runs on one CPU already", blas)
+        return dict(_DONE)
     cpus = sorted(mask)
     cpu = cpus[_cpu_index(len(cpus))]
     os.sched_setaffinity(0, {cpu})
@@ -100,4 +138,5 @@ def pin_xla_cpu_threads() -> int | None:
         jax.devices()
     finally:
         os.sched_setaffinity(0, mask)
-    return cpu
+    _DONE = {"xla_cpu": cpu, "host_blas_threads": blas, "reason": "pinned"}
+    return dict(_DONE)

@@ -1,0 +1,203 @@
+"""The ``eeipu`` command: tune a pipeline with a :class:`~eeipu_jax.runtime.study.Study`.
+
+    eeipu tune --pipeline mypackage.rff:pipe --budget 600 --out runs/rff     # a new run
+    eeipu tune --pipeline mypackage.rff:pipe --budget 600 --out runs/rff --resume
+    eeipu summary runs/rff                                                   # a run's summary
+
+This module owns the command line over the study: its options (one per
+:meth:`Study.create` setting), the exit statuses (0 done, 2 a wrong setting,
+reported on one line before anything is written, 130 interrupted) and the
+CPU set-up a script opts in to (:func:`eeipu_jax.cpu.pin_xla_threads`). The
+repository's ``python -m experiments.run`` is this command with the
+repository's pipelines registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from eeipu_jax import acquisition as acqlib
+from eeipu_jax.runtime.cache import parse_bytes
+from eeipu_jax.runtime.registry import available_pipelines
+from eeipu_jax.runtime.settings import ConfigError
+from eeipu_jax.runtime.study import CACHE_WRITES, Study, StudySettings
+
+__all__ = ["build_parser", "tune", "main", "default_jax_cache_dir"]
+
+
+def _bo_option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def default_jax_cache_dir() -> str | None:
+    """``$EEIPU_JAX_XLA_CACHE`` or ``~/.cache/eeipu_jax/xla``; ``None`` when that variable says ``off``."""
+    from eeipu_jax.utils import default_cache_root
+
+    env = os.environ.get("EEIPU_JAX_XLA_CACHE", "")
+    if env.lower() in ("off", "0", "false"):
+        return None
+    return env or os.path.join(default_cache_root(), "xla")
+
+
+def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
+    """The options of a tuning run."""
+    methods = ", ".join(f"{m.name} ({m.description})" for m in acqlib.METHODS.values())
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Tune a multi-stage pipeline with memoization-aware, cost-aware Bayesian optimization. "
+            "Each trial's stage outputs are cached (orbax) so that a candidate sharing a "
+            "hyperparameter prefix with an earlier one restarts from the cached stage."
+        ),
+        epilog=(
+            f"Registered pipelines: {', '.join(available_pipelines()) or 'none'} (or any 'module:attribute' "
+            f"path to a Pipeline or a zero-argument factory). Methods: {methods}; add '_nomemo' to any "
+            "name to turn memoization off (eeipu_nomemo: the paper's Q = 0 ablation). "
+            "Results: <out>/trials.jsonl (one JSON line per trial), <out>/summary.json."
+        ),
+    )
+    p = parser.add_argument
+    p("--pipeline", required=True, help="registered pipeline name or module:attribute")
+    p("--import", dest="imports", action="append", default=[], metavar="MODULE",
+      help="import MODULE first, e.g. one that registers pipelines (repeatable)")
+    p("--method", default="eeipu", help="optimization method (registry name; default: %(default)s)")
+    p("--budget", type=float, required=True, help="budget in wall seconds of trials (restores, stages, cache writes)")
+    p("--seed", type=int, default=0, help="seed of the optimizer and of the pipeline's stage PRNG keys, 0..4294967295 (default: %(default)s)")
+    p("--out", required=True, help="run directory (trials.jsonl, checkpoints, config.json, summary.json)")
+    p("--cache-dir", default=None, help="stage cache directory, shareable between runs (default: <out>/cache)")
+    p("--cache-policy", default="top_q", choices=["top_q", "all"],
+      help="top_q: keep the stage outputs of the Q best trials' prefixes; all: keep every output (default: %(default)s)")
+    p("--cache-q", type=int, default=5, help="Q of --cache-policy top_q (default: %(default)s)")
+    p("--cache-max-bytes", type=_byte_size, default=None,
+      help="size limit of the cache, e.g. 500MB or 2GiB; least recently used entries are evicted (default: none)")
+    p("--cache-writes", default="auto", choices=list(CACHE_WRITES),
+      help="auto: write stage outputs only for memoizing methods (the only ones that restore); "
+           "always: also for baselines (e.g. to fill a shared cache); never (default: %(default)s)")
+    p("--n-warmup", type=int, default=10,
+      help="random initial trials before Bayesian optimization, at least 2 (default: %(default)s)")
+    p("--stage-timeout", type=float, default=None,
+      help="per-stage time limit in seconds; a stage over it fails the trial (charged, run continues; default: none)")
+    p("--epsilon", type=float, default=0.1, help="price of a memoized stage in the acquisition (default: %(default)s)")
+    p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
+      help="set another BOConfig field, e.g. --bo n_random=256 --bo top_q=5 (repeatable)")
+    p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
+    p("--jax-cache-dir", default=None,
+      help="JAX persistent compilation cache directory (a resumed run skips recompiling); default "
+           "$EEIPU_JAX_XLA_CACHE or ~/.cache/eeipu_jax/xla ('off' in that variable disables it)")
+    p("--resume", action="store_true",
+      help="continue the run in --out (same settings; finished trials are kept, the interrupted one rerun)")
+    p("--no-progress", action="store_true", help="no progress bar")
+    p("-v", "--verbose", action="store_true", help="log each trial")
+    return parser
+
+
+def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
+    """Run (or resume) a tuning run from command-line options; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # importing orbax installs a root handler first
+    )
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            print(f"error: --import {module}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+    settings = StudySettings(
+        pipeline=args.pipeline,
+        method=args.method,
+        budget=args.budget,
+        seed=args.seed,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        cache_policy=args.cache_policy,
+        cache_q=args.cache_q,
+        cache_max_bytes=args.cache_max_bytes,
+        cache_writes=args.cache_writes,
+        n_warmup=args.n_warmup,
+        stage_timeout=args.stage_timeout,
+        epsilon=args.epsilon,
+        bo_options=tuple(args.bo),
+        jax_cache_dir=args.jax_cache_dir if args.jax_cache_dir is not None else default_jax_cache_dir(),
+        cli=True,
+    )
+    try:
+        if args.max_trials is not None and args.max_trials < 1:
+            raise ConfigError(f"--max-trials: must be an integer of at least 1, got {args.max_trials!r}")
+        study = Study._open(settings, "resume" if args.resume else "create")
+        summary = study.optimize(args.max_trials, progress=not args.no_progress)
+    except ConfigError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; finished trials are in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    best = summary["best"]
+    best_text = "-" if best is None else f"{best['y']:.6g} (trial {best['index']})"
+    print(
+        f"{summary['n_trials']} trials ({summary['n_failed']} failed, {summary['n_memoized']} memoized), "
+        f"spent {summary['spent']:.1f}/{summary['budget']:.1f} s, best {best_text}, "
+        f"cache I/O {100 * summary['cache_io_fraction']:.1f}% of spend -> {os.path.join(args.out, 'summary.json')}"
+    )
+    return 0
+
+
+def _summary(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="eeipu summary", description="Print a study's summary as JSON.")
+    parser.add_argument("out", help="run directory")
+    parser.add_argument("--pipeline", default=None, help="the pipeline, if the study cannot resolve it itself")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, e.g. one that registers pipelines (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        for module in args.imports:
+            importlib.import_module(module)
+        study = Study.load(args.out, args.pipeline)
+    except (ConfigError, ImportError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(study.summary(), indent=1))
+    return 0
+
+
+_COMMANDS = {
+    "tune": "run or resume a crash-safe tuning run of a pipeline (eeipu tune --help)",
+    "summary": "print the summary of a tuning run directory",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``eeipu`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
+        lines = [f"  {name:<8} {desc}" for name, desc in _COMMANDS.items()]
+        print("usage: eeipu COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "summary":
+        return _summary(argv[1:])
+    from eeipu_jax.cpu import pin_xla_threads
+
+    pin_xla_threads()  # before the first JAX computation of this process
+    return tune(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

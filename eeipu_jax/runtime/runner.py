@@ -1,0 +1,358 @@
+"""Running one candidate: restore the longest cached prefix, run the rest, time it.
+
+This module owns the execution of a single trial of a pipeline
+(:class:`Runner.run`):
+
+1. validate the configuration against the pipeline's search space (before any
+   compute);
+2. when restoring is enabled (memoizing methods only), restore the deepest
+   stage output cached for this configuration's prefix
+   (:meth:`eeipu_jax.runtime.cache.StageCache.restore_longest`); a corrupted entry is
+   discarded and the next shorter prefix tried;
+3. run the remaining stages in order, each timed in wall seconds after
+   ``jax.block_until_ready`` of its output, each under an optional time limit;
+4. write stage outputs to the cache per its policy (``"all"``: as each stage
+   finishes; ``"top_q"``: after the objective is known, if it ranks in the top
+   ``q``);
+5. return a :class:`TrialResult`.
+
+Costs reported:
+
+* ``stage_costs[k]``: what the cost models learn, the *compute* seconds of
+  stage ``k``: measured for stages that ran, the original compute cost (read
+  from the cache entry's metadata) for restored stages, ``NaN`` for stages that
+  never ran. The stage that failed keeps its measured seconds (running it
+  until it failed is what it costs at that configuration).
+* ``stage_seconds[k]``: wall seconds spent on stage ``k`` in this trial: the
+  restore time on the deepest restored stage (a restored stage is not free),
+  ``0`` on shallower restored stages (nothing was done for them), measured
+  time for stages that ran.
+* ``charged``: wall seconds of the whole trial (cache lookup and restore,
+  stages, cache writes): what the trial costs the budget.
+
+Failures (``status == "failed"``, ``objective`` NaN): a stage that raises, a
+stage over the time limit, a last stage without an objective, or a non-finite
+objective. The time limit interrupts a stage with ``SIGALRM`` when the runner
+is on the main thread (Python code, e.g. a training loop of jitted steps, is
+stopped when the limit passes; a single long XLA call is stopped when it
+returns); elsewhere, or if an interval timer is already in use, the limit is
+checked when the stage returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from eeipu_jax.runtime.cache import StageCache, prefix_keys
+from eeipu_jax.runtime.pipeline import Pipeline, objective_of, stage_key
+
+__all__ = ["Runner", "TrialResult", "StageTimeout", "nested_params", "MAX_SEED", "check_seed"]
+
+logger = logging.getLogger(__name__)
+
+
+#: The largest run seed. ``jax.random.key`` keeps only the low 32 bits of a seed
+#: when 64-bit mode is off (``key(2**32)`` equals ``key(0)``) and overflows past
+#: 2**63, so larger seeds would silently share stage keys with smaller ones.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` as an ``int`` in ``0 .. MAX_SEED``.
+
+    Raises:
+        ValueError: not an integer, or out of that range.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be an integer in 0..{MAX_SEED} (what jax.random.key keeps), got {seed!r}")
+    return int(seed)
+
+
+class StageTimeout(Exception):
+    """A stage ran past its time limit."""
+
+
+@dataclasses.dataclass
+class TrialResult:
+    """The outcome of one trial.
+
+    Attributes:
+        status: ``"ok"`` or ``"failed"``.
+        objective: the objective (NaN when failed).
+        metrics: other scalars the last stage returned.
+        stage_costs: ``(K,)`` compute seconds per stage (see module docstring).
+        stage_seconds: ``(K,)`` wall seconds spent per stage in this trial.
+        charged: wall seconds of the whole trial (the budget's charge).
+        memo_depth: number of leading stages restored from the cache.
+        restore_seconds: wall seconds spent looking up and restoring.
+        save_seconds: wall seconds spent writing cache entries.
+        cache_keys: the ``K - 1`` prefix keys of this configuration.
+        saved_keys: keys written by this trial.
+        error: what failed (``None`` if ok).
+        failed_stage: index of the stage that failed (``None`` if none did).
+        traceback: the formatted exception, if a stage raised.
+        outputs: every stage's output (only with ``keep_outputs``; ``None``
+            for stages restored implicitly under a deeper one).
+    """
+
+    status: str
+    objective: float
+    metrics: dict
+    stage_costs: np.ndarray
+    stage_seconds: np.ndarray
+    charged: float
+    memo_depth: int
+    restore_seconds: float
+    save_seconds: float
+    cache_keys: tuple
+    saved_keys: tuple
+    error: str | None = None
+    failed_stage: int | None = None
+    traceback: str | None = None
+    outputs: list | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def nested_params(pipeline: Pipeline, params: Mapping) -> dict[str, dict[str, Any]]:
+    """A configuration as ``{stage: {param: value}}``, validated against the space.
+
+    Accepts the nested form or flat ``"<stage>__<param>"`` keys. Values are
+    kept as given (no round trip through the unit cube, which could change a
+    float's last bit and with it the cache key).
+
+    Raises:
+        eeipu_jax.space.SpaceError: unknown, missing or out-of-range parameters.
+    """
+    space = pipeline.space
+    space.to_unit(params)  # raises with the offending field's name
+    out: dict[str, dict[str, Any]] = {s.name: {} for s in pipeline.stages}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out[key].update(value)
+        else:
+            stage, _, name = key.partition("__")
+            out[stage][name] = value
+    return out
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None, what: str):
+    """Raise :class:`StageTimeout` inside the block after ``seconds`` (main thread only)."""
+    usable = (
+        seconds is not None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
+    )
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise StageTimeout(f"{what} exceeded its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Runner:
+    """Runs configurations of one pipeline with one seed, through a cache.
+
+    Args:
+        pipeline: the pipeline.
+        seed: run seed (stage ``k`` gets ``stage_key(seed, k)``; part of every
+            cache key).
+        cache: a :class:`~eeipu_jax.runtime.cache.StageCache`, or ``None`` for none.
+        restore: look up and restore cached prefixes (memoizing methods).
+        write: write stage outputs to the cache per its policy.
+        stage_timeout: per-stage wall-clock limit in seconds (``None``: none).
+
+    The pipeline's ``prepare()`` runs once, on first use, untimed.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        seed: int,
+        cache: StageCache | None = None,
+        restore: bool = True,
+        write: bool = True,
+        stage_timeout: float | None = None,
+    ):
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"pipeline must be a Pipeline, got {type(pipeline).__name__}")
+        seed = check_seed(seed)
+        if stage_timeout is not None and not (math.isfinite(stage_timeout) and stage_timeout > 0):
+            raise ValueError(f"stage_timeout must be positive seconds or None, got {stage_timeout!r}")
+        self.pipeline = pipeline
+        self.seed = int(seed)
+        self.cache = cache
+        self.restore = bool(restore) and cache is not None
+        self.write = bool(write) and cache is not None
+        self.stage_timeout = stage_timeout
+        self._data = None
+        self._prepared = False
+
+    def data(self) -> Any:
+        """The pipeline's prepared data (``prepare()`` is called once)."""
+        if not self._prepared:
+            self._data = self.pipeline.prepare()
+            self._prepared = True
+        return self._data
+
+    def _save(self, j: int, output: Any, params: Mapping, keys, stage_costs) -> tuple[str | None, float]:
+        names = [s.name for s in self.pipeline.stages]
+        meta = {
+            "pipeline": self.pipeline.name,
+            "version": self.pipeline.version,
+            "stage": j,
+            "stage_name": names[j],
+            "seed": self.seed,
+            "params": {n: dict(params[n]) for n in names[: j + 1]},
+            "prefix_costs": [float(c) for c in stage_costs[: j + 1]],
+        }
+        t0 = time.perf_counter()
+        try:
+            written = self.cache.save(keys[j], output, meta)
+        except Exception as e:  # the trial's result stands; only its caching is lost
+            logger.warning("could not cache the output of stage %d (%s): %s: %s", j, names[j], type(e).__name__, e)
+            self.cache.stats.save_errors += 1
+            written = 0
+        return (keys[j] if written else None), time.perf_counter() - t0
+
+    def run(self, params: Mapping, *, keep_outputs: bool = False) -> TrialResult:
+        """Run one configuration.
+
+        Args:
+            params: raw configuration (nested ``{stage: {param: value}}`` or
+                flat ``"<stage>__<param>"``).
+            keep_outputs: return every stage's output in the result (tests,
+                debugging).
+
+        Returns:
+            A :class:`TrialResult` (failures are results, not exceptions).
+
+        Raises:
+            eeipu_jax.space.SpaceError: the configuration does not fit the
+                pipeline's search space (raised before any compute).
+        """
+        stages = self.pipeline.stages
+        K = len(stages)
+        params = nested_params(self.pipeline, params)
+        t_start = time.perf_counter()
+        keys = prefix_keys(self.pipeline, params, self.seed)
+        stage_costs = np.full(K, np.nan)
+        stage_seconds = np.full(K, np.nan)
+        outputs: list | None = [None] * K if keep_outputs else None
+
+        depth, inp = 0, None
+        prepare_seconds = 0.0  # the pipeline's one-off data preparation is not charged
+        if self.restore and K > 1:
+            depth, inp, meta = self.cache.restore_longest(keys)
+        restore_seconds = time.perf_counter() - t_start
+        if depth:
+            stage_costs[:depth] = meta["prefix_costs"][:depth]
+            stage_seconds[:depth] = 0.0
+            stage_seconds[depth - 1] = restore_seconds
+            if keep_outputs:
+                outputs[depth - 1] = inp
+        else:
+            t_prepare = time.perf_counter()
+            inp = self.data()
+            prepare_seconds = time.perf_counter() - t_prepare
+
+        eager = self.write and self.cache.policy.eager
+        pending: list[tuple[int, Any]] = []
+        saved: list[str] = []
+        save_seconds = 0.0
+        error = tb = None
+        failed_stage = None
+        out = None
+        for j in range(depth, K):
+            stage = stages[j]
+            what = f"stage {j} ({stage.name})"
+            t0 = time.perf_counter()
+            try:
+                with _time_limit(self.stage_timeout, what):
+                    out = stage.fn(inp, dict(params[stage.name]), stage_key(self.seed, j))
+                    jax.block_until_ready(out)
+            except StageTimeout as e:
+                error = str(e)
+            except Exception as e:
+                error = f"{what} raised {type(e).__name__}: {e}"
+                tb = traceback.format_exc()
+            dt = time.perf_counter() - t0
+            stage_costs[j] = stage_seconds[j] = dt
+            if error is None and self.stage_timeout is not None and dt > self.stage_timeout:
+                error = f"{what} took {dt:.3g} s, over its time limit of {self.stage_timeout:g} s"
+            if error is not None:
+                failed_stage = j
+                break
+            if keep_outputs:
+                outputs[j] = out
+            if j < K - 1 and self.write:
+                if eager:
+                    key, secs = self._save(j, out, params, keys, stage_costs)
+                    save_seconds += secs
+                    saved += [key] if key else []
+                else:
+                    pending.append((j, out))
+            inp = out
+
+        objective, metrics = math.nan, {}
+        if error is None:
+            try:
+                objective, metrics = objective_of(out)
+            except (KeyError, TypeError, ValueError) as e:
+                error = f"the last stage's output has no scalar objective: {type(e).__name__}: {e}"
+                failed_stage = K - 1
+            else:
+                if not math.isfinite(objective):
+                    error = f"non-finite objective {objective!r}"
+                    objective = math.nan
+        if error is None and pending and self.cache.admits(objective):
+            for j, o in pending:
+                key, secs = self._save(j, o, params, keys, stage_costs)
+                save_seconds += secs
+                saved += [key] if key else []
+        del pending
+        if error is not None:
+            objective = math.nan
+            logger.warning("trial failed: %s", error)
+        return TrialResult(
+            status="ok" if error is None else "failed",
+            objective=float(objective),
+            metrics=metrics,
+            stage_costs=stage_costs,
+            stage_seconds=stage_seconds,
+            charged=time.perf_counter() - t_start - prepare_seconds,
+            memo_depth=int(depth),
+            restore_seconds=restore_seconds if self.restore else 0.0,
+            save_seconds=save_seconds,
+            cache_keys=keys,
+            saved_keys=tuple(saved),
+            error=error,
+            failed_stage=failed_stage,
+            traceback=tb,
+            outputs=outputs,
+        )

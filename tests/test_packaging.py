@@ -1,0 +1,104 @@
+"""What is installed and how modules depend on each other: the wheel holds eeipu_jax only,
+its console script points into it, and imports run one way
+(eeipu_jax <- eeipu_jax.runtime <- pipelines <- experiments <- paper_figures)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Who may import whom: a package may not import any package ranked after it.
+ORDER = ["eeipu_jax", "pipelines", "experiments", "paper_figures"]
+
+
+def _modules(package):
+    for root, dirs, files in os.walk(os.path.join(ROOT, package)):
+        dirs[:] = [d for d in dirs if d not in ("__pycache__", "output", "results")]
+        for f in files:
+            if f.endswith(".py"):
+                yield os.path.join(root, f)
+
+
+def _imported_packages(path):
+    """Top-level names a module imports (any import statement, module level or inside functions),
+    plus the targets of importlib.import_module("...") calls with a literal name."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.add(node.args[0].value.split(".")[0])
+    return names
+
+
+def test_imports_run_one_way():
+    bad = []
+    for rank, package in enumerate(ORDER):
+        later = set(ORDER[rank + 1:])
+        for path in _modules(package):
+            for name in _imported_packages(path) & later:
+                bad.append(f"{os.path.relpath(path, ROOT)} imports {name}")
+    assert not bad, "imports against the direction eeipu_jax <- pipelines <- experiments <- paper_figures:\n" + "\n".join(bad)
+    # The checker sees what it must: experiments does use pipelines and eeipu_jax.
+    assert {"pipelines", "eeipu_jax"} <= _imported_packages(os.path.join(ROOT, "experiments", "synthetic.py"))
+
+
+def test_the_pure_core_does_no_io():
+    """The algorithm modules import no file, process or engine modules (the engine is eeipu_jax.runtime)."""
+    io = {"os", "shutil", "subprocess", "fcntl", "socket", "tempfile", "pathlib", "orbax"}
+    core = ["space", "gp", "costs", "acquisition", "candidates", "loop", "design", "lambo", "msbo"]
+    for name in core:
+        imported = _imported_packages(os.path.join(ROOT, "eeipu_jax", f"{name}.py"))
+        assert not imported & io, f"eeipu_jax/{name}.py imports {imported & io}"
+        with open(os.path.join(ROOT, "eeipu_jax", f"{name}.py"), encoding="utf-8") as f:
+            assert "eeipu_jax.runtime" not in f.read(), name
+
+
+def test_the_wheel_holds_eeipu_jax_only(tmp_path):
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "output", "results", ".venv*", "*.egg-info", "build")
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    # The repository's other top-level folders are copied too: the build must leave them out.
+    for name in ("eeipu_jax", "pipelines", "experiments", "paper_figures", "benchmarks", "tests"):
+        shutil.copytree(os.path.join(ROOT, name), src / name, ignore=ignore)
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(out)],
+        cwd=src, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = out.glob("eeipu_jax-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"eeipu_jax", next(t for t in top if t.endswith(".dist-info"))}, sorted(top)
+    assert "eeipu_jax/runtime/cache/store.py" in names and "eeipu_jax/runtime/study.py" in names
+    assert "eeipu = eeipu_jax.runtime.cli:main" in entry_points
+
+
+def test_console_script_runs_from_the_installed_modules(tmp_path):
+    """`eeipu` resolves to the library's CLI, which imports nothing from the repository folders."""
+    code = ("import sys; sys.path = [p for p in sys.path if p not in ('', '.', %r)]; "
+            "import eeipu_jax.runtime.cli as c; code = c.main(['--help']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipelines', 'experiments', 'paper_figures'})); "
+            "sys.exit(code)") % ROOT
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert "tune" in proc.stdout and "summary" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

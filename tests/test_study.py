@@ -1,0 +1,230 @@
+"""The Study API: the README example as written, reopening, typed records, tables and plots,
+a kill -9 mid-run, and memoization turned off by name."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import eeipu_jax
+from eeipu_jax import Study, Trial
+from eeipu_jax import loop as bo
+from eeipu_jax.checkpoint import restore_state
+from eeipu_jax.runtime import rundir
+from eeipu_jax.runtime.records import read_trials
+from eeipu_jax.runtime.settings import ConfigError
+from tests import pipelines_for_tests as tp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_BO = {"n_random": 64, "mc_samples": 64, "n_refine": 0, "n_per_prefix": 8}
+N_WARMUP = 6
+COUNTING = "tests.pipelines_for_tests:counting_toy"
+
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+# ------------------------------------------------------------ the README
+def test_readme_study_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's Study example, executed verbatim (in tmp_path), so README and code cannot drift."""
+    code = _readme_block("## Using the optimizer")
+    assert "Study.create" in code and "Study.load" in code and "trials_dataframe" in code
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out
+    study = scope["study"]
+    records = read_trials(str(tmp_path / "runs" / "rff" / "trials.jsonl"))
+    # 20 trials, then 5 more after reopening (60 s of ~millisecond trials is not spent first).
+    assert [r["index"] for r in records] == list(range(25))
+    assert len(study.trials) == 25 and all(isinstance(t, Trial) for t in study.trials)
+    ok = [r for r in records if r["status"] == "ok"]
+    best = max(ok, key=lambda r: r["y"])
+    assert scope["best"].index == best["index"] and scope["best"].y == best["y"]
+    assert scope["best"].params == best["params"]
+    assert f"{best['index']} {best['y']}" in printed
+    # The objective is -MSE of the fitted model: recompute the best trial's from its parameters.
+    assert -best["metrics"]["mse"] == pytest.approx(best["y"], rel=1e-6)
+
+
+# ------------------------------------------------------- create and load
+def _create(tmp_path, name="run", pipeline=COUNTING, method="eeipu", **kw):
+    options = dict(n_warmup=N_WARMUP, bo=SMALL_BO, cache_policy="all")
+    options.update(kw)
+    return Study.create(str(tmp_path / name), pipeline, method, 1e6, 0, **options)
+
+
+def test_trials_summary_dataframe_and_plot_agree_with_the_records(tmp_path):
+    study = _create(tmp_path)
+    summary = study.optimize(9)
+    records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    trials = study.trials
+    assert [t.index for t in trials] == list(range(9))
+    for t, r in zip(trials, records):
+        assert (t.status, t.y, t.params, t.memo_depth, t.charged, t.spent, t.warmup) == (
+            r["status"], r["y"], r["params"], r["memo_depth"], r["charged"], r["spent"], r["warmup"])
+    with pytest.raises(Exception):  # frozen
+        trials[0].y = 0.0
+    ys = [r["y"] for r in records]
+    assert study.best_trial.y == max(ys) and study.best_trial.index == int(np.argmax(ys))
+    assert summary["n_trials"] == 9 and summary["spent"] == pytest.approx(sum(r["charged"] for r in records))
+    assert study.summary()["best"] == summary["best"]
+    # every record says whether ask fell back (all scores non-finite); none did on this well-posed run
+    assert [r["fallback"] for r in records] == [False] * 9 and summary["n_fallback"] == 0
+    assert json.load(open(os.path.join(study.out_dir, "summary.json")))["n_trials"] == 9
+
+    df = study.trials_dataframe()
+    assert list(df.index) == list(range(9))
+    assert list(df["y"]) == ys
+    assert list(df["params.evaluate.scale"]) == [r["params"]["evaluate"]["scale"] for r in records]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = study.plot()
+    x, y = ax.get_lines()[0].get_data()
+    np.testing.assert_allclose(x, [r["spent"] for r in records])
+    np.testing.assert_allclose(y, np.maximum.accumulate(ys))  # best so far, computed here independently
+    assert ax.get_xlabel() == "budget spent (s)"
+
+
+def test_dataframe_without_pandas_says_what_to_install(tmp_path, monkeypatch):
+    study = _create(tmp_path)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        study.trials_dataframe()
+
+
+def test_load_resolves_the_recorded_pipeline_or_checks_the_one_given(tmp_path):
+    _create(tmp_path, "by_path").optimize(N_WARMUP + 1)
+    again = Study.load(str(tmp_path / "by_path"))  # "module:attribute" recorded: no pipeline needed
+    assert again.pipeline.name == "counting_toy" and again.method == "eeipu" and again.budget == 1e6
+    assert again.config.n_warmup == N_WARMUP and again.config.n_random == SMALL_BO["n_random"]
+
+    pipe = tp.counting_toy()
+    Study.create(str(tmp_path / "by_object"), pipe, "ei", 1e6, 0, n_warmup=N_WARMUP, bo=SMALL_BO)
+    with pytest.raises(ConfigError, match="created with a Pipeline object"):
+        Study.load(str(tmp_path / "by_object"))
+    assert Study.load(str(tmp_path / "by_object"), pipe).method == "ei"
+    import dataclasses
+
+    with pytest.raises(ConfigError, match="version"):
+        Study.load(str(tmp_path / "by_object"), dataclasses.replace(pipe, version="other"))
+    with pytest.raises(ConfigError, match="no study"):
+        Study.load(str(tmp_path / "nothing"))
+
+
+def test_registered_name_is_reresolved_through_its_recorded_path(tmp_path):
+    from eeipu_jax.runtime import registry
+
+    registry.register_pipeline("counting-for-study-test", COUNTING, overwrite=True)
+    try:
+        _create(tmp_path, pipeline="counting-for-study-test")
+    finally:
+        del registry.PIPELINES["counting-for-study-test"]
+    # In a process that never registered the name, the recorded import path is used.
+    assert Study.load(str(tmp_path / "run")).pipeline.name == "counting_toy"
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(budget=None), "budget: required"),
+        (dict(budget=-1.0), "budget"),
+        (dict(seed=2**32), "seed"),
+        (dict(method="nope"), "unknown method"),
+        (dict(pipeline="no.such.module:thing"), "pipeline"),
+        (dict(bo={"top_q": 0}), "_nomemo"),
+        (dict(bo={"bogus": 1}), "bo.bogus"),
+        (dict(cache_max_bytes="9 parsecs"), "cache_max_bytes"),
+        (dict(nonsense=1), "unknown option"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, kw, message):
+    args = dict(pipeline=COUNTING, method="eeipu", budget=1e6, seed=0)
+    args.update({k: kw.pop(k) for k in list(kw) if k in args})
+    with pytest.raises(ConfigError, match=message):
+        Study.create(str(tmp_path / "run"), args["pipeline"], args["method"], args["budget"], args["seed"], **kw)
+    with pytest.raises(ConfigError, match=message):
+        Study.check(args["pipeline"], args["method"], args["budget"], args["seed"], **kw)
+    assert not (tmp_path / "run").exists()
+
+
+def test_eeipu_is_lazy_and_the_engine_is_importable_from_the_package():
+    assert eeipu_jax.Study is Study and "Study" in dir(eeipu_jax)
+    with pytest.raises(AttributeError):
+        eeipu_jax.NoSuchThing  # noqa: B018
+
+
+# ---------------------------------------------------------------- kill -9
+_KILLED_STUDY = """
+import sys
+from eeipu_jax import Study
+from eeipu_jax.cpu import pin_xla_threads
+pin_xla_threads()
+study = Study.create(sys.argv[1], "tests.pipelines_for_tests:slow_toy", "eeipu", 1000.0, 1, n_warmup={n},
+                     bo={bo!r}, jax_cache_dir=sys.argv[2])
+study.optimize()
+"""
+
+
+def test_kill_9_mid_study_then_load_and_optimize_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "run"
+    trials_path = out / "trials.jsonl"
+    xla_cache = os.environ.get("EEIPU_JAX_XLA_CACHE", str(tmp_path / "xla"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_STUDY.format(n=N_WARMUP, bo=SMALL_BO), str(out), xla_cache],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 900  # a guard against a hang, not a timing check
+        while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the study did not record its trials in time"
+            time.sleep(0.02)
+        # While it runs, a second process (this one) is refused the directory.
+        with pytest.raises(ConfigError, match="in use by another process"):
+            Study.load(str(out)).optimize(1)
+        time.sleep(0.08)  # into the next trial's 0.15 s training stage
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    before = read_trials(str(trials_path))
+    assert len(before) >= N_WARMUP + 2
+
+    study = Study.load(str(out))
+    study.optimize(3)
+    after = read_trials(str(trials_path))
+    assert [r["index"] for r in after] == list(range(len(before) + 3))  # none lost, none twice
+    assert after[: len(before)] == before
+    assert [t.index for t in study.trials] == [r["index"] for r in after]
+    n, path = rundir.checkpoint_dirs(str(out))[-1]
+    state, _ = restore_state(path, bo.init(study.config, study.budget), with_key=True)
+    assert n == int(state.n) == len(after)
+    np.testing.assert_array_equal(np.asarray(state.X[: len(after)]), np.asarray([r["x"] for r in after], np.float32))
+    assert math.isclose(float(state.spent), sum(r["charged"] for r in after), rel_tol=1e-5)
+
+
+# ------------------------------------------------------- memoization off
+def test_nomemo_study_never_restores_or_writes_and_records_its_name(tmp_path):
+    study = _create(tmp_path, method="eeipu_nomemo", cache_policy="top_q")
+    study.optimize(N_WARMUP + 6)
+    assert study.method == "eeipu_nomemo" and not study.config.method_def.memoize
+    assert json.load(open(os.path.join(study.out_dir, "config.json")))["method"] == "eeipu_nomemo"
+    assert all(t.memo_depth == 0 and t.proposed_depth == 0 for t in study.trials)
+    assert os.listdir(os.path.join(study.cache_dir, "entries")) == []  # cache writes "auto": none
