@@ -633,7 +633,7 @@ def prefix_pool(state: BOState, config: BOConfig) -> candlib.PrefixPool:
     :func:`ask` proposes memoized candidates only from this pool, the
     simulated cache (:func:`eeipu_jax.simulate.is_cached`) holds exactly
     these prefixes, and the real runtime keeps exactly the stage outputs of
-    these prefixes, so a memoized proposal is never a cache miss. Trials are
+    these prefixes (:func:`eeipu_jax.runtime.study.pool_keys`), so a memoized proposal is never a cache miss. Trials are
     ranked by the objective the GP sees (:func:`effective_objective`, an
     increasing function of the objective told).
 

@@ -228,3 +228,31 @@ def test_nomemo_study_never_restores_or_writes_and_records_its_name(tmp_path):
     assert json.load(open(os.path.join(study.out_dir, "config.json")))["method"] == "eeipu_nomemo"
     assert all(t.memo_depth == 0 and t.proposed_depth == 0 for t in study.trials)
     assert os.listdir(os.path.join(study.cache_dir, "entries")) == []  # cache writes "auto": none
+
+
+# ------------------------------------------------- one definition of cached
+@pytest.mark.parametrize(
+    "pool", [{"prefix_pool": "post_warmup"}, {"prefix_select": "top_prefixes"},
+             pytest.param({}, marks=pytest.mark.slow),
+             pytest.param({"prefix_pool": "post_warmup", "prefix_select": "top_prefixes"}, marks=pytest.mark.slow)]
+)
+def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, pool):
+    """Under top_q the stage cache keeps exactly the optimizer's prefix pool (one
+    definition, eeipu_jax.loop.prefix_pool), so no memoized proposal misses."""
+    study = Study.create(str(tmp_path / "run"), "pipelines.toy:make_toy_small", "eeipu", 1e6, 0, n_warmup=N_WARMUP,
+                         bo={**SMALL_BO, **pool}, cache_policy="top_q", epsilon=1e-6)  # toy stages take ~ms
+    study.optimize(N_WARMUP + 12)
+    memo = [t for t in study.trials if t.proposed_depth > 0]
+    assert len(memo) >= 3  # the test exercises memoized proposals
+    misses = [t.index for t in memo if t.memo_depth < t.proposed_depth]
+    assert misses == []
+    # every prefix of the final pool is on disk (the next ask may propose any of them)
+    from eeipu_jax.runtime.cache import CachePolicy, StageCache
+    from eeipu_jax.runtime.study import pool_keys
+
+    state, _ = rundir.restore_checkpoint(study.out_dir, bo.init(study.config, 1e6, epsilon=1e-6))
+    records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    assert int(state.n) == len(records)
+    keep = pool_keys(state, study.config, records)
+    cache = StageCache(study.cache_dir, CachePolicy("top_q"))
+    assert keep and all(k in cache for k in keep)
