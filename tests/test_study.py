@@ -232,14 +232,16 @@ def test_nomemo_study_never_restores_or_writes_and_records_its_name(tmp_path):
 
 # ------------------------------------------------- one definition of cached
 @pytest.mark.parametrize(
-    "pool", [{"prefix_pool": "post_warmup"}, {"prefix_select": "top_prefixes"},
-             pytest.param({}, marks=pytest.mark.slow),
-             pytest.param({"prefix_pool": "post_warmup", "prefix_select": "top_prefixes"}, marks=pytest.mark.slow)]
+    "method,pool", [("eeipu", {"prefix_pool": "post_warmup"}), ("pbgi", {"prefix_select": "top_prefixes"}),
+                    pytest.param("eeipu", {}, marks=pytest.mark.slow),
+                    pytest.param("eeipu", {"prefix_select": "top_prefixes"}, marks=pytest.mark.slow),
+                    pytest.param("eeipu", {"prefix_pool": "post_warmup", "prefix_select": "top_prefixes"},
+                                 marks=pytest.mark.slow)]
 )
-def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, pool):
+def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, method, pool):
     """Under top_q the stage cache keeps exactly the optimizer's prefix pool (one
     definition, eeipu_jax.loop.prefix_pool), so no memoized proposal misses."""
-    study = Study.create(str(tmp_path / "run"), "pipelines.toy:make_toy_small", "eeipu", 1e6, 0, n_warmup=N_WARMUP,
+    study = Study.create(str(tmp_path / "run"), "pipelines.toy:make_toy_small", method, 1e6, 0, n_warmup=N_WARMUP,
                          bo={**SMALL_BO, **pool}, cache_policy="top_q", epsilon=1e-6)  # toy stages take ~ms
     study.optimize(N_WARMUP + 12)
     memo = [t for t in study.trials if t.proposed_depth > 0]
