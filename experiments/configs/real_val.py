@@ -4,9 +4,9 @@ pipelines and budget, every method including the memoization-aware Gittins index
 (development seeds are 0-4: levers_real_dev). ``budget`` (wall seconds of trials per run)
 may be overridden with ``--set budget=...``.
 
-120 runs (3 pipelines x 8 methods x 5 seeds); at 100 s a run took 130-175 s end to end
-on the shared 2-core machine (stacking, levers_real_dev), so about 5 h with ``--workers 1``
-and about half that with ``--workers 2``."""
+120 runs (3 pipelines x 8 methods x 5 seeds); at 100 s a development run took about 160 s
+end to end on the shared 2-core machine (12 levers_real_dev runs in 32 min, ``--workers 1``),
+so about 5.3 h with one worker (docs/lock_in.md)."""
 
 from experiments.configs import real_cpu
 
