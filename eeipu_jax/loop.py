@@ -633,9 +633,10 @@ def prefix_pool(state: BOState, config: BOConfig) -> candlib.PrefixPool:
     :func:`ask` proposes memoized candidates only from this pool, the
     simulated cache (:func:`eeipu_jax.simulate.is_cached`) holds exactly
     these prefixes, and the real runtime keeps exactly the stage outputs of
-    these prefixes (:func:`eeipu_jax.runtime.study.pool_keys`), so a memoized proposal is never a cache miss. Trials are
-    ranked by the objective the GP sees (:func:`effective_objective`, an
-    increasing function of the objective told).
+    these prefixes (the study's ``pool_keys``), so a memoized proposal is
+    never a cache miss. Trials are ranked by the objective the GP sees
+    (:func:`effective_objective`, an increasing function of the objective
+    told).
 
     Pure and jittable; call it on the host after :func:`tell` to know what to
     keep.

@@ -104,6 +104,7 @@ _POLICIES = ("top_q", "all")
 
 
 def check_policy(policy: str) -> str:
+    """``policy`` if it is a known simulated cache policy, else ``ValueError`` (host side)."""
     if policy not in _POLICIES:
         raise ValueError(f"cache_policy must be 'top_q' or 'all', got {policy!r}")
     return policy
