@@ -316,13 +316,15 @@ def optimizer_share(out: str, cfg) -> dict:
 def _optimizer_md(shares: dict, charged: bool) -> str:
     if not shares:
         return ""
+    methods = list(dict.fromkeys(m for by_m in shares.values() for m in by_m))
     lines = ["\n## The optimizer's share of wall time\n",
              "Seconds of `ask` (with the tell before it) over those plus the trials' own seconds, mean over "
-             "seeds; " + ("charged to the budget (`charge_optimizer`)" if charged else "not charged to the budget (the paper's rule)")
-             + ".\n", "| pipeline | " + " | ".join(next(iter(shares.values()))) + " |",
-             "|---|" + "---|" * len(next(iter(shares.values())))]
+             "seeds; " + ("charged to the budget (`charge_optimizer`)" if charged else
+                          "not charged to the budget (the paper's rule)") + ".\n",
+             "| pipeline | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for p, by_m in shares.items():
-        lines.append(f"| {p} | " + " | ".join(f"{v['fraction']:.1%} ({v['seconds']:.1f} s)" for v in by_m.values()) + " |")
+        cells = (f"{by_m[m]['fraction']:.1%} ({by_m[m]['seconds']:.1f} s)" if m in by_m else "-" for m in methods)
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
