@@ -290,7 +290,7 @@ def optimizer_share(out: str, cfg) -> dict:
     Returns:
         ``{pipeline: {method: {"fraction": mean share, "seconds": mean seconds, "runs": n}}}``.
     """
-    from eeipu_jax.runtime.records import read_trials
+    from eeipu_jax.runtime.records import optimizer_seconds, read_trials
 
     shares: dict = {}
     for p in cfg.pipelines:
@@ -300,12 +300,10 @@ def optimizer_share(out: str, cfg) -> dict:
                 path = os.path.join(_run_dir(out, p, m, s), "trials.jsonl")
                 if not os.path.exists(path):
                     continue
-                timed = [r for r in read_trials(path) if "ask_seconds" in r]
-                if not timed:
-                    continue
-                opt = sum(r["ask_seconds"] for r in timed)
-                total = opt + sum(r["trial_seconds"] for r in timed)
-                fr.append(opt / total if total > 0 else 0.0)
+                opt, total = optimizer_seconds(read_trials(path))
+                if total == 0:
+                    continue  # recorded before the optimizer's seconds were kept
+                fr.append(opt / total)
                 secs.append(opt)
             if fr:
                 shares.setdefault(p, {})[m] = {"fraction": float(np.mean(fr)), "seconds": float(np.mean(secs)),

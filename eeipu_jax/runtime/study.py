@@ -72,7 +72,7 @@ from eeipu_jax import loop as bo
 from eeipu_jax.runtime import rundir
 from eeipu_jax.runtime.cache import CachePolicy, StageCache, parse_bytes
 from eeipu_jax.runtime.pipeline import Pipeline
-from eeipu_jax.runtime.records import Trial, append_line, atomic_write_json, jsonable, read_trials
+from eeipu_jax.runtime.records import Trial, append_line, atomic_write_json, jsonable, optimizer_seconds, read_trials
 from eeipu_jax.runtime.registry import get_pipeline, target_of
 from eeipu_jax.runtime.runner import Runner, check_seed
 from eeipu_jax.runtime.settings import INT32_MAX, ConfigError, check_writable_dir, coerce_bo_option, is_int, is_real
@@ -595,10 +595,7 @@ class Study:
     def _summary(self, records: list[dict]) -> dict:
         spent = float(records[-1]["spent"]) if records else 0.0
         io = sum(r["restore_seconds"] + r["save_seconds"] for r in records)
-        # Records written before ask_seconds was recorded carry no optimizer time.
-        timed = [r for r in records if "ask_seconds" in r]
-        optimizer = sum(r["ask_seconds"] for r in timed)
-        wall = optimizer + sum(r["trial_seconds"] for r in timed)
+        optimizer, wall = optimizer_seconds(records)
         best = _best(records)
         return {
             "pipeline": self.pipeline.name,
