@@ -17,11 +17,27 @@ eips       EI(x) * E[1/C(x)]                (Snoek et al. 2012)     one GP, tota
 carbo      EI(x) * E[1/C(x)]^eta            (Lee et al. 2020)       one GP, total
 ms_carbo   EI(x) * E[1/sum_k C_k(x)]^eta    (no memoization)        K stage GPs
 eeipu      EI(x) * E[1/C_j(x)]^eta          (arXiv 2411.03731)      K stage GPs
+pbgi       g with EI(x; g) = lambda E[C_j(x)] / c_bar               K stage GPs
+           (Gittins index, arXiv 2406.20062; not in log space)
 ucb        mu(x) + sqrt(beta) sigma(x)      (not in log space)      none
 ========== ======================================================= ==============
 
 ``eta`` is the cost-cooling exponent (:func:`eeipu_jax.costs.cooling_eta`);
 ``C_j`` prices the first ``j`` stages at ``epsilon`` (EEIPU's memoization).
+
+``pbgi`` is the Pandora's-box Gittins index of Xie, Astudillo, Frazier,
+Scully and Terenin (NeurIPS 2024, "Cost-aware Bayesian Optimization via the
+Pandora's Box Gittins Index", arXiv 2406.20062) made memoization-aware: the
+cost of a candidate with memo depth ``j`` is ``E[C_j]``
+(:func:`eeipu_jax.costs.log_expected_cost`). Its value is an objective level
+(on the standardized scale), not a log value: where EEIPU multiplies EI by a
+power of the inverse cost, the index trades cost against improvement
+additively, so a 20x cheaper candidate gains only a few tenths of a standard
+deviation of index (``g ~ m + s sqrt(2 ln(s / (lambda C)))`` in the tail)
+instead of winning by a factor of 20. ``lambda`` is scale-free: the objective
+is standardized, costs are divided by ``c_bar``, the mean cost of a full trial
+observed so far; it decays as in the paper's PBGI-D (see
+:class:`eeipu_jax.loop.GittinsState`).
 
 Adding an acquisition is one function and one :func:`register` call; the
 registry entry says which cost model it needs and whether it proposes
@@ -38,6 +54,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, ndtr
 
@@ -54,6 +71,8 @@ __all__ = [
     "log_h",
     "expected_improvement",
     "log_expected_improvement",
+    "gittins_index",
+    "GittinsParams",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -106,6 +125,72 @@ def log_expected_improvement(mean, var, best, xi=0.0):
     """``log EI``, finite even where EI underflows to 0 (see :func:`log_h`)."""
     sigma = jnp.sqrt(jnp.maximum(var, 1e-12))
     return jnp.log(sigma) + log_h((mean - best - xi) / sigma)
+
+
+# --------------------------------------------------------- Gittins index
+def _inv_log_h(t, newton_steps: int = 12):
+    """``u`` with ``log h(u) = t`` (``h(u) = phi(u) + u Phi(u)``), by Newton's method.
+
+    ``log h`` is increasing and concave (``h`` is log-concave: the integral of
+    the log-concave ``Phi``), so Newton iterates started left of the root
+    increase monotonically to it without overshooting. The start is a lower
+    bound of the root: ``h(u) <= u + phi(0)`` for ``u >= 0`` gives
+    ``e^t - 0.4`` when ``e^t >= 0.4``; ``h(u) <= phi(u)`` for ``u <= 0`` gives
+    ``-sqrt(-2 (t + ln sqrt(2 pi)))`` when ``e^t < phi(0)``; 0 in between.
+    A fixed number of steps keeps the function vmappable and jittable.
+
+    Gradients are implicit: the iterates are held constant and one last
+    Newton step carries ``du/dt = 1 / (d log h / du) = h(u) / Phi(u)`` (the
+    implicit-function derivative at the root) into reverse mode.
+    """
+    t = jnp.asarray(t)
+    e = jnp.exp(jnp.minimum(t, 80.0))
+    neg = -jnp.sqrt(jnp.maximum(-2.0 * (t + _LOG_SQRT_2PI), 0.0))
+    u0 = jnp.where(e >= 0.4, e - 0.4, jnp.where(t < -_LOG_SQRT_2PI, neg, 0.0))
+    u0 = jax.lax.stop_gradient(u0)
+    ts = jax.lax.stop_gradient(t)
+
+    def step(u, _):
+        lh = log_h(u)
+        # u += (t - log h(u)) / (d log h / du), with d log h / du = Phi(u) / h(u)
+        return u + (ts - lh) * jnp.exp(lh - log_ndtr(u)), None
+
+    u, _ = jax.lax.scan(step, u0, None, length=newton_steps)
+    u = jax.lax.stop_gradient(u)
+    lh = log_h(u)
+    return u + (t - jax.lax.stop_gradient(lh)) * jax.lax.stop_gradient(jnp.exp(lh - log_ndtr(u)))
+
+
+def gittins_index(mean, var, log_cost):
+    """Pandora's-box Gittins index of ``f ~ N(mean, var)`` at cost ``exp(log_cost)``.
+
+    The ``g`` that solves ``EI(g) = E[max(f - g, 0)] = exp(log_cost)``
+    (Xie et al., NeurIPS 2024, arXiv 2406.20062, eq. for ``alpha_PBGI``), for
+    maximization. With ``s = sqrt(var)`` and ``EI(g) = s h((mean - g) / s)``,
+    ``g = mean - s h^{-1}(exp(log_cost) / s)``, computed in log space so any
+    cost, from ``1e-30`` to ``1e30`` of the objective's scale, gives a finite
+    index. The index decreases as the cost grows and increases with ``mean``
+    and (for a fixed cost) with ``s``.
+
+    Args:
+        mean, var: posterior mean and variance of ``f``.
+        log_cost: ``ln`` of the right-hand side, ``lambda * c`` (same units as
+            the objective).
+
+    Returns:
+        ``g`` (differentiable in all three inputs).
+    """
+    sigma = jnp.sqrt(jnp.maximum(var, 1e-12))
+    u = _inv_log_h(log_cost - jnp.log(sigma))
+    return mean - sigma * u
+
+
+class GittinsParams(NamedTuple):
+    """``AcqState.extra`` of :func:`pbgi`: ``ln lambda`` and ``ln c_bar`` (the
+    mean observed cost of a full trial, which makes ``lambda`` scale-free)."""
+
+    log_lambda: Any
+    log_cost_scale: Any
 
 
 # ------------------------------------------------------------- shared state
@@ -176,6 +261,19 @@ def eeipu(x, memo_depth, state: AcqState):
     return _log_ei(x, state) + state.eta * _log_inv_cost(x, memo_depth, state)
 
 
+def pbgi(x, memo_depth, state: AcqState):
+    """Memoization-aware Pandora's-box Gittins index: the ``g`` with
+    ``EI(x; g) = lambda * E[C_j(x)] / c_bar`` (Xie et al. 2024, arXiv
+    2406.20062), ``C_j`` pricing the first ``j`` stages at epsilon
+    (arXiv 2411.03731). ``state.extra`` is a :class:`GittinsParams`. An
+    objective level on the standardized scale (not a log value)."""
+    m, v = gplib.predict(state.obj, x)
+    mu, sigma = costlib.predict_log_cost(state.costs, state.cost_mean, state.cost_std, x)
+    log_c = costlib.log_expected_cost(mu, sigma, memo_depth, state.log_epsilon)
+    p = state.extra
+    return gittins_index(m, v, p.log_lambda + log_c - p.log_cost_scale)
+
+
 def ucb(x, memo_depth, state: AcqState):
     """Upper confidence bound ``mu + sqrt(beta) * sigma`` on the standardized
     scale (``state.extra`` holds beta). Not a log value; only compared with
@@ -201,6 +299,10 @@ class Method:
         memoize: whether the method proposes memoized-prefix candidates (and
             the driver restores cached stages for it).
         description: one line for ``--help`` and tables.
+        gittins: the acquisition is a Gittins index whose ``lambda`` lives in
+            the BO state (:class:`eeipu_jax.loop.GittinsState`): ``ask``
+            passes it in ``AcqState.extra`` as :class:`GittinsParams` and
+            decays it (PBGI-D).
         propose: optional ``propose(key, state, config) -> (Proposal, state)``
             replacing the default BO step (fit surrogates, score one candidate
             batch with ``score``, refine) for methods that search differently
@@ -214,6 +316,7 @@ class Method:
     memoize: bool = False
     description: str = ""
     propose: Callable | None = None
+    gittins: bool = False
 
     def __post_init__(self):
         if self.cost_model not in ("none", "total", "stages", "prefix_objective"):
@@ -264,3 +367,5 @@ register(Method("eips", eips, "total", False, "EI per unit cost (one total-cost 
 register(Method("carbo", carbo, "total", False, "cost-cooled EI per cost (one total-cost GP)"))
 register(Method("ms_carbo", ms_carbo, "stages", False, "stage-wise cost GPs + cooling, no memoization"))
 register(Method("eeipu", eeipu, "stages", True, "memoization-aware EI per unit cost with cooling"))
+register(Method("pbgi", pbgi, "stages", True, "memoization-aware Pandora's-box Gittins index (decaying lambda)",
+                gittins=True))

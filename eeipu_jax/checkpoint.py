@@ -7,14 +7,17 @@ and renames it when complete, so an interrupted save never leaves a checkpoint
 that restores half-written.
 
 Checkpoints written before ``BOState`` gained ``y_lo`` (the low float32 part
-of each objective) and ``n_fallback`` restore with those fields at their empty
-values (0): the objectives of such a run were stored as float32 only.
+of each objective), ``n_fallback`` and ``gittins`` (the Gittins-index state)
+restore with those fields at the template's values (those of
+:func:`eeipu_jax.loop.init`: zeros, and the initial ``lambda``): the
+objectives of such a run were stored as float32 only, and it used no
+Gittins index.
 Checkpoints written before the state kept the GPs' Cholesky factors
 (``chol``, ``n_chol``, ``n_fit``, ``n_refits``) restore with none kept and no
-refit recorded, so the next ``ask`` refits the hyperparameters (cold) and
-factors anew. The factors are part of the state and of its checkpoints
-(``M x N x N`` float32: 4 MB for 4 GPs at capacity 512), so a resumed run
-continues exactly where it stopped.
+refit recorded (the template's ``n_chol = 0``), so the next ``ask`` refits the
+hyperparameters (cold) and factors anew. The factors are part of the state and
+of its checkpoints (``M x N x N`` float32: 4 MB for 4 GPs at capacity 512), so a
+resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def save_state(path: str | os.PathLike, state: Any, key: jax.Array | None = None
     ckpt.wait_until_finished()
 
 
-# Fields added to BOState after checkpoints were first written; zeros are their empty values
-# (``n_chol = 0``: no factors kept, so the next ask computes them).
-_NEWER_FIELDS = ("y_lo", "n_fallback", "chol", "n_chol", "n_fit", "n_refits")
+# Fields added to BOState after checkpoints were first written; an older
+# checkpoint gets the template's (``loop.init``'s) values for them.
+_NEWER_FIELDS = ("y_lo", "n_fallback", "gittins", "chol", "n_chol", "n_fit", "n_refits")
 
 
 def _fields_added_since(like: Any, saved_fields) -> list[str]:
@@ -62,7 +65,7 @@ def restore_state(path: str | os.PathLike, like: Any, with_key: bool = False):
         path: checkpoint directory.
         like: a state with the same structure and shapes (e.g. from
             :func:`eeipu_jax.loop.init` and :func:`eeipu_jax.loop.grow`); its
-            values are ignored.
+            values are ignored, except for fields an older checkpoint lacks.
         with_key: also restore and return the PRNG key.
 
     Returns:
@@ -87,8 +90,8 @@ def restore_state(path: str | os.PathLike, like: Any, with_key: bool = False):
     out = ckpt.restore(path, target)
     restored = out["state"]
     if missing:
-        # An older checkpoint: the newer fields start empty (zeros of their shape).
-        restored = type(like)(**{**{k: jnp.zeros_like(getattr(like, k)) for k in missing}, **restored})
+        # An older checkpoint: the newer fields take the template's values.
+        restored = type(like)(**{**{k: getattr(like, k) for k in missing}, **restored})
     # Host round trip: uncommitted arrays with canonical (non-weak) types, so
     # the restored state hits the same compiled ``ask`` as a live one.
     state = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), restored)

@@ -40,6 +40,7 @@ __all__ = [
     "predict_log_cost",
     "normal_base_samples",
     "log_expected_inverse_cost",
+    "log_expected_cost",
     "cooling_eta",
 ]
 
@@ -120,6 +121,24 @@ def log_expected_inverse_cost(
     log_c = jnp.where(k < memo_depth, log_epsilon, log_c)
     log_total = logsumexp(log_c, axis=1)  # (M,)
     return logsumexp(-log_total) - math.log(z.shape[0])
+
+
+def log_expected_cost(mu: Float[Array, " k"], sigma: Float[Array, " k"], memo_depth, log_epsilon):
+    """``log E[C_j]`` in closed form, for log-normal stage costs.
+
+    ``E[C_j] = sum_{k < j} epsilon + sum_{k >= j} E[c_k]`` with
+    ``E[c_k] = exp(mu_k + sigma_k^2 / 2)`` (the log-normal mean, on the
+    original scale); a logsumexp over the stages, so no term overflows. No
+    Monte Carlo: unlike ``E[1/C]``, the mean of a sum is the sum of the means.
+
+    Args:
+        mu, sigma: posterior mean and std of ``ln c_k`` for each stage.
+        memo_depth: ``j``, the number of leading stages restored from the cache.
+        log_epsilon: ``ln`` of the price of a memoized stage.
+    """
+    k = jnp.arange(mu.shape[0])
+    terms = jnp.where(k < memo_depth, log_epsilon, mu + 0.5 * sigma * sigma)
+    return logsumexp(terms)
 
 
 def cooling_eta(budget, spent, b0):

@@ -106,6 +106,7 @@ from eeipu_jax.space import SearchSpace
 __all__ = [
     "BOConfig",
     "BOState",
+    "GittinsState",
     "Proposal",
     "init",
     "ask",
@@ -118,6 +119,7 @@ __all__ = [
     "effective_objective",
     "n_observations",
     "capacity_for",
+    "prefix_pool",
 ]
 
 
@@ -139,6 +141,11 @@ class BOConfig:
         top_q: number of top observations whose prefixes are candidates.
         prefix_pool: ``"all"`` observations or only ``"post_warmup"`` ones (as
             the authors ran it) may provide prefixes.
+        prefix_select: ``"top_trials"`` (every prefix of the ``top_q`` best
+            trials, the authors' pool) or ``"top_prefixes"`` (at each depth,
+            the ``top_q`` best distinct prefixes of that depth); see
+            :func:`eeipu_jax.candidates.prefix_pool`. The same pool is what a
+            ``top_q`` stage cache keeps (:func:`prefix_pool`).
         n_refine: best candidates refined by gradient steps (0 disables); for
             memoizing methods, the best ``n_refine`` of each memo depth.
         refine_steps: Adam steps per refinement.
@@ -161,6 +168,12 @@ class BOConfig:
             rest, drawn anew at each refit); the posterior always conditions
             on every row. 0: fit on all rows.
         ucb_beta: beta of the UCB acquisition (methods that use it).
+        pbgi_lambda0: initial ``lambda`` of Gittins-index methods (``pbgi``),
+            on the scale-free scale (standardized objective, costs divided by
+            the mean observed full-trial cost); 0.1 as in Xie et al.'s PBGI-D.
+        pbgi_decay: ``lambda`` is divided by this each time the index of the
+            proposal falls below the best observed value (PBGI-D; 2 in the
+            paper).
         gp: GP fitting settings.
     """
 
@@ -173,6 +186,7 @@ class BOConfig:
     n_local: int = 0
     top_q: int = 5
     prefix_pool: str = "all"
+    prefix_select: str = "top_trials"
     n_refine: int = 4
     refine_steps: int = 30
     refine_lr: float = 0.05
@@ -183,6 +197,8 @@ class BOConfig:
     refit_every: int = 3
     fit_rows: int = 128
     ucb_beta: float = 0.2
+    pbgi_lambda0: float = 0.1
+    pbgi_decay: float = 2.0
     gp: gplib.GPConfig = gplib.GPConfig()
 
     def __post_init__(self):
@@ -198,6 +214,12 @@ class BOConfig:
         object.__setattr__(self, "ucb_beta", _checks.finite_number(self.ucb_beta, "BOConfig.ucb_beta", at_least=0.0))
         growth = _checks.finite_number(self.refit_growth, "BOConfig.refit_growth", at_least=0.0)
         object.__setattr__(self, "refit_growth", growth)
+        object.__setattr__(
+            self, "pbgi_lambda0", _checks.finite_number(self.pbgi_lambda0, "BOConfig.pbgi_lambda0", greater_than=0.0)
+        )
+        object.__setattr__(
+            self, "pbgi_decay", _checks.finite_number(self.pbgi_decay, "BOConfig.pbgi_decay", at_least=1.0)
+        )
         if not isinstance(self.gp, gplib.GPConfig):
             raise ValueError(f"BOConfig.gp must be a GPConfig, got {self.gp!r}")
         soc = self.stage_of_column
@@ -230,6 +252,10 @@ class BOConfig:
             raise ValueError(f"BOConfig: invalid value for {bad}: {[getattr(self, k) for k in bad]}")
         if self.prefix_pool not in ("all", "post_warmup"):
             raise ValueError(f"BOConfig.prefix_pool must be 'all' or 'post_warmup', got {self.prefix_pool!r}")
+        if self.prefix_select not in candlib.PREFIX_SELECT:
+            raise ValueError(
+                f"BOConfig.prefix_select must be one of {list(candlib.PREFIX_SELECT)}, got {self.prefix_select!r}"
+            )
         if self.cooling not in ("linear", "constant", "none"):
             raise ValueError(f"BOConfig.cooling must be 'linear', 'constant' or 'none', got {self.cooling!r}")
         costlib.stage_input_masks(soc, self.n_stages, self.cost_inputs)  # validates cost_inputs
@@ -274,6 +300,27 @@ class BOConfig:
         return jnp.where(b > 0, binned, jnp.clip(u, 0.0, 1.0))
 
 
+class GittinsState(NamedTuple):
+    """State of a Gittins-index acquisition (``pbgi``): its ``lambda`` and the
+    last proposal's index, for the decay rule of PBGI-D (Xie et al. 2024,
+    arXiv 2406.20062): ``lambda`` is divided by ``BOConfig.pbgi_decay`` each
+    time the index of the chosen point falls below the best observed value,
+    the best including that point's own observation.
+
+    The check for proposal ``t`` is made at ask ``t + 1``, once its
+    observation is in. Because the objective is rescaled as data grow
+    (:func:`eeipu_jax.gp.scale_free`), the index is kept on the scale of ask
+    ``t`` (``last_index``, relative to the first finished trial and divided
+    by ``last_scale``) and the best observed value is brought to that scale.
+    """
+
+    lam: Float[Array, ""]  # current lambda (scale-free)
+    last_index: Float[Array, ""]  # the last proposal's index, scale-free units of its ask
+    last_scale: Float[Array, ""]  # the scale of those units (scale_free's ``scale``)
+    pending: Bool[Array, ""]  # a Gittins proposal awaits its decay check
+    n_decays: Int[Array, ""]  # how many times lambda was divided
+
+
 class BOState(NamedTuple):
     """All data of a run, at a fixed capacity ``N`` (a pytree of arrays).
 
@@ -303,6 +350,7 @@ class BOState(NamedTuple):
     n_chol: Int[Array, ""]  # rows [0, n_chol) are in the factors (0: none: factor anew)
     n_fit: Int[Array, ""]  # trials told when the hyperparameters were last refitted (0: never)
     n_refits: Int[Array, ""]  # hyperparameter refits so far (sets which are cold)
+    gittins: GittinsState  # Gittins-index methods only (``pbgi``); inert otherwise
 
 
 class Proposal(NamedTuple):
@@ -366,6 +414,13 @@ def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float 
         n_chol=jnp.asarray(0, jnp.int32),
         n_fit=jnp.asarray(0, jnp.int32),
         n_refits=jnp.asarray(0, jnp.int32),
+        gittins=GittinsState(
+            lam=jnp.asarray(config.pbgi_lambda0, f),
+            last_index=jnp.asarray(0.0, f),
+            last_scale=jnp.asarray(1.0, f),
+            pending=jnp.asarray(False),
+            n_decays=jnp.asarray(0, jnp.int32),
+        ),
     )
 
 
@@ -619,6 +674,46 @@ def effective_objective(state: BOState):
     return valid, jnp.where(valid, jnp.where(state.failed, worst, u), 0.0)
 
 
+def _pool_eligible(state: BOState, config: BOConfig):
+    """Rows that may provide memoized prefixes: finished trials (BO-phase
+    ones only with ``prefix_pool="post_warmup"``)."""
+    ok = (jnp.arange(state.X.shape[0]) < state.n) & ~state.failed
+    if config.prefix_pool == "post_warmup":
+        ok = ok & ~state.warmup
+    return ok
+
+
+def _prefix_pool(state: BOState, config: BOConfig, y_eff) -> candlib.PrefixPool:
+    masks = jnp.asarray(candlib.prefix_masks_array(config.stage_of_column, config.n_stages))
+    return candlib.prefix_pool(
+        state.X, y_eff, _pool_eligible(state, config), config.top_q, masks, config.prefix_select
+    )
+
+
+def prefix_pool(state: BOState, config: BOConfig) -> candlib.PrefixPool:
+    """The memoized prefixes the next ``ask`` may propose, and the prefixes a
+    ``top_q`` stage cache must keep: one definition for both.
+
+    :func:`ask` proposes memoized candidates only from this pool, the
+    simulated cache (:func:`eeipu_jax.simulate.is_cached`) holds exactly
+    these prefixes, and the real runtime keeps exactly the stage outputs of
+    these prefixes (the study's ``pool_keys``), so a memoized proposal is
+    never a cache miss. Trials are ranked by the objective the GP sees
+    (:func:`effective_objective`, an increasing function of the objective
+    told).
+
+    Pure and jittable; call it on the host after :func:`tell` to know what to
+    keep.
+
+    Returns:
+        A :class:`eeipu_jax.candidates.PrefixPool`: for each depth
+        ``j = 1 .. K-1`` (row ``j - 1``), up to ``top_q`` observation rows
+        whose depth-``j`` prefix is on offer, with a validity mask.
+    """
+    _, y_eff = effective_objective(state)
+    return _prefix_pool(state, config, y_eff)
+
+
 def _refit_due(state: BOState, config: BOConfig):
     """Whether this ask refits the hyperparameters: never fitted yet, or the
     trials have grown by ``refit_growth`` (at least one) since the last refit
@@ -758,19 +853,64 @@ def acquisition_state(key, state: BOState, config: BOConfig):
     return acq, state._replace(obj_params=obj_params, cost_params=cost_params), y_eff
 
 
+def _finished_scale_free(state: BOState):
+    """``(best, scale)``: the best finished objective on the scale-free scale
+    of :func:`scaled_objective` and that scale (``y ~ anchor + scale * u``)."""
+    ok = (jnp.arange(state.X.shape[0]) < state.n) & ~state.failed
+    u, _, scale = gplib.scale_free(state.y, ok, state.y_lo)
+    return jnp.max(jnp.where(ok, u, -jnp.inf)), scale
+
+
+def _gittins_params(acq: acqlib.AcqState, state: BOState, config: BOConfig):
+    """PBGI-D's decay check for the previous proposal, then the ``lambda``
+    and cost scale of this ask (``AcqState.extra``)."""
+    g = state.gittins
+    best_u, scale = _finished_scale_free(state)
+    # The previous proposal's index against the best observed value (which
+    # now includes its observation), both on the previous ask's scale.
+    fired = g.pending & (best_u * (scale / g.last_scale) > g.last_index)
+    lam = jnp.where(fired, g.lam / config.pbgi_decay, g.lam)
+    g = g._replace(lam=lam, pending=jnp.asarray(False), n_decays=g.n_decays + fired.astype(jnp.int32))
+    # lambda is scale-free: costs are divided by the mean observed cost of a
+    # full trial (stage costs are full compute costs, memoized or not).
+    valid = jnp.arange(state.X.shape[0]) < state.n
+    total = jnp.sum(state.stage_costs, axis=1)
+    ok = valid & jnp.isfinite(total) & (total > 0)
+    mean_cost = jnp.sum(jnp.where(ok, total, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
+    mean_cost = jnp.where(jnp.any(ok), mean_cost, 1.0)
+    extra = acqlib.GittinsParams(log_lambda=jnp.log(lam), log_cost_scale=jnp.log(mean_cost))
+    return acq._replace(extra=extra), g
+
+
+def _gittins_record(g: GittinsState, index, state: BOState, y_eff):
+    """Keep the chosen index (standardized scale of this ask) on the
+    scale-free scale, for the next ask's decay check."""
+    valid = jnp.arange(state.X.shape[0]) < state.n
+    _, mean, std = gplib.standardize(y_eff, valid)
+    _, scale = _finished_scale_free(state)
+    ok = jnp.isfinite(index)
+    return g._replace(
+        last_index=jnp.where(ok, mean + std * index, g.last_index),
+        last_scale=jnp.where(ok, scale, g.last_scale),
+        pending=ok,
+    )
+
+
 def _bo_proposal(key, state: BOState, config: BOConfig):
     method = config.method_def
     if method.propose is not None:
         return method.propose(key, state, config)
     k_fit, k_cand = jax.random.split(key)
     acq, new_state, y_eff = acquisition_state(k_fit, state, config)
+    gittins = state.gittins
+    if method.gittins:
+        acq, gittins = _gittins_params(acq, state, config)
 
     N = state.X.shape[0]
     valid = jnp.arange(N) < state.n
-    pool_ok = valid & ~state.failed
-    if config.prefix_pool == "post_warmup":
-        pool_ok = pool_ok & ~state.warmup
+    pool_ok = _pool_eligible(state, config)
     masks = jnp.asarray(candlib.prefix_masks_array(config.stage_of_column, config.n_stages))
+    pool = _prefix_pool(state, config, y_eff) if method.memoize else None
     batch = candlib.candidate_batch(
         k_cand,
         state.X,
@@ -782,6 +922,7 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
         prefix_masks=masks,
         memoize=method.memoize,
         n_local=config.n_local,
+        pool=pool,
     )
 
     def score(x, j):
@@ -827,7 +968,9 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
         r = jnp.argmax(vals)
         x, j, src, v = bx[r], batch.depth[r], batch.source[r], vals[r]
     prop = Proposal(x=x, memo_depth=j, source=src, score=v, eta=acq.eta, fallback=jnp.asarray(False))
-    return prop, new_state._replace(n_bo=state.n_bo + 1)
+    if method.gittins:
+        gittins = _gittins_record(gittins, v, state, y_eff)
+    return prop, new_state._replace(n_bo=state.n_bo + 1, gittins=gittins)
 
 
 def canonicalize(state: BOState) -> BOState:

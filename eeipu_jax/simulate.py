@@ -17,13 +17,18 @@ A *problem* is any hashable object with ``objective(u)``, ``stage_costs(u)``
 (``(K,)``), ``to_raw(u)`` and ``total_cost(u)`` on unit-cube points, e.g.
 :class:`pipelines.synthetic.SyntheticPipeline`.
 
-**Simulated memoization.** After every trial the simulated cache holds the
-stage outputs (prefixes of every depth) of the top-``Q`` finished trials
-(``cache_policy="top_q"``, the runtime's default policy; Q = the method's
-``top_q``) or of all trials (``"all"``). A proposal restores its prefix only if
-its source trial is in the cache; it is then charged ``epsilon`` per restored
-stage plus the true cost of the other stages, while the cost GPs learn the
-full stage costs.
+**Simulated memoization.** After every trial the simulated cache holds, under
+``cache_policy="top_q"`` (the runtime's default policy), exactly the prefixes
+of :func:`eeipu_jax.loop.prefix_pool`, the pool the optimizer proposes from
+(the same function decides both, for every ``prefix_pool`` and
+``prefix_select`` setting), or, under ``"all"``, every prefix of every
+finished trial. A proposal restores its depth-``j`` prefix only if the cache
+holds a prefix with the same stage ``0 .. j-1`` values (content-addressed, as
+the real cache's keys are); it is then charged ``epsilon`` per restored stage
+plus the true cost of the other stages, while the cost GPs learn the full
+stage costs. A memoized proposal that misses runs from scratch and is charged
+in full; :attr:`RunResult.proposed_depth` records what was proposed, so misses
+can be counted.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eeipu_jax import candidates as candlib
 from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
-__all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "resolve_batching", "cached_rows"]
+__all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "resolve_batching", "is_cached"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +53,8 @@ logger = logging.getLogger(__name__)
 class RunResult(NamedTuple):
     """One run's trajectory (NumPy arrays; rows in trial order, warm-up first).
 
-    ``eta`` and ``proposed_depth`` are NaN / -1 for warm-up rows.
+    ``eta`` and ``proposed_depth`` are NaN / -1 for warm-up rows; a BO row
+    with ``proposed_depth > memo_depth`` was a cache miss.
     """
 
     X: np.ndarray  # (n, d) unit cube
@@ -59,6 +66,14 @@ class RunResult(NamedTuple):
     n_warmup: int
     budget: float
     n_fallback: int = 0  # BO asks whose every candidate scored non-finite (see eeipu_jax.loop)
+    proposed_depth: np.ndarray | None = None  # (n,) memo depth the optimizer proposed (-1: warm-up)
+
+    @property
+    def n_misses(self) -> int:
+        """Memoized proposals whose prefix the cache did not hold."""
+        if self.proposed_depth is None:
+            return 0
+        return int(np.sum(self.proposed_depth > self.memo_depth))
 
     @property
     def spent(self) -> np.ndarray:
@@ -85,26 +100,42 @@ def warmup_design(key, problem, config: loop.BOConfig, kind: str = "cost_aware")
     raise ValueError(f"warm-up kind must be 'cost_aware' or 'random', got {kind!r}")
 
 
-def cached_rows(state: loop.BOState, config: loop.BOConfig, policy: str):
-    """Rows whose stage outputs the simulated cache holds (see module docstring)."""
-    N = state.X.shape[0]
-    valid = jnp.arange(N) < state.n
-    ok = valid & ~state.failed
-    if policy == "all":
-        return ok
-    if policy != "top_q":
+_POLICIES = ("top_q", "all")
+
+
+def check_policy(policy: str) -> str:
+    """``policy`` if it is a known simulated cache policy, else ``ValueError`` (host side)."""
+    if policy not in _POLICIES:
         raise ValueError(f"cache_policy must be 'top_q' or 'all', got {policy!r}")
-    q = min(config.top_q, N)
-    _, idx = jax.lax.top_k(jnp.where(ok, state.y, -jnp.inf), q)
-    member = jnp.zeros(N, bool).at[idx].set(True)
-    return member & ok
+    return policy
+
+
+def is_cached(state: loop.BOState, config: loop.BOConfig, policy: str, x, depth):
+    """Whether the simulated cache holds the depth-``depth`` prefix of ``x``.
+
+    ``"top_q"``: the prefixes of :func:`eeipu_jax.loop.prefix_pool` (what the
+    optimizer may propose); ``"all"``: the prefixes of every finished trial.
+    A prefix is held if some kept row has the same stage ``0 .. depth-1``
+    columns (exact equality, as a content-addressed cache key). Depth 0
+    restores nothing (``False``).
+    """
+    check_policy(policy)
+    masks = jnp.asarray(candlib.prefix_masks_array(config.stage_of_column, config.n_stages))
+    mask = masks[depth]
+    same = jnp.all(jnp.where(mask[None, :], state.X == x[None, :], True), axis=1)  # (N,)
+    if policy == "all":
+        N = state.X.shape[0]
+        held = same & (jnp.arange(N) < state.n) & ~state.failed
+    else:
+        pool = loop.prefix_pool(state, config)
+        row = jnp.clip(depth - 1, 0, pool.source.shape[0] - 1)
+        held = pool.ok[row] & same[pool.source[row]]
+    return (depth > 0) & jnp.any(held)
 
 
 def _simulate(state, prop, problem, config, policy):
     """Run one proposal on the simulated pipeline: ``(y, stage_costs, depth)``."""
-    cached = cached_rows(state, config, policy)
-    src = prop.source
-    hit = (src >= 0) & cached[jnp.maximum(src, 0)]
+    hit = is_cached(state, config, policy, prop.x, prop.memo_depth)
     depth = jnp.where(hit, prop.memo_depth, 0)
     return problem.objective(prop.x), problem.stage_costs(prop.x), depth
 
@@ -168,8 +199,9 @@ def run_python(
         The :class:`RunResult`.
     """
     budget = float(problem.budget if budget is None else budget)
+    check_policy(cache_policy)
     state, key = _init_run(key, budget, epsilon, problem, config, warmup, capacity)
-    etas = [np.nan] * config.n_warmup
+    trace = [(np.nan, -1.0)] * config.n_warmup  # (eta, proposed memo depth) per trial
     evaluate = _evaluate_fn(problem, config, cache_policy)
     while not bool(_done(state, max_trials)):
         state = loop.ensure_capacity(state)
@@ -177,7 +209,7 @@ def run_python(
         prop, state = loop.ask(sub, state, config)
         y, costs, depth = evaluate(state, prop)
         state = loop._tell(state, prop.x, y, costs, depth, 0.0, False)
-        etas.append(float(prop.eta))
+        trace.append((float(prop.eta), float(prop.memo_depth)))
         if bool(prop.fallback):
             logger.warning(
                 "trial %d: every candidate scored non-finite (score %s); proposed a uniform random point",
@@ -185,7 +217,7 @@ def run_python(
             )
         if callback is not None:
             callback(state, prop)
-    return _result(state, np.asarray(etas), config.n_warmup)
+    return _result(state, np.asarray(trace), config.n_warmup)
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,7 +225,8 @@ def _evaluate_fn(problem, config, policy):
     return jax.jit(lambda state, prop: _simulate(state, prop, problem, config, policy))
 
 
-def _result(state, eta, n_warmup) -> RunResult:
+def _result(state, trace, n_warmup) -> RunResult:
+    """``trace``: ``(>= n, 2)`` rows of (eta, proposed memo depth) per trial."""
     n = int(state.n)
     return RunResult(
         X=np.asarray(state.X[:n]),
@@ -201,22 +234,23 @@ def _result(state, eta, n_warmup) -> RunResult:
         stage_costs=np.asarray(state.stage_costs[:n]),
         memo_depth=np.asarray(state.memo_depth[:n]),
         charged=np.asarray(state.charged[:n]),
-        eta=np.asarray(eta[:n], np.float64),
+        eta=np.asarray(trace[:n, 0], np.float64),
         n_warmup=n_warmup,
         budget=float(state.budget),
         n_fallback=int(state.n_fallback),
+        proposed_depth=np.where(np.arange(n) < n_warmup, -1, trace[:n, 1]).astype(np.int32),
     )
 
 
 # ------------------------------------------------------------ jitted driver
-def _grow_batched(state, etas, capacity):
+def _grow_batched(state, trace, capacity):
     grown = jax.vmap(lambda s: loop.grow(s, capacity))(state)
-    pad = capacity - etas.shape[1]
-    return grown, jnp.concatenate([etas, jnp.full((etas.shape[0], pad), jnp.nan, etas.dtype)], axis=1)
+    pad = capacity - trace.shape[1]
+    return grown, jnp.concatenate([trace, jnp.full((trace.shape[0], pad, 2), jnp.nan, trace.dtype)], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials", "batching"))
-def _segment(state, key, etas, problem, config, policy, max_trials, batching):
+def _segment(state, key, trace, problem, config, policy, max_trials, batching):
     """Run BO iterations of every seed until done or the capacity is full.
 
     ``batching="vmap"`` runs the seeds in lockstep as one batched program
@@ -225,7 +259,7 @@ def _segment(state, key, etas, problem, config, policy, max_trials, batching):
     (``lax.map``), each for its own number of steps.
     """
 
-    def one(state, key, etas):
+    def one(state, key, trace):
         N = state.X.shape[0]
 
         def cond(c):
@@ -247,15 +281,15 @@ def _segment(state, key, etas, problem, config, policy, max_trials, batching):
             k, sub = jax.random.split(k)
             prop, s = loop._ask(sub, s, config)
             y, costs, depth = _simulate(s, prop, problem, config, policy)
-            e = e.at[s.n].set(prop.eta)
+            e = e.at[s.n].set(jnp.stack([prop.eta, prop.memo_depth.astype(e.dtype)]))
             s = loop._tell(s, prop.x, y, costs, depth, 0.0, False)
             return s, k, e
 
-        return jax.lax.while_loop(cond, body, (state, key, etas))
+        return jax.lax.while_loop(cond, body, (state, key, trace))
 
     if batching == "vmap":
-        return jax.vmap(one)(state, key, etas)
-    return jax.lax.map(lambda a: one(*a), (state, key, etas))
+        return jax.vmap(one)(state, key, trace)
+    return jax.lax.map(lambda a: one(*a), (state, key, trace))
 
 
 def resolve_batching(batching: str) -> str:
@@ -303,16 +337,17 @@ def run_jitted(
     batching = resolve_batching(batching)
     state, keys = jax.vmap(lambda k: _init_run(k, budget, epsilon, problem, config, warmup, capacity))(keys)
     S, N = state.X.shape[:2]
-    etas = jnp.full((S, N), jnp.nan, jnp.float32)
+    check_policy(cache_policy)
+    trace = jnp.full((S, N, 2), jnp.nan, jnp.float32)  # (eta, proposed memo depth) per trial
     while True:
-        state, keys, etas = _segment(state, keys, etas, problem, config, cache_policy, max_trials, batching)
+        state, keys, trace = _segment(state, keys, trace, problem, config, cache_policy, max_trials, batching)
         done = np.asarray(_done(state, max_trials))
         if on_segment is not None:
             on_segment(int(done.sum()), S)
         if done.all():
             break
-        state, etas = _grow_batched(state, etas, 2 * state.X.shape[1])
-    etas = np.asarray(etas)
+        state, trace = _grow_batched(state, trace, 2 * state.X.shape[1])
+    trace = np.asarray(trace)
     fallbacks = np.asarray(state.n_fallback)
     if fallbacks.any():
         logger.warning(
@@ -320,5 +355,5 @@ def run_jitted(
             "proposed instead): counts %s", int((fallbacks > 0).sum()), S, fallbacks.tolist(),
         )
     return [
-        _result(jax.tree.map(lambda a: a[i], state), etas[i], config.n_warmup) for i in range(S)
+        _result(jax.tree.map(lambda a: a[i], state), trace[i], config.n_warmup) for i in range(S)
     ]

@@ -279,20 +279,69 @@ def _headline_md(head: dict) -> str:
     )
 
 
+def optimizer_share(out: str, cfg) -> dict:
+    """The optimizer's share of each method's wall time, per pipeline, from the runs' records.
+
+    For each run: seconds of ``ask`` (and the tell before it) over those plus
+    the trials' own seconds (``ask_seconds`` and ``trial_seconds`` of
+    ``trials.jsonl``); the mean over the seeds found. Runs recorded before the
+    optimizer's seconds were kept are left out.
+
+    Returns:
+        ``{pipeline: {method: {"fraction": mean share, "seconds": mean seconds, "runs": n}}}``.
+    """
+    from eeipu_jax.runtime.records import optimizer_seconds, read_trials
+
+    shares: dict = {}
+    for p in cfg.pipelines:
+        for m in cfg.methods:
+            fr, secs = [], []
+            for s in range(cfg.seed_offset, cfg.seed_offset + cfg.seeds):
+                path = os.path.join(_run_dir(out, p, m, s), "trials.jsonl")
+                if not os.path.exists(path):
+                    continue
+                opt, total = optimizer_seconds(read_trials(path))
+                if total == 0:
+                    continue  # recorded before the optimizer's seconds were kept
+                fr.append(opt / total)
+                secs.append(opt)
+            if fr:
+                shares.setdefault(p, {})[m] = {"fraction": float(np.mean(fr)), "seconds": float(np.mean(secs)),
+                                               "runs": len(fr)}
+    return shares
+
+
+def _optimizer_md(shares: dict, charged: bool) -> str:
+    if not shares:
+        return ""
+    methods = list(dict.fromkeys(m for by_m in shares.values() for m in by_m))
+    lines = ["\n## The optimizer's share of wall time\n",
+             "Seconds of `ask` (with the tell before it) over those plus the trials' own seconds, mean over "
+             "seeds; " + ("charged to the budget (`charge_optimizer`)" if charged else
+                          "not charged to the budget (the paper's rule)") + ".\n",
+             "| pipeline | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for p, by_m in shares.items():
+        cells = (f"{by_m[m]['fraction']:.1%} ({by_m[m]['seconds']:.1f} s)" if m in by_m else "-" for m in methods)
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarize_results(out: str, cfg, wall: float | None = None, jobs: list | None = None) -> str:
     """Write ``summary.md`` / ``summary.json`` from the results files; returns the markdown."""
     runs = common.read_runs(os.path.join(out, "runs"))
     runs = [r for r in runs if r["pipeline"] in cfg.pipelines and r["method"] in cfg.methods]
     table = common.summarize(runs)
     head = common.headline(table)
-    md = common.format_table(table, head) + "\n" + _headline_md(head)
+    shares = optimizer_share(out, cfg)
+    md = common.format_table(table, head) + "\n" + _headline_md(head) + _optimizer_md(shares, bool(cfg.get("charge_optimizer", False)))
     budgets = ", ".join(f"{p}: {_budget(cfg.to_dict(), p):g} s" for p in table)
     intro = (f"Config `{cfg.name}`: seeds {cfg.seed_offset}..{cfg.seed_offset + cfg.seeds - 1}, "
              f"warm-up {cfg.n_warmup}, budgets {budgets}" + (f", wall {wall:.0f} s" if wall else "") + ".\n\n")
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(intro + md)
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(dict(table=table, headline=head, paper=PAPER_HEADLINE, wall_seconds=wall, jobs=jobs or []),
+        json.dump(dict(table=table, headline=head, paper=PAPER_HEADLINE, wall_seconds=wall, jobs=jobs or [],
+                       optimizer_share=shares),
                   f, indent=2, default=lambda v: None)
     return intro + md
 

@@ -228,3 +228,57 @@ def test_registry():
         acq.register(acq.Method("ei", acq.ei))
     with pytest.raises(ValueError, match="cost_model"):
         acq.Method("x", acq.ei, cost_model="sum")
+
+
+# ------------------------------------------------------------ Gittins index
+def gittins_scipy(mean, sd, cost):
+    """The g with E[max(f - g, 0)] = cost for f ~ N(mean, sd^2), by SciPy root finding."""
+    from scipy.optimize import brentq
+
+    f = lambda g: float(ei_scipy(mean, sd, g)) - cost  # noqa: E731
+    lo, hi = mean - 10 * sd - cost, mean + 40 * sd  # f(lo) > 0 > f(hi)
+    return brentq(f, lo, hi, xtol=1e-12, rtol=1e-12)
+
+
+def test_gittins_index_solves_ei_equal_cost_as_scipy_root_finding():
+    rng = np.random.default_rng(5)
+    mean, sd = rng.normal(size=60), rng.uniform(0.05, 2.0, 60)
+    cost = np.exp(rng.uniform(np.log(1e-6), np.log(3.0), 60))
+    got = np.asarray(jax.vmap(acq.gittins_index)(mean, sd**2, np.log(cost)))
+    want = np.array([gittins_scipy(m, s, c) for m, s, c in zip(mean, sd, cost)])
+    err = np.abs(got - want) / sd
+    assert err.max() < 2e-4, (err.max(), np.argmax(err))
+
+
+def test_gittins_index_decreases_with_cost_and_has_the_implicit_gradient():
+    mean, var = 0.3, 0.5**2
+    log_c = jnp.linspace(np.log(1e-8), np.log(5.0), 200)
+    g = np.asarray(jax.vmap(lambda lc: acq.gittins_index(mean, var, lc))(log_c))
+    assert np.all(np.isfinite(g)) and np.all(np.diff(g) < 0)
+    # dg / d ln c = -c / Phi((mean - g) / sd), from differentiating EI(g) = c (SciPy values)
+    for lc in (np.log(1e-4), np.log(0.05), np.log(0.7)):
+        gs = gittins_scipy(mean, 0.5, np.exp(lc))
+        want = -np.exp(lc) / stats.norm.cdf((mean - gs) / 0.5)
+        got = float(jax.grad(lambda t: acq.gittins_index(mean, var, t))(jnp.float32(lc)))
+        assert got == pytest.approx(want, rel=2e-3)
+    # and it increases with the mean, one for one
+    assert float(jax.grad(lambda m: acq.gittins_index(m, var, -2.0))(0.1)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_log_expected_cost_is_the_lognormal_closed_form():
+    mu, sigma = jnp.asarray([0.2, -1.0, 1.5]), jnp.asarray([0.3, 0.8, 0.1])
+    eps = 0.1
+    for j in range(4):
+        want = np.log(j * eps + sum(np.exp(mu[k] + sigma[k] ** 2 / 2) for k in range(j, 3)))
+        got = float(costs.log_expected_cost(mu, sigma, j, np.log(eps)))
+        assert got == pytest.approx(float(want), rel=1e-5)
+    # Monte Carlo check of the log-normal mean for one stage
+    z = np.random.default_rng(0).normal(size=400_000)
+    mc = np.mean(np.exp(0.2 + 0.3 * z) + np.exp(-1.0 + 0.8 * z))
+    assert float(costs.log_expected_cost(mu[:2], sigma[:2], 0, 0.0)) == pytest.approx(np.log(mc), abs=3e-3)
+
+
+def test_pbgi_is_registered_as_a_memoizing_gittins_method():
+    m = acq.get_method("pbgi")
+    assert m.memoize and m.gittins and m.cost_model == "stages"
+    assert not acq.get_method("eeipu").gittins

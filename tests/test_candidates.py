@@ -25,10 +25,64 @@ def test_prefix_masks():
 
 def test_prefix_pool_top_q_and_duplicates():
     X, y, ok = _data()
-    idx, valid = cand.prefix_pool(X, y, ok, 3, MASKS)
-    assert list(np.asarray(idx)) == [1, 3, 5]  # best three finished rows
+    pool = cand.prefix_pool(X, y, ok, 3, MASKS)
+    assert pool.source.shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(pool.source), [[1, 3, 5], [1, 3, 5]])  # best three finished rows
     # row 3 repeats row 1's stage-0 prefix (depth 1) but not its depth-2 prefix
-    np.testing.assert_array_equal(np.asarray(valid), [[True, True], [False, True], [True, True]])
+    np.testing.assert_array_equal(np.asarray(pool.ok), [[True, False, True], [True, True, True]])
+
+
+def _pool_loop(X, y, eligible, q, masks, select):
+    """Brute-force pool: python loops over rows, ranked by (y desc, row asc)."""
+    X, y, eligible, masks = map(np.asarray, (X, y, eligible, masks))
+    order = sorted(np.flatnonzero(eligible), key=lambda r: (-y[r], r))
+    out = []
+    for j in range(1, masks.shape[0] - 1):
+        cols = masks[j]
+        if select == "top_trials":
+            rows, seen = order[:q], []
+            entries = []
+            for r in rows:
+                key = tuple(X[r, cols])
+                entries.append((r, key not in seen))
+                seen.append(key)
+        else:
+            seen, entries = set(), []
+            for r in order:
+                key = tuple(X[r, cols])
+                if key not in seen:
+                    seen.add(key)
+                    entries.append((r, True))
+            entries = entries[:q]
+        out.append(entries)
+    return out
+
+
+@pytest.mark.parametrize("select", ["top_trials", "top_prefixes"])
+def test_prefix_pool_matches_a_brute_force_loop(select):
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        N, q = 24, 5
+        # few distinct values per column, so prefixes repeat at every depth
+        X = jnp.asarray(rng.integers(0, 3, size=(N, 5)) / 2.0, jnp.float32)
+        y = jnp.asarray(rng.integers(0, 6, size=N), jnp.float32)  # ties on purpose
+        eligible = jnp.asarray(rng.uniform(size=N) < 0.8)
+        pool = cand.prefix_pool(X, y, eligible, q, MASKS, select)
+        ref = _pool_loop(X, y, eligible, q, MASKS, select)
+        src, ok = np.asarray(pool.source), np.asarray(pool.ok)
+        for j, entries in enumerate(ref):
+            got = [(int(s), bool(o)) for s, o in zip(src[j], ok[j]) if o or select == "top_trials"]
+            want = entries if select == "top_trials" else [e for e in entries if e[1]]
+            if select == "top_trials":
+                got = got[: len(want)]
+            assert got == want, (trial, j)
+            assert ok[j].sum() == sum(o for _, o in entries)
+
+
+def test_prefix_pool_refuses_an_unknown_selection():
+    X, y, ok = _data()
+    with pytest.raises(ValueError, match="prefix selection"):
+        cand.prefix_pool(X, y, ok, 3, MASKS, "random")
 
 
 def test_batch_layout_prefixes_and_local_points():

@@ -56,6 +56,21 @@ def test_summary_statistics_by_hand(results):
     assert "| eeipu | 2 | 5.0 ± 0.0 |" in md and "+150% candidates" in md
 
 
+def test_average_baseline_is_the_papers_baselines_only():
+    """A new method in the table (pbgi) is compared one to one but kept out of the
+    average baseline; without any paper baseline, every other method is averaged."""
+    row = lambda it, g: dict(iterations=it, gain=g)  # noqa: E731
+    table = {"p": {"eeipu": row(30.0, 6.0), "ei": row(10.0, 2.0), "eips": row(20.0, 4.0), "pbgi": row(90.0, 9.0)}}
+    h = common.headline(table)["per_pipeline"]["p"]
+    assert h["average_of"] == ["ei", "eips"]
+    assert h["vs_average_baseline"]["candidates"] == pytest.approx(30.0 / 15.0 - 1)
+    assert h["vs_average_baseline"]["gain"] == pytest.approx(6.0 / 3.0 - 1)
+    assert h["per_baseline"]["pbgi"]["candidates"] == pytest.approx(30.0 / 90.0 - 1)
+    ablation = {"p": {"eeipu": row(30.0, 6.0), "eeipu_nomemo": row(10.0, 3.0)}}
+    h = common.headline(ablation)["per_pipeline"]["p"]
+    assert h["average_of"] == ["eeipu_nomemo"] and h["vs_average_baseline"]["gain"] == pytest.approx(1.0)
+
+
 def test_headline_when_a_baseline_gained_nothing(tmp_path):
     """A ratio over a zero gain is reported as a marked difference, never NaN."""
     out = str(tmp_path)

@@ -1,6 +1,8 @@
 """ask/tell: compile once per capacity, budget accounting, memoized proposals, checkpoints."""
 
+import dataclasses
 import logging
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,15 +158,54 @@ def test_checkpoints_from_before_the_hi_lo_objective_restore(warm_state, tmp_pat
     float32 rounding of the objectives that the missing ``y_lo`` held)."""
     import collections
 
-    Old = collections.namedtuple("BOState", [f for f in loop.BOState._fields if f not in ("y_lo", "n_fallback")])
+    newer = ("y_lo", "n_fallback", "gittins")
+    Old = collections.namedtuple("BOState", [f for f in loop.BOState._fields if f not in newer])
     checkpoint.save_state(tmp_path / "old", Old(**{f: getattr(warm_state, f) for f in Old._fields}))
     restored = checkpoint.restore_state(tmp_path / "old", loop.init(CFG, 1.0, capacity=32))
     assert isinstance(restored, loop.BOState) and int(restored.n_fallback) == 0
     np.testing.assert_array_equal(np.asarray(restored.y_lo), 0.0)
+    assert float(restored.gittins.lam) == pytest.approx(CFG.pbgi_lambda0)  # the template's initial lambda
     a, _ = loop.ask(jax.random.key(8), warm_state, CFG)
     b, _ = loop.ask(jax.random.key(8), restored, CFG)
     np.testing.assert_allclose(np.asarray(a.x), np.asarray(b.x), atol=1e-5)
     assert int(a.memo_depth) == int(b.memo_depth)
+
+
+class _Acq(NamedTuple):
+    extra: object = None
+
+
+@pytest.mark.parametrize("last_scale", [2.0, 4.0])
+def test_pbgi_decay_rule(last_scale):
+    """PBGI-D: lambda is divided by ``pbgi_decay`` iff the last proposal's index
+    fell below the best observed value (which includes that proposal's own
+    observation), the index kept on its own ask's scale."""
+    cfg = dataclasses.replace(CFG, method="pbgi", pbgi_lambda0=0.1, pbgi_decay=3.0)
+    state = loop.init(cfg, 100.0, capacity=8)
+    for i, yv in enumerate([1.0, 3.0, 2.0]):  # anchor 1, current scale 2, best 3
+        state = loop.tell(state, np.full(SPACE.dim, 0.1 * i), yv, np.array([1.0, 2.0, 3.0]), 0)
+    for index_y, pending, fires in [(2.9, True, True), (3.1, True, False), (2.9, False, False)]:
+        # the index in the previous ask's scale-free units: (g - anchor) / last_scale
+        g = state.gittins._replace(last_index=jnp.float32((index_y - 1.0) / last_scale),
+                                   last_scale=jnp.float32(last_scale), pending=jnp.asarray(pending))
+        _, g2 = loop._gittins_params(_Acq(), state._replace(gittins=g), cfg)
+        assert float(g2.lam) == pytest.approx(0.1 / 3.0 if fires else 0.1)
+        assert int(g2.n_decays) == int(fires) and not bool(g2.pending)
+    # the cost scale is the mean observed full-trial cost (6 here)
+    acq2, _ = loop._gittins_params(_Acq(), state, cfg)
+    assert float(acq2.extra.log_cost_scale) == pytest.approx(np.log(6.0), rel=1e-6)
+    assert float(acq2.extra.log_lambda) == pytest.approx(np.log(0.1), rel=1e-6)
+
+
+def test_pbgi_ask_records_its_index_and_keeps_lambda_in_the_state(warm_state):
+    cfg = dataclasses.replace(CFG, method="pbgi")
+    prop, state = loop.ask(jax.random.key(3), warm_state, cfg)
+    assert np.isfinite(float(prop.score)) and bool(state.gittins.pending)
+    # the recorded index is the proposal's score brought from the standardized scale to y's scale-free one
+    valid, y_eff = loop.effective_objective(warm_state)
+    ye = np.asarray(y_eff)[np.asarray(valid)]
+    want = ye.mean() + ye.std(ddof=1) * float(prop.score)
+    assert float(state.gittins.last_index) == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
 def test_tell_grows_capacity():

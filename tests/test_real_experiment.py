@@ -47,7 +47,15 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
         assert r["n_warmup"] == 3 and r["budget"] == 1e6
     # Same seed, same warm-up configurations for both methods.
     assert runs[0]["trials"][0]["x"] == runs[1]["trials"][0]["x"]
+    # The optimizer's share, recomputed here from each run's records.
+    share = json.load(open(os.path.join(out, "summary.json")))["optimizer_share"]["stacking-tiny"]
+    for m in ("ei", "eeipu"):
+        lines = [json.loads(s) for s in open(os.path.join(out, "tuning", "stacking-tiny", m, "seed0", "trials.jsonl"))]
+        opt = sum(ln["ask_seconds"] for ln in lines)
+        assert opt > 0 and share[m]["runs"] == 1
+        assert share[m]["fraction"] == pytest.approx(opt / (opt + sum(ln["trial_seconds"] for ln in lines)))
     md = open(os.path.join(out, "summary.md")).read()
+    assert "optimizer's share of wall time" in md
     assert "**stacking-tiny**" in md and "+103%" in md and "+108%" in md
     assert f"figures: python -m paper_figures.real {out}" in printed.out
     from paper_figures import real as real_figures

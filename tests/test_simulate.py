@@ -1,5 +1,7 @@
 """Simulated runs: memoized charging, budget stop, and Python vs jitted drivers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,13 +78,76 @@ def test_warmup_is_shared_across_methods():
     assert float(a.b0) == pytest.approx(float(b.b0)) and float(a.b0) > 0
 
 
-def test_cached_rows_policies():
-    state = loop.init(CFG, 100.0, capacity=16)
-    for i, yv in enumerate([0.1, 0.5, float("nan"), 0.3, 0.9, 0.2, 0.7]):
-        state = loop.tell(state, np.full(PIPE.dim, 0.1 * i), yv, np.ones(3), 0)
-    top = np.asarray(simulate.cached_rows(state, CFG, "top_q"))
-    assert set(np.flatnonzero(top)) == {1, 3, 4, 5, 6}  # top-5 finished trials, failed one excluded
-    allr = np.asarray(simulate.cached_rows(state, CFG, "all"))
-    assert set(np.flatnonzero(allr)) == {0, 1, 3, 4, 5, 6}
+def _told(cfg, ys):
+    """A state with one trial per ``y``; row ``i`` is ``0.1 * i`` in every column."""
+    state = loop.init(cfg, 100.0, capacity=16)
+    for i, yv in enumerate(ys):
+        state = loop.tell(state, np.full(PIPE.dim, 0.1 * i, np.float32), yv, np.ones(3), 0)
+    return state
+
+
+def _with_prefix(state, row, depth, fill=0.95):
+    """A point copying the depth-``depth`` prefix of ``row`` (free columns ``fill``)."""
+    soc = np.asarray(CFG.stage_of_column)
+    x = np.where(soc < depth, np.asarray(state.X[row]), fill).astype(np.float32)
+    return jnp.asarray(x)
+
+
+def test_is_cached_policies_and_pool_modes():
+    ys = [0.1, 0.5, float("nan"), 0.3, 0.9, 0.2, 0.7]  # CFG.n_warmup = 5: rows 0-4 are warm-up
+    state = _told(CFG, ys)
+    held = lambda st, cfg, pol, row, j: bool(simulate.is_cached(st, cfg, pol, _with_prefix(st, row, j), j))  # noqa: E731
+    # top_q (Q = 5), pool of every finished trial: rows 1, 3, 4, 5, 6 (the failed row 2 never)
+    for row in range(7):
+        assert held(state, CFG, "top_q", row, 1) == (row in {1, 3, 4, 5, 6})
+    assert held(state, CFG, "all", 0, 2) and not held(state, CFG, "all", 2, 1)
+    assert not held(state, CFG, "top_q", 4, 0)  # depth 0 restores nothing
+    # post_warmup: only BO-phase rows (5, 6) provide prefixes, so the best trial's (row 4) is not held
+    post = dataclasses.replace(CFG, prefix_pool="post_warmup")
+    assert [held(state, post, "top_q", r, 1) for r in (1, 4, 5, 6)] == [False, False, True, True]
+    # a prefix that only matches at depth 1 is held at depth 1, not at depth 2
+    x = _with_prefix(state, 4, 1).at[2].set(0.123)  # a stage-1 column differs from row 4
+    soc = np.asarray(CFG.stage_of_column)
+    assert soc[2] == 1
+    assert bool(simulate.is_cached(state, CFG, "top_q", x, 1))
+    assert not bool(simulate.is_cached(state, CFG, "top_q", x, 2))
     with pytest.raises(ValueError, match="cache_policy"):
-        simulate.cached_rows(state, CFG, "lru")
+        simulate.is_cached(state, CFG, "lru", x, 1)
+
+
+def test_top_prefixes_keeps_distinct_prefixes_beyond_the_top_trials():
+    # Rows 1..5 share row 1's stage-0 prefix; top_trials at depth 1 then offers one prefix only,
+    # top_prefixes offers the best trial of each distinct prefix (rows 0 and 6 too).
+    state = _told(CFG, [0.1, 0.9, 0.8, 0.85, 0.7, 0.75, 0.2])
+    soc = np.asarray(CFG.stage_of_column)
+    X = np.array(state.X)
+    X[2:6, soc == 0] = X[1, soc == 0]
+    state = state._replace(X=jnp.asarray(X))
+    tops = dataclasses.replace(CFG, prefix_select="top_prefixes")
+    for row in (0, 6):
+        assert not bool(simulate.is_cached(state, CFG, "top_q", _with_prefix(state, row, 1), 1))
+        assert bool(simulate.is_cached(state, tops, "top_q", _with_prefix(state, row, 1), 1))
+    pool = loop.prefix_pool(state, tops)
+    assert sorted(np.asarray(pool.source[0])[np.asarray(pool.ok[0])].tolist()) == [0, 1, 6]
+
+
+MODES = [(pool, select) for pool in ("all", "post_warmup") for select in ("top_trials", "top_prefixes")]
+
+
+@pytest.mark.parametrize(
+    "pool,select,method", [m + ("eeipu",) for m in MODES] + [("post_warmup", "top_prefixes", "pbgi")]
+)
+def test_every_memoized_proposal_is_a_cache_hit(pool, select, method):
+    """The pool the optimizer proposes from is what the simulated cache keeps: 0 misses."""
+    cfg = dataclasses.replace(CFG, method=method, prefix_pool=pool, prefix_select=select)
+    kw = dict(capacity=16, max_trials=16)
+    py = simulate.run_python(jax.random.key(11), PIPE, cfg, 60.0, **kw)
+    jit = simulate.run_jitted(jnp.stack([jax.random.key(11), jax.random.key(12)]), PIPE, cfg, 60.0, **kw)
+    n_memo = 0
+    for r in [py] + jit:
+        bo = r.proposed_depth[r.n_warmup:]
+        assert np.all(bo >= 0)
+        n_memo += int(np.sum(bo > 0))
+        assert r.n_misses == 0
+        np.testing.assert_array_equal(r.memo_depth[r.n_warmup:], bo)
+    assert n_memo >= 5  # the test exercises memoized proposals

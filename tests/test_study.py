@@ -261,3 +261,33 @@ def test_charge_optimizer_must_be_a_bool(tmp_path):
     with pytest.raises(ConfigError, match="charge_optimizer"):
         _create(tmp_path, charge_optimizer="yes")
     assert not os.path.exists(tmp_path / "run")
+
+
+# ------------------------------------------------- one definition of cached
+@pytest.mark.parametrize(
+    "method,pool", [("eeipu", {"prefix_pool": "post_warmup"}), ("pbgi", {"prefix_select": "top_prefixes"}),
+                    pytest.param("eeipu", {}, marks=pytest.mark.slow),
+                    pytest.param("eeipu", {"prefix_select": "top_prefixes"}, marks=pytest.mark.slow),
+                    pytest.param("eeipu", {"prefix_pool": "post_warmup", "prefix_select": "top_prefixes"},
+                                 marks=pytest.mark.slow)]
+)
+def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, method, pool):
+    """Under top_q the stage cache keeps exactly the optimizer's prefix pool (one
+    definition, eeipu_jax.loop.prefix_pool), so no memoized proposal misses."""
+    study = Study.create(str(tmp_path / "run"), "pipelines.toy:make_toy_small", method, 1e6, 0, n_warmup=N_WARMUP,
+                         bo={**SMALL_BO, **pool}, cache_policy="top_q", epsilon=1e-6)  # toy stages take ~ms
+    study.optimize(N_WARMUP + 12)
+    memo = [t for t in study.trials if t.proposed_depth > 0]
+    assert len(memo) >= 3  # the test exercises memoized proposals
+    misses = [t.index for t in memo if t.memo_depth < t.proposed_depth]
+    assert misses == []
+    # every prefix of the final pool is on disk (the next ask may propose any of them)
+    from eeipu_jax.runtime.cache import CachePolicy, StageCache
+    from eeipu_jax.runtime.study import pool_keys
+
+    state, _ = rundir.restore_checkpoint(study.out_dir, bo.init(study.config, 1e6, epsilon=1e-6))
+    records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    assert int(state.n) == len(records)
+    keep = pool_keys(state, study.config, records)
+    cache = StageCache(study.cache_dir, CachePolicy("top_q"))
+    assert keep and all(k in cache for k in keep)

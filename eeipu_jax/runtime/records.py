@@ -23,7 +23,7 @@ import numpy as np
 
 from eeipu_jax.runtime.settings import ConfigError
 
-__all__ = ["Trial", "jsonable", "atomic_write_json", "append_line", "read_trials"]
+__all__ = ["Trial", "jsonable", "atomic_write_json", "append_line", "read_trials", "optimizer_seconds"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, np.bool_):
         return bool(v)
     return v
+
+
+def optimizer_seconds(records: list[dict]) -> tuple[float, float]:
+    """``(optimizer, wall)``: the seconds of ``ask`` (with the tell before it)
+    over a run's records, and those plus the trials' own seconds. Records
+    written before ``ask_seconds`` was recorded count in neither."""
+    timed = [r for r in records if "ask_seconds" in r]
+    optimizer = sum(r["ask_seconds"] for r in timed)
+    return optimizer, optimizer + sum(r["trial_seconds"] for r in timed)
 
 
 def atomic_write_json(path: str, doc: Any) -> None:

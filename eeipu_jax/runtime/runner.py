@@ -240,7 +240,7 @@ class Runner:
             written = 0
         return (keys[j] if written else None), time.perf_counter() - t0
 
-    def run(self, params: Mapping, *, keep_outputs: bool = False) -> TrialResult:
+    def run(self, params: Mapping, *, keep_outputs: bool = False, admit=None) -> TrialResult:
         """Run one configuration.
 
         Args:
@@ -248,6 +248,11 @@ class Runner:
                 flat ``"<stage>__<param>"``).
             keep_outputs: return every stage's output in the result (tests,
                 debugging).
+            admit: optional ``objective -> bool`` deciding, under a lazy
+                (``"top_q"``) policy, whether the finished trial's outputs are
+                written (default: the cache's own :meth:`StageCache.admits`);
+                a :class:`~eeipu_jax.runtime.study.Study` passes whether the
+                trial enters its optimizer's prefix pool.
 
         Returns:
             A :class:`TrialResult` (failures are results, not exceptions).
@@ -330,7 +335,7 @@ class Runner:
                 if not math.isfinite(objective):
                     error = f"non-finite objective {objective!r}"
                     objective = math.nan
-        if error is None and pending and self.cache.admits(objective):
+        if error is None and pending and (self.cache.admits if admit is None else admit)(objective):
             for j, o in pending:
                 key, secs = self._save(j, o, params, keys, stage_costs)
                 save_seconds += secs

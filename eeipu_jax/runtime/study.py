@@ -55,6 +55,7 @@ observed so far, and the run continues.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -71,7 +72,7 @@ from eeipu_jax import loop as bo
 from eeipu_jax.runtime import rundir
 from eeipu_jax.runtime.cache import CachePolicy, StageCache, parse_bytes
 from eeipu_jax.runtime.pipeline import Pipeline
-from eeipu_jax.runtime.records import Trial, append_line, atomic_write_json, jsonable, read_trials
+from eeipu_jax.runtime.records import Trial, append_line, atomic_write_json, jsonable, optimizer_seconds, read_trials
 from eeipu_jax.runtime.registry import get_pipeline, target_of
 from eeipu_jax.runtime.runner import Runner, check_seed
 from eeipu_jax.runtime.settings import INT32_MAX, ConfigError, check_writable_dir, coerce_bo_option, is_int, is_real
@@ -96,6 +97,35 @@ _OPTIONS = dict(cache_dir=None, cache_policy="top_q", cache_q=5, cache_max_bytes
 _RUNTIME = ("cache_dir", "cache_max_bytes", "stage_timeout", "jax_cache_dir")
 
 
+# ------------------------------------------------- one definition of cached
+_prefix_pool = jax.jit(bo.prefix_pool, static_argnums=1)
+
+
+def pool_keys(state, config: bo.BOConfig, records) -> set[str]:
+    """Cache keys of the optimizer's prefix pool (:func:`eeipu_jax.loop.prefix_pool`).
+
+    Under ``"top_q"`` the stage cache keeps exactly these: the depth-``j``
+    prefix key of each pool entry of depth ``j``, i.e. exactly the prefixes the
+    next ``ask`` may propose, so a memoized proposal is never a cache miss.
+    ``records[i]`` is trial ``i`` (row ``i`` of ``state``).
+    """
+    pool = _prefix_pool(state, config)
+    src, ok = np.asarray(pool.source), np.asarray(pool.ok)
+    return {records[int(r)]["cache_keys"][j] for j in range(src.shape[0]) for r in src[j][ok[j]]}
+
+
+def enters_pool(state, config: bo.BOConfig, x, objective: float) -> bool:
+    """Whether trial ``state.n`` at ``x`` with ``objective`` would be in the prefix pool
+    once told (only the ranks matter, so its costs are placeholders): the runner
+    writes its stage outputs only then."""
+    if not math.isfinite(objective):
+        return False
+    i = int(state.n)
+    told = bo.tell(state, x, objective, np.ones(config.n_stages), 0)
+    pool = _prefix_pool(told, config)
+    return bool(np.any(np.asarray(pool.ok) & (np.asarray(pool.source) == i)))
+
+
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
     """Everything a study needs (the options of :meth:`Study.create`).
@@ -111,7 +141,10 @@ class StudySettings:
         cache_dir: stage cache directory (default ``<out>/cache``); may be
             shared between runs and workers.
         cache_policy: ``"top_q"`` or ``"all"``.
-        cache_q: trials whose prefixes ``"top_q"`` keeps.
+        cache_q: trials whose prefixes a ``"top_q"`` cache keeps when used
+            without a study; a study's ``"top_q"`` cache keeps exactly the
+            optimizer's prefix pool (:func:`pool_keys`, ``BOConfig.top_q``
+            prefixes per depth), so every memoized proposal is a hit.
         cache_max_bytes: size limit of the cache (LRU eviction), ``None``: none.
         cache_writes: ``"auto"`` (write only for memoizing methods),
             ``"always"`` or ``"never"``.
@@ -268,11 +301,6 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
         raise ConfigError(f"the study's settings cannot be recorded in config.json: {e}") from None
     if not disk:
         return _Plan(s, pipeline, method, config, policy, "", write, doc)
-    if method.memoize and policy.kind == "top_q" and policy.q < config.top_q:
-        logger.warning(
-            "cache q=%d is smaller than the optimizer's top_q=%d: some proposed prefixes will not be cached",
-            policy.q, config.top_q,
-        )
     out = check_writable_dir(s.out, s.name("out"))
     cache_dir = check_writable_dir(s.cache_dir or os.path.join(out, "cache"), s.name("cache_dir"))
     if s.jax_cache_dir is not None:
@@ -567,10 +595,7 @@ class Study:
     def _summary(self, records: list[dict]) -> dict:
         spent = float(records[-1]["spent"]) if records else 0.0
         io = sum(r["restore_seconds"] + r["save_seconds"] for r in records)
-        # Records written before ask_seconds was recorded carry no optimizer time.
-        timed = [r for r in records if "ask_seconds" in r]
-        optimizer = sum(r["ask_seconds"] for r in timed)
-        wall = optimizer + sum(r["trial_seconds"] for r in timed)
+        optimizer, wall = optimizer_seconds(records)
         best = _best(records)
         return {
             "pipeline": self.pipeline.name,
@@ -725,6 +750,7 @@ class Study:
         cache = StageCache(plan.cache_dir, plan.policy)
         for rec in records:
             cache.record_trial(_nan(rec["y"]), rec["cache_keys"], prune=False)
+        cache.set_keep(pool_keys(state, config, records))
         cache.prune()
         runner = self._make_runner(cache)
         stats_path = os.path.join(self.out_dir, "cache_stats.json")
@@ -772,7 +798,10 @@ class Study:
                         params[stage.name] = dict(records[source]["params"][stage.name])
                     mask = space.prefix_mask(proposed_depth)
                     x[mask] = np.asarray(state.X[source])[mask]
-                result = runner.run(params)
+                admit = None
+                if plan.policy.kind == "top_q":
+                    admit = functools.partial(enters_pool, state, config, x)
+                result = runner.run(params, admit=admit)
                 charged = result.charged + ask_seconds if charge_optimizer else result.charged
                 t0 = time.perf_counter()
                 state = bo.tell(state, x, result.objective, result.stage_costs, result.memo_depth, charged)
@@ -815,6 +844,7 @@ class Study:
                     float(state.spent), budget, f" ({result.error})" if result.error else "",
                 )
                 rundir.save_checkpoint(self.out_dir, state, key)
+                cache.set_keep(pool_keys(state, config, records))
                 cache.record_trial(result.objective, result.cache_keys)
                 atomic_write_json(stats_path, cache.stats.to_dict())  # counters only: no directory scan per trial
                 hits += result.memo_depth > 0

@@ -6,7 +6,10 @@
   trials of a run (by objective): a trial's outputs are written only once its
   objective places it among the top ``q``, and entries of the run's trials that
   drop out of the top ``q`` are deleted
-  (:meth:`eeipu_jax.runtime.cache.StageCache.record_trial`).
+  (:meth:`eeipu_jax.runtime.cache.StageCache.record_trial`). Inside a
+  :class:`~eeipu_jax.runtime.study.Study` the kept prefixes are exactly the
+  optimizer's prefix pool (:func:`eeipu_jax.loop.prefix_pool`), so what the
+  optimizer proposes and what the cache keeps have one definition.
 
 A byte limit with least-recently-used eviction applies on top of either
 policy. :func:`parse_bytes` reads sizes such as ``"500MB"`` or ``"2GiB"``.

@@ -32,7 +32,11 @@ This module owns everything on disk under a cache directory (keys come from
 * **Policy applied.** Under ``"top_q"`` (:class:`CachePolicy`) a trial's
   outputs are written only once its objective places it among the top ``q``
   (:meth:`StageCache.admits`), and :meth:`StageCache.record_trial` deletes the
-  entries of this run's trials that drop out of the top ``q``. A byte limit
+  entries of this run's trials that drop out of the top ``q``. A
+  :class:`~eeipu_jax.runtime.study.Study` replaces "top ``q``" by its
+  optimizer's prefix pool (:func:`eeipu_jax.loop.prefix_pool`, through
+  :meth:`StageCache.set_keep` and the runner's ``admit``): one definition of
+  what is proposed and what is kept. A byte limit
   with least-recently-used eviction applies on top of either policy.
 * **Statistics** (:class:`CacheStats`): hits per memo depth, misses, bytes
   written and read, seconds spent saving and restoring, compute seconds saved,
@@ -234,6 +238,10 @@ class StageCache:
         # Ranking of this run's finished trials (policy "top_q").
         self._trials: list[tuple[float, tuple[str, ...]]] = []
         self._run_keys: set[str] = set()
+        # Keys to keep under "top_q" when the optimizer says so (set_keep): the
+        # prefixes of its pool (eeipu_jax.loop.prefix_pool), one definition for
+        # what it proposes and what is kept.
+        self._keep: set[str] | None = None
         self._clean_leftovers(stale_tmp_seconds)
 
     # ------------------------------------------------------------ plumbing
@@ -576,8 +584,22 @@ class StageCache:
         ranked = sorted((y for y, _ in self._trials), reverse=True)
         return len(ranked) < self.policy.q or objective > ranked[self.policy.q - 1]
 
+    def set_keep(self, keys) -> None:
+        """Keep exactly ``keys`` under ``"top_q"`` from now on (applied at the
+        next :meth:`prune` or :meth:`record_trial`).
+
+        A :class:`~eeipu_jax.runtime.study.Study` passes the prefix keys of
+        :func:`eeipu_jax.loop.prefix_pool`, the pool its optimizer proposes
+        from, so every memoized proposal is a cache hit; without it the cache
+        keeps the prefixes of the ``q`` best recorded trials.
+        """
+        self._keep = set(keys)
+
     def keep_set(self) -> set[str]:
-        """Keys of the prefixes of the ``q`` best recorded trials."""
+        """Keys to keep: those of :meth:`set_keep` if given, else the prefixes
+        of the ``q`` best recorded trials."""
+        if self._keep is not None:
+            return set(self._keep)
         ranked = sorted(self._trials, key=lambda t: t[0], reverse=True)[: self.policy.q]
         return {k for _, keys in ranked for k in keys}
 
