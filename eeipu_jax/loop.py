@@ -49,27 +49,30 @@ everywhere (the GP is flat and EI is driven by its variance). Their stage
 costs are used for the stages that ran (``NaN`` marks a stage that did not
 run).
 
-**Surrogate schedule.** The GPs' hyperparameters are not refitted at every
-ask. A refit (warm: ``GPConfig.steps`` Adam steps from the current values;
-cold, every ``refit_every``-th refit: ``GPConfig.cold_steps`` from fresh
-starts, competing with the current values) happens when the trials told
-have grown by ``refit_growth`` (10%, at least one trial) since the last
-one, so refits become rarer as a study grows and their average cost per
-trial stays bounded; it sees at most ``fit_rows`` rows (the best quarter by
-objective and a uniform random sample of the rest), so its cost is bounded
-too, whatever the number of trials. The posterior always conditions on
-every row. Between refits the hyperparameters are held and the Cholesky
-factor of each GP's covariance is kept in the state (``BOState.chol``): an
-``ask`` appends the rows told since the previous one (O(N^2) each,
+**Surrogate schedule.** While fewer than ``refit_hold_from`` (256) trials
+have been told, the GPs' hyperparameters are refitted at every ask (warm:
+``GPConfig.steps`` Adam steps from the current values; cold, every
+``refit_every``-th refit: ``GPConfig.cold_steps`` from fresh starts,
+competing with the current values). From then on a refit happens only when
+the trials told have grown by ``refit_growth`` (10%, at least one trial)
+since the last one, so refits become rarer as a study grows and their
+average cost per trial stays bounded: with hundreds of trials, a tenth more
+data moves the hyperparameters little, while on the short runs of the
+paper's benchmarks holding them cost quality (docs/bo_step_profile.md). A
+refit sees at most ``fit_rows`` rows (the best quarter by objective and a
+uniform random sample of the rest), so its cost is bounded too, whatever the
+number of trials. The posterior always conditions on every row. Between
+refits the hyperparameters are held and the Cholesky factor of each GP's
+covariance is kept in the state (``BOState.chol``): an ``ask`` appends the
+rows told since the previous one (O(N^2) each,
 :func:`eeipu_jax.gp.append_rows`) instead of factorizing anew (O(N^3)). A
 factor depends only on the inputs, the row masks and the hyperparameters,
 never on the targets; targets enter at each ask through one triangular
 solve (so a trial whose inputs are known before its result, such as a
 pending trial of a parallel worker, could enter the factors when it is
 proposed, and only its target would change when it is told).
-``refit_growth = 0`` refits at every ask (warm; cold every
-``refit_every``-th). The numbers behind these choices are in
-docs/bo_step_profile.md.
+``refit_growth = 0`` or ``refit_hold_from`` beyond the study's size refits at
+every ask. The numbers behind these choices are in docs/bo_step_profile.md.
 
 **Integer and categorical columns.** Candidates are snapped to representable
 points *before* they are scored (the free coordinates only: a memoized prefix
@@ -155,11 +158,14 @@ class BOConfig:
             ``"stage"`` (only stage k's columns).
         cooling: ``"linear"`` (eta = remaining / (B - b0)), ``"constant"``
             (eta = 1) or ``"none"`` (eta = 0: the cost term drops out).
-        refit_growth: the GP hyperparameters are refitted when the number of
-            trials has grown by this fraction since the last refit (at least
-            one new trial; 0: at every ask). In between they are held and
-            each new trial is appended to the kept Cholesky factors in
-            O(N^2) (see "Surrogate schedule" in the module doc).
+        refit_growth: from ``refit_hold_from`` trials on, the GP
+            hyperparameters are refitted when the number of trials has grown
+            by this fraction since the last refit (at least one new trial; 0:
+            at every ask). In between they are held and each new trial is
+            appended to the kept Cholesky factors in O(N^2) (see "Surrogate
+            schedule" in the module doc).
+        refit_hold_from: below this many told trials the hyperparameters are
+            refitted at every ask (0: the growth rule from the start).
         refit_every: every this many refits is cold (fresh starts, competing
             with the current hyperparameters); the others are warm-started.
             The first refit is cold.
@@ -194,7 +200,8 @@ class BOConfig:
     cost_inputs: str = "prefix"
     cooling: str = "linear"
     refit_growth: float = 0.1
-    refit_every: int = 3
+    refit_hold_from: int = 256
+    refit_every: int = 10
     fit_rows: int = 128
     ucb_beta: float = 0.2
     pbgi_lambda0: float = 0.1
@@ -205,7 +212,7 @@ class BOConfig:
         object.__setattr__(self, "stage_of_column", tuple(int(s) for s in self.stage_of_column))
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
         for name in ("n_warmup", "n_random", "n_per_prefix", "n_local", "top_q", "n_refine",
-                     "refine_steps", "mc_samples", "refit_every", "fit_rows"):
+                     "refine_steps", "mc_samples", "refit_every", "refit_hold_from", "fit_rows"):
             object.__setattr__(self, name, _checks.integer(getattr(self, name), f"BOConfig.{name}"))
         # Floats are stored as Python floats: the config stays hashable and
         # JSON-serializable, and a NaN never reaches a results file.
@@ -245,6 +252,7 @@ class BOConfig:
             "refine_steps": self.refine_steps >= 0,
             "mc_samples": self.mc_samples >= 1,
             "refit_every": self.refit_every >= 1,
+            "refit_hold_from": self.refit_hold_from >= 0,
             "fit_rows": self.fit_rows == 0 or self.fit_rows >= 8,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -715,13 +723,16 @@ def prefix_pool(state: BOState, config: BOConfig) -> candlib.PrefixPool:
 
 
 def _refit_due(state: BOState, config: BOConfig):
-    """Whether this ask refits the hyperparameters: never fitted yet, or the
-    trials have grown by ``refit_growth`` (at least one) since the last refit
-    (every ask when ``refit_growth`` is 0)."""
+    """Whether this ask refits the hyperparameters: never fitted yet, a new
+    trial told while fewer than ``refit_hold_from`` are, or the trials have grown by
+    ``refit_growth`` (at least one) since the last refit (every ask when
+    ``refit_growth`` is 0)."""
     if config.refit_growth == 0:
         return jnp.asarray(True)
     need = jnp.maximum(jnp.ceil(config.refit_growth * state.n_fit.astype(jnp.float32)), 1.0)
-    return (state.n_fit == 0) | ((state.n - state.n_fit).astype(jnp.float32) >= need)
+    new = state.n - state.n_fit
+    grown = new.astype(jnp.float32) >= need
+    return (state.n_fit == 0) | ((state.n < config.refit_hold_from) & (new > 0)) | grown
 
 
 def surrogates(key, state: BOState, config: BOConfig, init, targets, masks, input_masks, priority):

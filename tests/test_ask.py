@@ -241,23 +241,26 @@ def test_with_refit_growth_0_every_ask_refits_and_every_refit_every_th_is_cold()
     assert changed == [True, False, False, True, False, False, True, False]
 
 
-def test_refits_follow_the_growth_schedule_and_cold_ones_every_refit_every_th():
+@pytest.mark.parametrize("hold_from,refits", [(0, [4, 5, 7, 9, 12, 15, 19]), (8, [4, 5, 6, 7, 9, 12, 15, 19])])
+def test_refits_follow_the_growth_schedule_and_cold_ones_every_refit_every_th(hold_from, refits):
     """``refit_growth = 0.25``: a refit when the trials have grown by a quarter
-    (at least one) since the last one. Written out for n = 4.. : refits at
-    n = 4 (the first: cold), 5, 7, 9 (cold), 12, 15, 19 (cold), ...; with
-    0 warm steps only the cold ones may move the parameters, and an ask
-    twice at the same n refits at most once."""
-    cfg = dataclasses.replace(CFG, method="ei", refit_growth=0.25, refit_every=3,
+    (at least one) since the last one, and at every ask below
+    ``refit_hold_from`` trials. Written out for n = 4.. with hold_from = 0:
+    refits at n = 4 (the first: cold), 5, 7, 9 (cold), 12, 15, 19 (cold), ...;
+    with hold_from = 8 also at 6 (then 7, 9, ...). With 0 warm steps only the
+    cold ones may move the parameters, and an ask twice at the same n refits
+    at most once."""
+    cfg = dataclasses.replace(CFG, method="ei", refit_growth=0.25, refit_every=3, refit_hold_from=hold_from,
                               gp=gp.GPConfig(steps=0, cold_steps=50))
     state = filled(cfg, n=4)
     key = jax.random.key(1)
     expected_refits, n_fit, count = [], 0, 0
     for n in range(4, 21):
-        due = n_fit == 0 or n - n_fit >= max(1, int(np.ceil(0.25 * n_fit)))
+        due = n_fit == 0 or n < hold_from or n - n_fit >= max(1, int(np.ceil(0.25 * n_fit)))
         expected_refits.append((n, due, due and count % 3 == 0))
         if due:
             n_fit, count = n, count + 1
-    assert [n for n, due, _ in expected_refits if due] == [4, 5, 7, 9, 12, 15, 19]
+    assert [n for n, due, _ in expected_refits if due] == refits
     seen = []
     for n in range(4, 21):
         key, k1, k2 = jax.random.split(key, 3)

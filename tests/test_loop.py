@@ -249,7 +249,8 @@ def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
     from eeipu_jax import gp
     from tests import reference as ref
 
-    state = loop.init(CFG, budget=1e4, capacity=8)
+    cfg = dataclasses.replace(CFG, refit_hold_from=0)  # the growth rule from the start: held asks
+    state = loop.init(cfg, budget=1e4, capacity=8)
     rng = np.random.default_rng(1)
     for u in SPACE.sample(rng, 5):
         state = loop.tell(state, u, objective(u), stage_costs(u), 0)
@@ -263,7 +264,7 @@ def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
     for i in range(19):
         key, k_ask = jax.random.split(key)
         refits = int(state.n_refits)
-        prop, state = loop.ask(k_ask, state, CFG)
+        prop, state = loop.ask(k_ask, state, cfg)
         appended += int(state.n_refits) == refits
         x = np.asarray(prop.x)
         costs = stage_costs(x)
@@ -273,8 +274,8 @@ def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
         if i % 3 != 2:
             continue
         key, k_ask = jax.random.split(key)
-        _, state = loop.ask(k_ask, state, CFG)  # brings the factors up to date with the tells
-        acq, same, _ = acq_fn(key, state, CFG)
+        _, state = loop.ask(k_ask, state, cfg)  # brings the factors up to date with the tells
+        acq, same, _ = acq_fn(key, state, cfg)
         assert int(same.n_refits) == int(state.n_refits)  # nothing new: held hyperparameters
         n = int(state.n)
         X = np.asarray(state.X[:n], np.float64)
