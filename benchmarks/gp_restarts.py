@@ -1,6 +1,6 @@
 """Cold GP refits with 1, 2, 4 or 8 vmapped restarts: final loss and seconds per ask.
 
-A cold refit (every ``refit_every``-th ask) fits the GP hyperparameters from
+A cold refit (every ``refit_every``-th refit of the hyperparameters) fits the GP hyperparameters from
 ``GPConfig.restarts`` fresh starts under ``vmap``: the default point and
 random draws. This script measures what more starts buy and cost:
 
@@ -12,8 +12,9 @@ random draws. This script measures what more starts buy and cost:
   the best loss any R found on that data set and key.
 * **Cost.** EEIPU ``ask`` on the 10-d, 3-stage problem of
   ``benchmarks/ask_overhead.py`` at n = 50 and 100: the median warm ask and
-  the median cold ask (``n_bo`` set to a multiple of ``refit_every``) for each
-  R. The number of starts is static, so warm fits run R copies too.
+  the median cold ask (a refit made due with ``n_refits`` set to a multiple of
+  ``refit_every``; the warm ask one past it) for each R. The number of starts
+  is static, so warm fits run R copies too.
 
 Usage:
     python benchmarks/gp_restarts.py [--repeats 15]
@@ -105,8 +106,9 @@ def ask_cost(repeats: int):
                 c = np.stack([1.0 + 3.0 * x[soc == k].mean() for k in range(3)])
                 state = loop.tell(state, x, float(-np.sum((x - 0.3) ** 2) + 0.1 * np.sin(7 * x[0])), c, 0)
             out = {}
-            for label, n_bo in (("warm", 1), ("cold", cfg.refit_every)):
-                s = state._replace(n_bo=jnp.asarray(n_bo, jnp.int32))
+            for label, n_refits in (("warm", 1), ("cold", cfg.refit_every)):
+                # a refit due at every ask (the last one at one trial), cold or warm by the refit count
+                s = state._replace(n_fit=jnp.asarray(1, jnp.int32), n_refits=jnp.asarray(n_refits, jnp.int32))
                 jax.block_until_ready(loop.ask(jax.random.key(0), s, cfg))  # compile / warm caches
                 times = []
                 for r in range(repeats):

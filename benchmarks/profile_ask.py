@@ -7,10 +7,15 @@ of ``loop.ask`` is jitted on its own, at the same shapes, with the same inputs
 ``ask`` builds, through the library's own functions:
 
 * ``fit warm`` / ``fit cold``: ``gp.fit_stacked`` of the objective GP and the 3
-  stage-cost GPs in one vmapped call (warm: 20 Adam steps from the last fit;
-  cold, every ``refit_every`` asks: 100 steps from fresh starts); also the
-  objective GP alone and the 3 cost GPs alone (not part of the sum).
-* ``condition``: ``gp.posterior_stacked`` (4 covariance matrices + Cholesky).
+  stage-cost GPs in one vmapped call, on the rows a refit sees
+  (``gp.fit_rows``: at most ``BOConfig.fit_rows``) (warm: ``GPConfig.steps``
+  Adam steps from the last fit; cold, every ``refit_every``-th refit:
+  ``cold_steps`` from fresh starts); also the objective GP alone and the 3
+  cost GPs alone (not part of the sum). Only the asks that refit pay these
+  (``loop.BOConfig.refit_growth`` sets when).
+* ``condition``: ``gp.posterior_stacked`` (4 covariance matrices + Cholesky:
+  what a refit ask pays after its fit; an ask between refits appends the new
+  rows to the kept factors instead).
 * ``candidates``: ``candidates.candidate_batch`` (512 Sobol + 5 x 2 x 32 prefix points).
 * ``score``: the method's ``score`` vmapped over the batch (4 GP predictions
   per candidate + the 1024-sample Monte Carlo expected inverse cost).
@@ -21,18 +26,24 @@ of ``loop.ask`` is jitted on its own, at the same shapes, with the same inputs
   new capacity bucket (``grow`` and the compilation of ``ask`` at 2N, without
   running it) are listed but are not part of one ask.
 
-The whole ``ask`` is timed too (median warm and cold); "sum of phases" is
-checked against it (XLA fuses across phase boundaries inside ``ask``, so they
-need not agree exactly; the difference is dispatch and host work).
+The whole ``ask`` is timed too: "ask held" (the usual ask between refits: one
+told row appended to the kept factors), "ask warm refit" and "ask cold refit"
+(a refit forced due, ``bo_step_problem.refit_due``); "sum of warm phases"
+(fit warm + condition + the rest) is checked against "ask warm refit" (XLA
+fuses across phase boundaries inside ``ask``, so they need not agree exactly;
+the difference is dispatch and host work).
 
-FLOPs per phase are estimated from the shapes (N = capacity, d = 10, M = 4 GPs,
-S Adam steps, B = 832 candidates, 1024 Monte Carlo samples, 12 refined points x
-30 steps): a Cholesky is N^3/3; its reverse-mode derivative in JAX (the
-transpose of the forward rule ``L_dot = L phi(L^-1 Sigma_dot L^-T)``) is two
-triangular solves with N right-hand sides (N^3 each) and one N x N matmul
-(2 N^3), 4 N^3 in all; a triangular solve with one right-hand side N^2; the
-kernel matrix 2 N^2 d (one matmul) forward, twice that backward. So a fit step
-of one GP is about 13/3 N^3, 13 Cholesky factorizations' worth. The "at peak"
+FLOPs per phase are estimated from the shapes (N = capacity, F = min(N,
+fit_rows) rows in a fit, d = 10, M = 4 GPs, S Adam steps, B = 832
+candidates, 1024 Monte Carlo samples, 12 refined points x 30 steps): a
+Cholesky is N^3/3; its reverse-mode derivative in JAX (the transpose of the
+forward rule ``L_dot = L phi(L^-1 Sigma_dot L^-T)``) is two triangular solves
+with N right-hand sides (N^3 each) and one N x N matmul (2 N^3), 4 N^3 in all;
+a triangular solve with one right-hand side N^2; the kernel matrix 2 N^2 d
+(one matmul) forward, twice that backward. So a fit step of one GP is about
+13/3 F^3, 13 Cholesky factorizations' worth (the reverse-mode count is kept
+as the reference; the hand-written gradient of ``gp.loss_and_grad`` does
+less). The "at peak"
 column is the time those FLOPs would take at the single-thread float32 matmul
 rate measured in the same run (XLA dot, 1024 x 1024), the arithmetic limit of
 this core; "% of peak" is that over the measured time.
@@ -65,7 +76,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bo_step_problem import arg_parser, filled_state, machine, machine_line, make_space, write_results  # noqa: E402,E501
+from bo_step_problem import (arg_parser, filled_state, machine, machine_line, make_space, objective,  # noqa: E402
+                             refit_due, stage_costs, write_results)
 from eeipu_jax import candidates as candlib  # noqa: E402
 from eeipu_jax import gp as gplib  # noqa: E402
 from eeipu_jax import loop  # noqa: E402
@@ -91,8 +103,12 @@ def make_phases(cfg: loop.BOConfig):
     pmasks = jnp.asarray(candlib.prefix_masks_array(cfg.stage_of_column, cfg.n_stages))
 
     @jax.jit
-    def fit(key, init, X, targets, masks, input_masks, cold):
-        return gplib.fit_stacked(key, init, X, targets, masks, input_masks, gcfg, cold)
+    def fit(key, init, X, targets, masks, input_masks, cold, valid, priority):
+        N = X.shape[0]
+        size = N if cfg.fit_rows == 0 else min(N, cfg.fit_rows)
+        k_fit, k_rows = jax.random.split(key)  # as loop.surrogates splits its key
+        rows = None if size == N else gplib.fit_rows(k_rows, valid, priority, size)
+        return gplib.fit_stacked(k_fit, init, X, targets, masks, input_masks, gcfg, cold, rows)
 
     @jax.jit
     def condition(params, X, targets, masks, input_masks, mean, std):
@@ -143,9 +159,11 @@ def flop_model(cfg: loop.BOConfig, N: int) -> dict:
     R = cfg.gp.restarts
     chol = N**3 / 3
     kern = 2 * N**2 * d
-    step = chol + 4 * N**3 + 3 * kern  # forward + reverse of the log marginal likelihood
+    F = N if cfg.fit_rows == 0 else min(N, cfg.fit_rows)  # rows a refit sees
+    f_chol, f_kern = F**3 / 3, 2 * F**2 * d
+    step = f_chol + 4 * F**3 + 3 * f_kern  # forward + reverse of the log marginal likelihood
     # every fit ends with the loss of its result and of its incoming parameters: 2 forward passes
-    fit = lambda S, m: m * (R * S * step + 2 * (chol + kern))  # noqa: E731
+    fit = lambda S, m: m * (R * S * step + 2 * (f_chol + f_kern))  # noqa: E731
     predict = M * (N**2 + 2 * N * d) + mc * K * 4  # one candidate: M GP predictions + Monte Carlo
     n_ref = cfg.n_refine * (K if cfg.method_def.memoize else 1)
     return {
@@ -186,15 +204,16 @@ def profile(cfg: loop.BOConfig, space, n: int, repeats: int, peak: float) -> dic
     pool_ok = valid & ~state.failed
     t = {}
     for name, cold in (("fit warm", False), ("fit cold", True)):
-        t[name] = median_time(lambda: ph["fit"](k_fit, init, state.X, targets, masks, imasks, cold), repeats)
+        t[name] = median_time(
+            lambda: ph["fit"](k_fit, init, state.X, targets, masks, imasks, cold, valid, y_eff), repeats)
     sub = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)  # noqa: E731
     t["fit warm, objective GP only"] = median_time(
-        lambda: ph["fit"](k_fit, sub(init, slice(0, 1)), state.X, targets[:, :1], masks[:, :1], imasks[:1], False),
-        repeats)
+        lambda: ph["fit"](k_fit, sub(init, slice(0, 1)), state.X, targets[:, :1], masks[:, :1], imasks[:1], False,
+                          valid, y_eff), repeats)
     t["fit warm, 3 cost GPs only"] = median_time(
         lambda: ph["fit"](k_fit, sub(init, slice(1, None)), state.X, targets[:, 1:], masks[:, 1:], imasks[1:],
-                          False), repeats)
-    params, mean, std = ph["fit"](k_fit, init, state.X, targets, masks, imasks, False)
+                          False, valid, y_eff), repeats)
+    params, mean, std = ph["fit"](k_fit, init, state.X, targets, masks, imasks, False, valid, y_eff)
     t["condition"] = median_time(
         lambda: ph["condition"](params, state.X, targets, masks, imasks, mean, std), repeats)
     t["candidates"] = median_time(lambda: ph["batch"](k_cand, state.X, y_eff, pool_ok), repeats)
@@ -205,21 +224,23 @@ def profile(cfg: loop.BOConfig, space, n: int, repeats: int, peak: float) -> dic
     vals = ph["score"](acq, b)
     t["refine"] = median_time(lambda: ph["refine"](acq, b, vals), repeats)
     t["acquisition_state (fit warm + condition, one jit)"] = median_time(
-        lambda: ph["acq_state"](k_fit, state._replace(n_bo=jnp.asarray(1, jnp.int32))), repeats)
+        lambda: ph["acq_state"](k_fit, refit_due(state, cold=False)), repeats)
 
     # Host work around the jitted ask.
     t["host: canonicalize"] = median_time(lambda: loop.canonicalize(state), repeats)
-    prop, s1 = loop.ask(key, state, cfg)  # compiles; n_bo = 0 -> cold
+    prop, s1 = loop.ask(key, state, cfg)  # compiles; the first ask of a state refits, cold
     jax.block_until_ready(prop)
+    x = np.asarray(prop.x, np.float64)
+    s2 = loop.tell(s1, x, float(objective(x)), stage_costs(x, np.asarray(cfg.stage_of_column)), 0)
 
     def to_host():
         return np.asarray(prop.x), int(prop.memo_depth), int(prop.source)
 
     t["host: proposal to NumPy"] = median_time(to_host, repeats)
-    t["ask warm (whole)"] = median_time(lambda: loop.ask(key, s1, cfg), repeats)
-    t["ask cold (whole)"] = median_time(lambda: loop.ask(key, state, cfg), repeats)
+    t["ask held (whole)"] = median_time(lambda: loop.ask(key, s2, cfg), repeats)
+    t["ask warm refit (whole)"] = median_time(lambda: loop.ask(key, refit_due(s2, cold=False), cfg), repeats)
+    t["ask cold refit (whole)"] = median_time(lambda: loop.ask(key, refit_due(s2, cold=True), cfg), repeats)
     # Not part of one ask: tell (capacity check + jitted write) and a new bucket's one-off costs.
-    x = np.asarray(prop.x)
     t["tell"] = median_time(lambda: loop.tell(s1, x, 0.0, np.ones(cfg.n_stages), 0), repeats)
     t["one-off: grow to 2N"] = median_time(lambda: loop.grow(state, 2 * N), repeats)
     t0 = time.perf_counter()  # compilation only (lower + compile), no call: a cold ask at 2N is slow
@@ -234,16 +255,17 @@ def profile(cfg: loop.BOConfig, space, n: int, repeats: int, peak: float) -> dic
     for name, sec in t.items():
         f = flops.get(name)
         rows.append(dict(phase=name, seconds=sec,
-                         share=sec / t["ask warm (whole)"] if name in parts else None,
+                         share=sec / t["ask warm refit (whole)"] if name in parts else None,
                          gflop=None if f is None else f / 1e9,
                          at_peak_s=None if f is None else f / peak,
                          pct_of_peak=None if not f else 100 * f / peak / sec))
-    rows.append(dict(phase="sum of warm phases", seconds=total, share=total / t["ask warm (whole)"],
+    rows.append(dict(phase="sum of warm phases", seconds=total, share=total / t["ask warm refit (whole)"],
                      gflop=sum(flops[p] for p in parts if p in flops) / 1e9, at_peak_s=None, pct_of_peak=None))
     cold_parts = [p if p != "fit warm" else "fit cold" for p in parts]
     cold_total = sum(t[p] for p in cold_parts)
     return dict(n=n, capacity=N, rows=rows, sum_warm_s=total, sum_cold_s=cold_total,
-                ask_warm_s=t["ask warm (whole)"], ask_cold_s=t["ask cold (whole)"],
+                ask_held_s=t["ask held (whole)"], ask_warm_s=t["ask warm refit (whole)"],
+                ask_cold_s=t["ask cold refit (whole)"],
                 cholesky_gflops=cholesky_rate(N, cfg.n_cost_models + 1, repeats) / 1e9)
 
 
@@ -261,10 +283,11 @@ def table(res) -> list[str]:
 
 # ------------------------------------------------------------------ trace
 def trace_ops(cfg, space, n: int, out_dir: str, top: int = 15):
-    """Record one warm ask with jax.profiler; return the ``top`` ops by total time."""
+    """Record one ask with a warm refit with jax.profiler; return the ``top`` ops by total time."""
     state = filled_state(cfg, space, n)
     key = jax.random.key(0)
     _, s1 = loop.ask(key, state, cfg)
+    s1 = refit_due(s1, cold=False)
     jax.block_until_ready(loop.ask(key, s1, cfg))
     with jax.profiler.trace(out_dir):
         jax.block_until_ready(loop.ask(key, s1, cfg))
@@ -312,7 +335,8 @@ def main():
     for n in args.sizes:
         results.append(profile(cfg, space, n, args.repeats, peak))
         r = results[-1]
-        print(f"  n={n}: ask warm {r['ask_warm_s']:.3f} s, sum of phases {r['sum_warm_s']:.3f} s", flush=True)
+        print(f"  n={n}: ask held {r['ask_held_s']:.3f} s, warm refit {r['ask_warm_s']:.3f} s, sum of phases "
+              f"{r['sum_warm_s']:.3f} s (load {os.getloadavg()[0]:.1f})", flush=True)
     ops = trace_ops(cfg, space, max(args.sizes), args.trace) if args.trace else None
 
     info = machine()
@@ -326,8 +350,9 @@ def main():
     print(title)
     print(machine_line(info))
     for r in results:
-        head = (f"n = {r['n']}, capacity N = {r['capacity']}: ask warm {r['ask_warm_s']:.4f} s (sum of warm "
-                f"phases {r['sum_warm_s']:.4f} s), ask cold {r['ask_cold_s']:.4f} s (sum {r['sum_cold_s']:.4f} s); "
+        head = (f"n = {r['n']}, capacity N = {r['capacity']}: ask held {r['ask_held_s']:.4f} s; "
+                f"ask warm refit {r['ask_warm_s']:.4f} s (sum of warm "
+                f"phases {r['sum_warm_s']:.4f} s), ask cold refit {r['ask_cold_s']:.4f} s (sum {r['sum_cold_s']:.4f} s); "
                 f"batched Cholesky ({cfg.n_cost_models + 1} x N x N) runs at {r['cholesky_gflops']:.1f} GFLOP/s")
         lines = table(r)
         print("\n" + head)

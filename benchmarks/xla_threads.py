@@ -78,8 +78,8 @@ def child(mode: str, sizes: list[int], repeats: int) -> dict:
     if mode == "asks":
         out["sizes"] = []
         for n in sizes:
-            first, cold, warm, _ = time_ask_kinds(cfg, filled_state(cfg, space, n), repeats)
-            out["sizes"].append(dict(n=n, first_s=first, cold_s=cold, warm_s=warm))
+            first, cold, warm, held, _ = time_ask_kinds(cfg, filled_state(cfg, space, n), repeats)
+            out["sizes"].append(dict(n=n, first_s=first, cold_s=cold, warm_s=warm, held_s=held))
     elif mode == "threads":
         state = filled_state(cfg, space, max(sizes))
         jax.block_until_ready(loop.ask(jax.random.key(0), state, cfg))  # compile once
@@ -196,7 +196,7 @@ def summary(r: dict) -> str:
     if r["status"] not in ("ok", "errors"):
         return r["status"]
     if r["mode"] == "asks":
-        return ", ".join(f"n={s['n']}: cold {s['cold_s']:.3f} s warm {s['warm_s']:.3f} s" for s in r["sizes"])
+        return ", ".join(f"n={s['n']}: cold {s['cold_s']:.3f} s warm {s['warm_s']:.3f} s held {s['held_s']:.3f} s" for s in r["sizes"])
     if r["mode"] == "threads":
         return f"{r['asks']} cold asks at n={r['n']} on 2 Python threads: {r['wall_s']:.2f} s wall ({r['status']})"
     return f"run_jitted vmap, {r['seeds']} seeds x {r['max_trials']} trials: {r['wall_s']:.1f} s (incl. compile)"

@@ -12,6 +12,12 @@ restore with those fields at the template's values (those of
 :func:`eeipu_jax.loop.init`: zeros, and the initial ``lambda``): the
 objectives of such a run were stored as float32 only, and it used no
 Gittins index.
+Checkpoints written before the state kept the GPs' Cholesky factors
+(``chol``, ``n_chol``, ``n_fit``, ``n_refits``) restore with none kept and no
+refit recorded (the template's ``n_chol = 0``), so the next ``ask`` refits the
+hyperparameters (cold) and factors anew. The factors are part of the state and
+of its checkpoints (``M x N x N`` float32: 4 MB for 4 GPs at capacity 512), so a
+resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def save_state(path: str | os.PathLike, state: Any, key: jax.Array | None = None
 
 # Fields added to BOState after checkpoints were first written; an older
 # checkpoint gets the template's (``loop.init``'s) values for them.
-_NEWER_FIELDS = ("y_lo", "n_fallback", "gittins")
+_NEWER_FIELDS = ("y_lo", "n_fallback", "gittins", "chol", "n_chol", "n_fit", "n_refits")
 
 
 def _fields_added_since(like: Any, saved_fields) -> list[str]:

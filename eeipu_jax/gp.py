@@ -24,6 +24,11 @@ This module owns the GP used for the objective and for every stage cost:
 * **Input masks.** An optional ``(d,)`` 0/1 ``input_mask`` zeroes columns the
   GP must ignore (a stage-cost GP that sees only some stages' columns), so GPs
   with different inputs still share one shape and can be ``vmap``-ed.
+* **Kept factors.** :func:`factor` returns the lower Cholesky factor of the
+  masked covariance (padded rows are identity rows) and :func:`append_rows`
+  extends a factor by new rows in O(N^2) each (a rank-1 border update),
+  so a caller that holds the hyperparameters fixed never factorizes twice;
+  :func:`condition` turns a factor and targets into a :class:`Posterior`.
 * **Fitting.** MAP-II: negative log marginal likelihood minus weak Gamma
   log-priors (BoTorch ``SingleTaskGP`` defaults of the version the EEIPU
   authors ran: lengthscale Gamma(3, 6), outputscale Gamma(2, 0.15), noise
@@ -32,7 +37,11 @@ This module owns the GP used for the objective and for every stage cost:
   unconstrained space (each positive value is a sigmoid-bounded log, so it can
   never leave its box: no NaN from a collapsing noise or exploding amplitude),
   warm-started from the previous fit (a few steps track the optimum as data
-  grow by one point), with periodic cold fits from a fresh start. A cold fit
+  grow), with periodic cold fits from a fresh start (when to refit, and on
+  which rows, is the caller's schedule: :mod:`eeipu_jax.loop`). The gradient
+  is written by hand (:func:`loss_and_grad`, Rasmussen & Williams eq. 5.9:
+  one triangular inverse per step instead of reverse-mode through the
+  Cholesky and its solves). A cold fit
   runs ``GPConfig.restarts`` fresh starts together under ``vmap``; the default
   is one start (the neutral point of :func:`default_params`): on the data
   sets of ``benchmarks/gp_restarts.py`` (n = 20..100) 2 to 8 starts lowered
@@ -69,9 +78,14 @@ __all__ = [
     "build_gp",
     "log_marginal_likelihood",
     "loss_fn",
+    "loss_and_grad",
     "fit",
-    "posterior",
     "fit_stacked",
+    "fit_rows",
+    "factor",
+    "append_rows",
+    "condition",
+    "posterior",
     "posterior_stacked",
     "predict",
 ]
@@ -157,16 +171,6 @@ class GPParams(NamedTuple):
     raw_amplitude: Float[Array, ""]
     raw_noise: Float[Array, ""]
     mean: Float[Array, ""]
-
-
-class Posterior(NamedTuple):
-    """A GP conditioned on (masked) data; cheap to query with :func:`predict`."""
-
-    gp: tinygp.GaussianProcess
-    y: Float[Array, " n"]  # centred, masked targets
-    mean: Float[Array, ""]
-    lengthscale: Float[Array, " d"]
-    input_mask: Float[Array, " d"]
 
 
 # --------------------------------------------------------------------- utils
@@ -301,13 +305,27 @@ def _matern52(r2):
     return jnp.where(near, (1.0 + a + a * a / 3.0) * jnp.exp(-a), 0.0)
 
 
+def _matern52_and_slope(r2):
+    """Matern-5/2 ``phi(r2)`` and its derivative ``d phi / d r2`` (no autodiff).
+
+    With ``a = sqrt(5 r2)``: ``phi = (1 + a + a^2/3) e^-a`` and
+    ``d phi / d r2 = -(5/6) (1 + a) e^-a`` (finite at ``r2 = 0``). Both are
+    exactly 0 beyond the same cut-off as :func:`_matern52`.
+    """
+    a = jnp.sqrt(5.0 * jnp.maximum(r2, 0.0))
+    near = a < _ARG_MAX
+    a = jnp.where(near, a, _ARG_MAX)
+    e = jnp.where(near, jnp.exp(-a), 0.0)
+    return (1.0 + a + a * a / 3.0) * e, (-5.0 / 6.0) * (1.0 + a) * e
+
+
 class _MaskedKernel(tinygp.kernels.Kernel):
     """``m1 * m2 * amp * Matern52(|x1 - x2|_2)`` on inputs ``(x_scaled, m)``.
 
     ``evaluate`` is the one-pair formula tinygp vmaps; ``__call__`` is
     overridden for whole matrices to get squared distances from one matrix
     product instead of an ``(n, n, d)`` difference tensor (4x faster forward
-    and backward on CPU, which dominates hyperparameter fitting).
+    and backward on CPU).
     """
 
     amplitude: jax.Array
@@ -322,10 +340,15 @@ class _MaskedKernel(tinygp.kernels.Kernel):
             return super().__call__(X1)
         x1, m1 = X1
         x2, m2 = X2
-        sq1 = jnp.sum(jnp.square(x1), axis=-1)
-        sq2 = jnp.sum(jnp.square(x2), axis=-1)
-        r2 = jnp.maximum(sq1[:, None] + sq2[None, :] - 2.0 * x1 @ x2.T, 0.0)
+        r2 = _sq_dist(x1, x2)
         return m1[:, None] * m2[None, :] * self.amplitude * _matern52(r2)
+
+
+def _sq_dist(x1, x2):
+    """Squared distances from one matrix product (clamped at 0)."""
+    sq1 = jnp.sum(jnp.square(x1), axis=-1)
+    sq2 = jnp.sum(jnp.square(x2), axis=-1)
+    return jnp.maximum(sq1[:, None] + sq2[None, :] - 2.0 * x1 @ x2.T, 0.0)
 
 
 def _inputs(params: GPParams, X, mask, input_mask, cfg: GPConfig):
@@ -338,7 +361,12 @@ def _inputs(params: GPParams, X, mask, input_mask, cfg: GPConfig):
 
 
 def build_gp(params: GPParams, X, mask, cfg: GPConfig, input_mask=None) -> tinygp.GaussianProcess:
-    """The tinygp process over the padded data (zero mean; centre targets first)."""
+    """The tinygp process over the padded data (zero mean; centre targets first).
+
+    The reference construction: :func:`log_marginal_likelihood` and
+    :func:`loss_fn` evaluate it, and the tests check the hand-written
+    gradient of :func:`loss_and_grad` against ``jax.grad`` of it.
+    """
     (xs, m), amp, noise, m = _inputs(params, X, mask, input_mask, cfg)
     diag = m * (noise + cfg.jitter) + (1.0 - m)
     return tinygp.GaussianProcess(_MaskedKernel(amplitude=amp), (xs, m), diag=diag)
@@ -368,19 +396,111 @@ def _gamma_logpdf(x, prior):
     return numpyro.distributions.Gamma(a, b).log_prob(x)
 
 
-def loss_fn(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None):
-    """Negative log posterior of the hyperparameters divided by the number of
-    valid points (the fitting objective)."""
-    ls, amp, noise = constrain(params, cfg)
-    if input_mask is None:
-        input_mask = jnp.ones(X.shape[-1], X.dtype)
-    lp = (
+def _gamma_dlogpdf(x, prior):
+    """``d/dx`` of the Gamma(a, b) log density: ``(a - 1) / x - b``."""
+    if prior is None:
+        return jnp.zeros_like(x)
+    a, b = prior
+    return (a - 1.0) / x - b
+
+
+def _log_prior(ls, amp, noise, input_mask, cfg: GPConfig):
+    return (
         jnp.sum(input_mask * _gamma_logpdf(ls, cfg.lengthscale_prior))
         + _gamma_logpdf(amp, cfg.amplitude_prior)
         + _gamma_logpdf(noise, cfg.noise_prior)
     )
+
+
+def loss_fn(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None):
+    """Negative log posterior of the hyperparameters divided by the number of
+    valid points (the fitting objective), through tinygp (the reference that
+    :func:`loss_and_grad` computes by hand)."""
+    ls, amp, noise = constrain(params, cfg)
+    if input_mask is None:
+        input_mask = jnp.ones(X.shape[-1], X.dtype)
+    lp = _log_prior(ls, amp, noise, input_mask, cfg)
     n = jnp.maximum(jnp.sum(mask), 1)
     return -(log_marginal_likelihood(params, X, y, mask, cfg, input_mask) + lp) / n
+
+
+def _covariance(xs, m, amp, s2):
+    """Masked covariance ``m_i m_j amp phi(r2_ij) + diag(m s2 + 1 - m)``, with
+    ``m_i m_j phi`` and ``m_i m_j d phi / d r2`` (for the gradient)."""
+    phi, slope = _matern52_and_slope(_sq_dist(xs, xs))
+    mm = m[:, None] * m[None, :]
+    K = amp * mm * phi + jnp.diag(m * s2 + (1.0 - m))
+    return K, mm * phi, mm * slope
+
+
+def _raw_slope(value, raw, bounds):
+    """``d value / d raw`` of a sigmoid-bounded log (see :func:`_from_raw`)."""
+    s = jax.nn.sigmoid(raw)
+    return value * (math.log(bounds[1]) - math.log(bounds[0])) * s * (1.0 - s)
+
+
+def _loss(params: GPParams, X, y, mask, cfg: GPConfig, input_mask, with_grad: bool):
+    ls, amp, noise = constrain(params, cfg)
+    if input_mask is None:
+        input_mask = jnp.ones(X.shape[-1], X.dtype)
+    xs = X * input_mask / ls
+    m = mask.astype(X.dtype)
+    K, mphi, mslope = _covariance(xs, m, amp, noise + cfg.jitter)
+    L = jnp.linalg.cholesky(K)
+    yc = m * (y - params.mean)
+    w = jax.scipy.linalg.solve_triangular(L, yc, lower=True)
+    n_valid = jnp.sum(m)
+    nll = 0.5 * w @ w + jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * _LOG_2PI * n_valid
+    n = jnp.maximum(n_valid, 1.0)
+    loss = (nll - _log_prior(ls, amp, noise, input_mask, cfg)) / n
+    if not with_grad:
+        return loss
+    # d nll / d K = W = (K^-1 - alpha alpha^T) / 2 with alpha = K^-1 yc; K^-1
+    # from the factor (one triangular solve against the identity and one
+    # matrix product). Every hyperparameter's derivative is a sum over W
+    # times the derivative of K, written out below: this replaces reverse-mode
+    # through the Cholesky (two more N^3 triangular solves and a matrix
+    # product, plus N x N elementwise passes) with one O(N^3) inverse.
+    alpha = jax.scipy.linalg.solve_triangular(L, w, lower=True, trans=1)
+    Linv = jax.scipy.linalg.solve_triangular(L, jnp.eye(L.shape[0], dtype=L.dtype), lower=True)
+    W = 0.5 * (Linv.T @ Linv - alpha[:, None] * alpha[None, :])
+    d_amp = jnp.sum(W * mphi)
+    d_noise = jnp.sum(m * jnp.diag(W))
+    d_mean = -jnp.sum(m * alpha)
+    # r2_ij = sum_d (xs_id - xs_jd)^2 with xs = x * input_mask / ls, so
+    # d r2_ij / d ls_d = -(2 / ls_d) (xs_id - xs_jd)^2 and, E being symmetric,
+    # sum_ij E_ij (xs_id - xs_jd)^2 = 2 sum_i xs_id^2 (E 1)_i - 2 (xs^T E xs)_dd.
+    E = amp * W * mslope
+    quad = jnp.sum(xs * xs * jnp.sum(E, axis=1)[:, None], axis=0) - jnp.sum(xs * (E @ xs), axis=0)
+    d_ls = -(4.0 / ls) * quad
+    d_ls = d_ls - input_mask * _gamma_dlogpdf(ls, cfg.lengthscale_prior)
+    d_amp = d_amp - _gamma_dlogpdf(amp, cfg.amplitude_prior)
+    d_noise = d_noise - _gamma_dlogpdf(noise, cfg.noise_prior)
+    grad = GPParams(
+        raw_lengthscale=d_ls * _raw_slope(ls, params.raw_lengthscale, cfg.lengthscale_bounds) / n,
+        raw_amplitude=d_amp * _raw_slope(amp, params.raw_amplitude, cfg.amplitude_bounds) / n,
+        raw_noise=d_noise * _raw_slope(noise, params.raw_noise, cfg.noise_bounds) / n,
+        mean=d_mean / n,
+    )
+    return loss, grad
+
+
+def loss_and_grad(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None):
+    """:func:`loss_fn` and its gradient in ``params``, the gradient written by hand.
+
+    With ``K = LL^T``, ``alpha = K^-1 (y - mean)`` and
+    ``W = (K^-1 - alpha alpha^T) / 2``, the gradient of the negative log
+    marginal likelihood is ``sum_ij W_ij dK_ij / dtheta`` (Rasmussen &
+    Williams 2006, eq. 5.9), and ``-sum(alpha)`` for the constant mean. One
+    step costs a Cholesky (N^3/3), ``L^-1`` (a triangular solve against the
+    identity) and ``L^-T L^-1`` instead of reverse-mode through the Cholesky.
+    The same value as :func:`loss_fn` (float32 rounding aside); the
+    gradient is with respect to ``params`` only (not ``X`` or ``y``).
+
+    Returns:
+        ``(loss, grad)`` with ``grad`` a :class:`GPParams`.
+    """
+    return _loss(params, X, y, mask, cfg, input_mask, with_grad=True)
 
 
 def _descend(value_and_grad, p0, n_steps, opt):
@@ -425,15 +545,14 @@ def _descend(value_and_grad, p0, n_steps, opt):
 def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=False):
     """Fit hyperparameters by MAP-II with optax Adam.
 
-    A *warm* fit continues from ``init`` for ``cfg.steps`` Adam steps (the data
-    grew by one point since ``init`` was fitted, so a few steps track the
-    optimum). A *cold* fit runs ``cfg.cold_steps`` steps from ``cfg.restarts``
-    fresh starts (the default point and random draws), all under ``vmap``.
-    Each run returns its best finite iterate, and ``init`` itself competes
-    with the results, so a fit never returns parameters worse than it was
-    given. A step whose loss or gradient is non-finite is skipped (parameters
-    and Adam's state unchanged, see :func:`_descend`), so the result is
-    finite whenever ``init`` is.
+    A *warm* fit continues from ``init`` for ``cfg.steps`` Adam steps. A
+    *cold* fit runs ``cfg.cold_steps`` steps from ``cfg.restarts`` fresh
+    starts (the default point and random draws), all under ``vmap``. Each run
+    returns its best finite iterate, and ``init`` itself competes with the
+    results, so a fit never returns parameters worse than it was given. A
+    step whose loss or gradient is non-finite is skipped (parameters and
+    Adam's state unchanged, see :func:`_descend`), so the result is finite
+    whenever ``init`` is. Gradients come from :func:`loss_and_grad`.
 
     Args:
         key: PRNG key for the random restarts.
@@ -457,7 +576,9 @@ def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=Fa
     starts = jax.tree.map(lambda f, w: jnp.where(cold, f, w), fresh, warm)
     n_steps = jnp.where(cold, cfg.cold_steps, cfg.steps)
     opt = optax.adam(cfg.learning_rate)
-    vg = jax.value_and_grad(lambda p: loss_fn(p, X, y, mask, cfg, input_mask))
+
+    def vg(p):
+        return loss_and_grad(p, X, y, mask, cfg, input_mask)
 
     def run(p0):
         best_p, best_l, _, _ = _descend(vg, p0, n_steps, opt)
@@ -466,13 +587,13 @@ def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=Fa
     params, losses = jax.vmap(run)(starts)
     # The incoming parameters compete too: a fit never makes things worse.
     params = jax.tree.map(lambda a, w: jnp.concatenate([a, w[None]]), params, init)
-    losses = jnp.append(losses, loss_fn(init, X, y, mask, cfg, input_mask))
+    losses = jnp.append(losses, _loss(init, X, y, mask, cfg, input_mask, with_grad=False))
     losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     best = jnp.argmin(losses)
     return jax.tree.map(lambda a: a[best], params), losses[best]
 
 
-def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConfig, cold):
+def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConfig, cold, rows=None):
     """Standardize and fit M GPs on shared inputs in one vmapped call.
 
     Args:
@@ -480,65 +601,191 @@ def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConf
         init: parameters stacked over a leading axis M.
         X: ``(N, d)`` unit-cube inputs shared by all M GPs.
         targets: ``(N, M)`` raw targets (standardized here, per GP, by
-            :func:`standardize`).
+            :func:`standardize`, over all their valid rows).
         masks: ``(N, M)`` rows each GP may use.
         input_masks: ``(M, d)`` columns each GP sees.
         cfg: GP settings.
         cold: whether to fit from fresh starts.
+        rows: optional ``(m,)`` row indices (static length): the
+            hyperparameters are fitted on these rows only (see
+            :func:`fit_rows`), after standardizing on all rows.
 
     Returns:
         ``(params, mean, std)`` stacked over M: fitted parameters and the
         standardization applied to each GP's targets.
     """
     keys = jax.random.split(key, targets.shape[1])
+    Xf = X if rows is None else X[rows]
 
     def one(k, p, t, m, im):
         ys, mean, std = standardize(t, m)
-        params, _ = fit(k, p, X, ys, m, cfg, im, cold)
+        if rows is not None:
+            ys, m = ys[rows], m[rows]
+        params, _ = fit(k, p, Xf, ys, m, cfg, im, cold)
         return params, mean, std
 
     return jax.vmap(one)(keys, init, targets.T, masks.T, input_masks)
 
 
-def posterior_stacked(params: GPParams, X, targets, masks, input_masks, mean, std, cfg: GPConfig):
-    """Condition M stacked GPs (see :func:`fit_stacked`) on their targets,
-    standardized with the ``mean`` and ``std`` the fit returned."""
+def fit_rows(key, valid, priority, size: int):
+    """``size`` row indices for a hyperparameter fit on a bounded subset.
 
-    def one(p, t, m, im, mu, sd):
-        return posterior(p, X, jnp.where(m, (t - mu) / sd, 0.0), m, cfg, im)
+    The best quarter (by ``priority``, higher first) of the valid rows is
+    always included and the rest is a uniform random sample of the other
+    valid rows; when there are at most ``size`` valid rows, all of them are
+    chosen (and the remaining indices point at invalid rows, which every
+    GP masks out). Fitting on ``m`` rows and conditioning on all ``n``
+    bounds the fit at the ``m``-row cost (the conditioning stays exact; only
+    the hyperparameter estimate sees fewer points).
 
-    return jax.vmap(one)(params, targets.T, masks.T, input_masks, mean, std)
+    Args:
+        key: PRNG key for the random sample.
+        valid: ``(N,)`` rows holding data.
+        priority: ``(N,)`` values that rank rows for the always-kept quarter
+            (e.g. the objective).
+        size: number of rows (static, ``<= N``).
+
+    Returns:
+        ``(size,)`` int32 row indices, valid rows first.
+    """
+    n_top = size // 4
+    ranked = jnp.where(valid, priority, -jnp.inf)
+    _, top = jax.lax.top_k(ranked, n_top) if n_top > 0 else (None, jnp.zeros((0,), jnp.int32))
+    u = jax.random.uniform(key, valid.shape)
+    score = jnp.where(valid, u, -1.0).at[top].set(2.0)  # top rows first, invalid rows last
+    _, idx = jax.lax.top_k(score, size)
+    return idx.astype(jnp.int32)
+
+
+# ------------------------------------------------------------ conditioning
+def factor(params: GPParams, X, mask, cfg: GPConfig, input_mask=None) -> Float[Array, "N N"]:
+    """Lower Cholesky factor of the masked covariance of padded data.
+
+    Padded rows (``mask`` False) have a unit diagonal and no covariance with
+    anything, so their rows and columns of the factor are identity rows: the
+    factor of the valid rows, padded. It depends on the inputs, the mask and
+    the hyperparameters only, never on the targets.
+    """
+    ls, amp, noise = constrain(params, cfg)
+    if input_mask is None:
+        input_mask = jnp.ones(X.shape[-1], X.dtype)
+    K, _, _ = _covariance(X * input_mask / ls, mask.astype(X.dtype), amp, noise + cfg.jitter)
+    return jnp.linalg.cholesky(K)
+
+
+def append_rows(chol, params: GPParams, X, mask, cfg: GPConfig, input_mask, start, stop):
+    """Extend a factor of rows ``[0, start)`` to rows ``[0, stop)``, one row at a time.
+
+    Appending row ``i`` to ``K = L L^T`` (Cholesky, rank-1 border update):
+    ``l = L^-1 k`` with ``k`` the covariances of row ``i`` with rows ``< i``,
+    and the new diagonal ``sqrt(K_ii - l.l)``, clamped below at the noise
+    variance, which bounds the exact value (the Schur complement of
+    ``K + s2 I`` is at least ``s2``). O(N^2) per row, against N^3/3 for a
+    new factorization; the result equals :func:`factor` of rows ``< stop``
+    to rounding. A masked row (``mask`` False) becomes an identity row.
+
+    Args:
+        chol: ``(N, N)`` factor whose rows ``>= start`` are identity rows
+            (as :func:`factor` and this function leave them).
+        params, X, mask, cfg, input_mask: as for :func:`factor` (the same
+            hyperparameters the factor was built with).
+        start, stop: (traced) row range to append.
+
+    Returns:
+        The factor of rows ``[0, stop)`` (rows ``>= stop`` identity).
+    """
+    ls, amp, noise = constrain(params, cfg)
+    if input_mask is None:
+        input_mask = jnp.ones(X.shape[-1], X.dtype)
+    xs = X * input_mask / ls
+    m = mask.astype(X.dtype)
+    s2 = noise + cfg.jitter
+    idx = jnp.arange(X.shape[0])
+
+    def body(i, L):
+        xi = jax.lax.dynamic_index_in_dim(xs, i, keepdims=True)
+        phi, _ = _matern52_and_slope(_sq_dist(xs, xi)[:, 0])
+        before = idx < i
+        k = jnp.where(before, amp * m * m[i] * phi, 0.0)
+        # Rows >= i of L are identity rows, so the full solve gives
+        # L[:i, :i]^-1 k[:i] in the first i entries and zeros after.
+        l = jax.scipy.linalg.solve_triangular(L, k, lower=True)
+        floor = m[i] * s2 + (1.0 - m[i])
+        d2 = jnp.maximum(m[i] * amp + floor - l @ l, floor)
+        row = jnp.where(before, l, 0.0) + jnp.where(idx == i, jnp.sqrt(d2), 0.0)
+        return jax.lax.dynamic_update_index_in_dim(L, row, i, 0)
+
+    return jax.lax.fori_loop(start, stop, body, chol)
+
+
+class Posterior(NamedTuple):
+    """A GP conditioned on (masked) data; cheap to query with :func:`predict`."""
+
+    xs: Float[Array, "N d"]  # inputs scaled by input_mask / lengthscale
+    row_mask: Float[Array, " N"]  # 1 for rows the GP uses
+    amplitude: Float[Array, ""]
+    chol: Float[Array, "N N"]  # lower Cholesky factor of the masked covariance
+    alpha: Float[Array, " N"]  # chol^-1 y (whitened targets)
+    y: Float[Array, " N"]  # centred, masked targets
+    mean: Float[Array, ""]
+    lengthscale: Float[Array, " d"]
+    input_mask: Float[Array, " d"]
+
+
+def condition(params: GPParams, chol, X, y, mask, cfg: GPConfig, input_mask=None) -> Posterior:
+    """Condition the GP on padded data given its factor (:func:`factor` or
+    :func:`append_rows` with the same ``params``): one O(N^2) solve."""
+    ls, amp, _ = constrain(params, cfg)
+    if input_mask is None:
+        input_mask = jnp.ones(X.shape[-1], X.dtype)
+    yc = jnp.where(mask, y - params.mean, 0.0)
+    alpha = jax.scipy.linalg.solve_triangular(chol, yc, lower=True)
+    return Posterior(xs=X * input_mask / ls, row_mask=mask.astype(X.dtype), amplitude=amp, chol=chol,
+                     alpha=alpha, y=yc, mean=params.mean, lengthscale=ls, input_mask=input_mask)
 
 
 def posterior(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None) -> Posterior:
-    """Condition the GP on padded data once; query with :func:`predict`."""
-    if input_mask is None:
-        input_mask = jnp.ones(X.shape[-1], X.dtype)
-    gp = build_gp(params, X, mask, cfg, input_mask)
-    yc = jnp.where(mask, y - params.mean, 0.0)
-    ls, _, _ = constrain(params, cfg)
-    return Posterior(gp=gp, y=yc, mean=params.mean, lengthscale=ls, input_mask=input_mask)
+    """Factor and condition the GP on padded data once; query with :func:`predict`."""
+    return condition(params, factor(params, X, mask, cfg, input_mask), X, y, mask, cfg, input_mask)
+
+
+def posterior_stacked(params: GPParams, X, targets, masks, input_masks, mean, std, cfg: GPConfig, chol=None):
+    """Condition M stacked GPs (see :func:`fit_stacked`) on their targets,
+    standardized with the ``mean`` and ``std`` the fit returned.
+
+    Args:
+        chol: optional ``(M, N, N)`` factors of the M GPs with ``params``
+            (kept from an earlier ask and extended by :func:`append_rows`);
+            computed here when ``None``.
+    """
+    if chol is None:
+        chol = jax.vmap(lambda p, m, im: factor(p, X, m, cfg, im))(params, masks.T, input_masks)
+
+    def one(p, L, t, m, im, mu, sd):
+        return condition(p, L, X, jnp.where(m, (t - mu) / sd, 0.0), m, cfg, im)
+
+    return jax.vmap(one)(params, chol, targets.T, masks.T, input_masks, mean, std)
 
 
 def predict(post: Posterior, x: Float[Array, " d"]):
     """Latent posterior mean and variance at one point (vmap for batches).
 
-    Uses the tinygp process's kernel and Cholesky solver directly (rather than
-    building a conditioned process per point): ``v = L^-1 k(X, x)``,
-    ``mean = v . L^-1 y``, ``var = k(x, x) - v . v``. The ``L^-1 y`` term does
-    not depend on ``x``, so under ``vmap`` it is computed once.
+    ``v = L^-1 k(X, x)``, ``mean = v . L^-1 y``, ``var = k(x, x) - v . v``;
+    ``L^-1 y`` is part of the posterior, so under ``vmap`` the only solve is
+    one triangular solve with the batch as right-hand sides.
 
     Returns:
         ``(mean, variance)`` on the scale of the targets the GP was fitted to;
         the variance is clamped at 1e-12.
     """
-    xs = (x * post.input_mask / post.lengthscale)[None, :]
-    test = (xs, jnp.ones((1,), x.dtype))
-    gp = post.gp
-    k_star = gp.kernel(gp.X, test)[:, 0]
-    k_ss = gp.kernel.evaluate((xs[0], jnp.ones((), x.dtype)), (xs[0], jnp.ones((), x.dtype)))
-    alpha = gp.solver.solve_triangular(post.y)
-    v = gp.solver.solve_triangular(k_star)
-    mean = v @ alpha + post.mean
-    var = jnp.maximum(k_ss - v @ v, 1e-12)
+    xq = (x * post.input_mask / post.lengthscale)[None, :]
+    # _matern52, not _matern52_and_slope: predict is differentiated in x
+    # (candidate refinement), and a query whose visible columns equal a
+    # training row's (a memoized candidate's prefix, seen by the prefix cost
+    # GPs) has r2 = 0, where only _matern52's guarded square root keeps the
+    # gradient finite (an unguarded one makes all of it NaN).
+    k_star = post.amplitude * post.row_mask * _matern52(_sq_dist(post.xs, xq)[:, 0])
+    v = jax.scipy.linalg.solve_triangular(post.chol, k_star, lower=True)
+    mean = v @ post.alpha + post.mean
+    var = jnp.maximum(post.amplitude - v @ v, 1e-12)  # k(x, x) = amplitude
     return mean, var

@@ -162,7 +162,7 @@ def propose(key, state, config):
     n_leaves = 2**H
     bits = jnp.asarray(leaf_bits(H))
     k_fit, k_depth, k_arm, k_cand = jax.random.split(key, 4)
-    acq, obj_params, cost_params, _ = loop.acquisition_state(k_fit, state, config)
+    acq, new_state, _ = loop.acquisition_state(k_fit, state, config)
 
     N = state.X.shape[0]
     rows = jnp.arange(N)
@@ -180,7 +180,7 @@ def propose(key, state, config):
     i = jnp.argmax(vals)
     prop = loop.Proposal(x=cand[i], memo_depth=jnp.asarray(0, jnp.int32), source=jnp.asarray(-1, jnp.int32),
                          score=vals[i], eta=acq.eta, fallback=jnp.asarray(False))
-    return prop, state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1)
+    return prop, new_state._replace(n_bo=state.n_bo + 1)
 
 
 acqlib.register(acqlib.Method(

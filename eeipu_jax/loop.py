@@ -1,7 +1,8 @@
 """The BO loop as pure functions: ``init`` / ``ask`` / ``tell`` over a ``BOState`` pytree.
 
-``ask(key, state, config) -> (Proposal, state)`` fits the surrogates the method
-needs (objective GP, stage- or total-cost GPs), scores one fixed-shape batch of
+``ask(key, state, config) -> (Proposal, state)`` brings the surrogates the method
+needs up to date (objective GP, stage- or total-cost GPs; refitted on a
+schedule, see "Surrogate schedule" below), scores one fixed-shape batch of
 candidates (random + memoized prefixes), refines the best few and returns the
 winner with its memo depth. ``tell(state, x, y, stage_costs, memo_depth)``
 records a finished (or failed) trial and charges the budget. Both are
@@ -47,6 +48,31 @@ failed trial sits at the same constant, so the standardized objective is 0
 everywhere (the GP is flat and EI is driven by its variance). Their stage
 costs are used for the stages that ran (``NaN`` marks a stage that did not
 run).
+
+**Surrogate schedule.** While fewer than ``refit_hold_from`` (256) trials
+have been told, the GPs' hyperparameters are refitted at every ask (warm:
+``GPConfig.steps`` Adam steps from the current values; cold, every
+``refit_every``-th refit: ``GPConfig.cold_steps`` from fresh starts,
+competing with the current values). From then on a refit happens only when
+the trials told have grown by ``refit_growth`` (10%, at least one trial)
+since the last one, so refits become rarer as a study grows and their
+average cost per trial stays bounded: with hundreds of trials, a tenth more
+data moves the hyperparameters little, while on the short runs of the
+paper's benchmarks holding them cost quality (docs/bo_step_profile.md). A
+refit sees at most ``fit_rows`` rows (the best quarter by objective and a
+uniform random sample of the rest), so its cost is bounded too, whatever the
+number of trials. The posterior always conditions on every row. Between
+refits the hyperparameters are held and the Cholesky factor of each GP's
+covariance is kept in the state (``BOState.chol``): an ``ask`` appends the
+rows told since the previous one (O(N^2) each,
+:func:`eeipu_jax.gp.append_rows`) instead of factorizing anew (O(N^3)). A
+factor depends only on the inputs, the row masks and the hyperparameters,
+never on the targets; targets enter at each ask through one triangular
+solve (so a trial whose inputs are known before its result, such as a
+pending trial of a parallel worker, could enter the factors when it is
+proposed, and only its target would change when it is told).
+``refit_growth = 0`` or ``refit_hold_from`` beyond the study's size refits at
+every ask. The numbers behind these choices are in docs/bo_step_profile.md.
 
 **Integer and categorical columns.** Candidates are snapped to representable
 points *before* they are scored (the free coordinates only: a memoized prefix
@@ -132,8 +158,21 @@ class BOConfig:
             ``"stage"`` (only stage k's columns).
         cooling: ``"linear"`` (eta = remaining / (B - b0)), ``"constant"``
             (eta = 1) or ``"none"`` (eta = 0: the cost term drops out).
-        refit_every: every this many BO asks the GPs are refitted from fresh
-            starts (cold); in between, warm-started.
+        refit_growth: from ``refit_hold_from`` trials on, the GP
+            hyperparameters are refitted when the number of trials has grown
+            by this fraction since the last refit (at least one new trial; 0:
+            at every ask). In between they are held and each new trial is
+            appended to the kept Cholesky factors in O(N^2) (see "Surrogate
+            schedule" in the module doc).
+        refit_hold_from: below this many told trials the hyperparameters are
+            refitted at every ask (0: the growth rule from the start).
+        refit_every: every this many refits is cold (fresh starts, competing
+            with the current hyperparameters); the others are warm-started.
+            The first refit is cold.
+        fit_rows: the hyperparameters are fitted on at most this many rows
+            (the best quarter by objective plus a uniform random sample of the
+            rest, drawn anew at each refit); the posterior always conditions
+            on every row. 0: fit on all rows.
         ucb_beta: beta of the UCB acquisition (methods that use it).
         pbgi_lambda0: initial ``lambda`` of Gittins-index methods (``pbgi``),
             on the scale-free scale (standardized objective, costs divided by
@@ -160,7 +199,10 @@ class BOConfig:
     mc_samples: int = 1024
     cost_inputs: str = "prefix"
     cooling: str = "linear"
+    refit_growth: float = 0.1
+    refit_hold_from: int = 256
     refit_every: int = 10
+    fit_rows: int = 128
     ucb_beta: float = 0.2
     pbgi_lambda0: float = 0.1
     pbgi_decay: float = 2.0
@@ -170,13 +212,15 @@ class BOConfig:
         object.__setattr__(self, "stage_of_column", tuple(int(s) for s in self.stage_of_column))
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
         for name in ("n_warmup", "n_random", "n_per_prefix", "n_local", "top_q", "n_refine",
-                     "refine_steps", "mc_samples", "refit_every"):
+                     "refine_steps", "mc_samples", "refit_every", "refit_hold_from", "fit_rows"):
             object.__setattr__(self, name, _checks.integer(getattr(self, name), f"BOConfig.{name}"))
         # Floats are stored as Python floats: the config stays hashable and
         # JSON-serializable, and a NaN never reaches a results file.
         refine_lr = _checks.finite_number(self.refine_lr, "BOConfig.refine_lr", greater_than=0.0)
         object.__setattr__(self, "refine_lr", refine_lr)
         object.__setattr__(self, "ucb_beta", _checks.finite_number(self.ucb_beta, "BOConfig.ucb_beta", at_least=0.0))
+        growth = _checks.finite_number(self.refit_growth, "BOConfig.refit_growth", at_least=0.0)
+        object.__setattr__(self, "refit_growth", growth)
         object.__setattr__(
             self, "pbgi_lambda0", _checks.finite_number(self.pbgi_lambda0, "BOConfig.pbgi_lambda0", greater_than=0.0)
         )
@@ -208,6 +252,8 @@ class BOConfig:
             "refine_steps": self.refine_steps >= 0,
             "mc_samples": self.mc_samples >= 1,
             "refit_every": self.refit_every >= 1,
+            "refit_hold_from": self.refit_hold_from >= 0,
+            "fit_rows": self.fit_rows == 0 or self.fit_rows >= 8,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -245,6 +291,14 @@ class BOConfig:
     @property
     def n_cost_models(self) -> int:
         return self.n_stages if self.method_def.cost_model in ("stages", "prefix_objective") else 1
+
+    @property
+    def n_gps(self) -> int:
+        """GPs the method conditions at each ask, whose factors the state keeps:
+        the objective GP plus the cost GPs (``"total"``: 1, ``"stages"``: K),
+        or MS_BO's K prefix GPs (``"prefix_objective"``)."""
+        kind = self.method_def.cost_model
+        return {"none": 1, "total": 2, "stages": 1 + self.n_stages, "prefix_objective": self.n_stages}[kind]
 
     def snap(self, u):
         """Snap unit-cube rows to representable points (JAX-traceable)."""
@@ -299,6 +353,11 @@ class BOState(NamedTuple):
     epsilon: Float[Array, ""]
     obj_params: gplib.GPParams
     cost_params: gplib.GPParams  # stacked over cost models
+    # The surrogates' factors (see "Surrogate schedule" in the module doc).
+    chol: Float[Array, "M N N"]  # lower Cholesky factor of each GP's masked covariance
+    n_chol: Int[Array, ""]  # rows [0, n_chol) are in the factors (0: none: factor anew)
+    n_fit: Int[Array, ""]  # trials told when the hyperparameters were last refitted (0: never)
+    n_refits: Int[Array, ""]  # hyperparameter refits so far (sets which are cold)
     gittins: GittinsState  # Gittins-index methods only (``pbgi``); inert otherwise
 
 
@@ -359,6 +418,10 @@ def init(config: BOConfig, budget: float, *, capacity: int = 32, epsilon: float 
         epsilon=jnp.asarray(epsilon, f),
         obj_params=p,
         cost_params=jax.tree.map(lambda a: jnp.stack([a] * config.n_cost_models), p),
+        chol=jnp.broadcast_to(jnp.eye(N, dtype=f), (config.n_gps, N, N)),
+        n_chol=jnp.asarray(0, jnp.int32),
+        n_fit=jnp.asarray(0, jnp.int32),
+        n_refits=jnp.asarray(0, jnp.int32),
         gittins=GittinsState(
             lam=jnp.asarray(config.pbgi_lambda0, f),
             last_index=jnp.asarray(0.0, f),
@@ -388,7 +451,16 @@ def grow(state: BOState, capacity: int) -> BOState:
         charged=p(state.charged, 0.0),
         failed=p(state.failed, False),
         warmup=p(state.warmup, False),
+        chol=_grow_factors(state.chol, capacity),
     )
+
+
+def _grow_factors(chol, capacity: int):
+    """Factors padded to ``capacity`` rows: the new rows are padded data, whose
+    factor rows are identity rows, so a grown factor stays exact."""
+    M, N, _ = chol.shape
+    eye = jnp.broadcast_to(jnp.eye(capacity, dtype=chol.dtype), (M, capacity, capacity))
+    return eye.at[:, :N, :N].set(chol)
 
 
 def ensure_capacity(state: BOState, extra: int = 1) -> BOState:
@@ -650,18 +722,101 @@ def prefix_pool(state: BOState, config: BOConfig) -> candlib.PrefixPool:
     return _prefix_pool(state, config, y_eff)
 
 
-def acquisition_state(key, state: BOState, config: BOConfig):
-    """Fit all surrogates of ``config.method`` and build its :class:`AcqState`.
+def _refit_due(state: BOState, config: BOConfig):
+    """Whether this ask refits the hyperparameters: never fitted yet, a new
+    trial told while fewer than ``refit_hold_from`` are, or the trials have grown by
+    ``refit_growth`` (at least one) since the last refit (every ask when
+    ``refit_growth`` is 0)."""
+    if config.refit_growth == 0:
+        return jnp.asarray(True)
+    need = jnp.maximum(jnp.ceil(config.refit_growth * state.n_fit.astype(jnp.float32)), 1.0)
+    new = state.n - state.n_fit
+    grown = new.astype(jnp.float32) >= need
+    return (state.n_fit == 0) | ((state.n < config.refit_hold_from) & (new > 0)) | grown
+
+
+def surrogates(key, state: BOState, config: BOConfig, init, targets, masks, input_masks, priority):
+    """Fit (on schedule) and condition the method's stacked GPs.
+
+    On a refit ask (:func:`_refit_due`) the hyperparameters are fitted, warm
+    or cold (``refit_every``), on at most ``fit_rows`` rows
+    (:func:`eeipu_jax.gp.fit_rows`), and the factors of all rows are
+    computed anew. Otherwise the hyperparameters are held and the rows told
+    since the last ask are appended to the kept factors
+    (:func:`eeipu_jax.gp.append_rows`, O(N^2) a row); the factors are
+    computed anew only when the state holds none (``n_chol == 0``, e.g. a
+    checkpoint written before they were kept), when rows were removed, or
+    when more than a third of the capacity is new (a new factorization is
+    then cheaper). Either way the posterior conditions on every row.
+
+    Args:
+        key: PRNG key (restarts and the fitting subset).
+        state: the current state (``X``, ``n`` and the kept factors).
+        config: static settings.
+        init: current hyperparameters, stacked over the M GPs.
+        targets, masks: ``(N, M)`` raw targets and the rows each GP uses.
+        input_masks: ``(M, d)`` columns each GP sees.
+        priority: ``(N,)`` ranking of rows for the fitting subset (the
+            objective: the best rows are always in it).
 
     Returns:
-        ``(acq_state, obj_params, cost_params, y_eff)`` where ``y_eff`` is the
-        objective the GP was fitted on (:func:`effective_objective`: scale-free,
-        failed trials at the worst finished value).
+        ``(params, posts, mean, std, state)``: hyperparameters, posteriors
+        (standardized targets) and standardization stacked over M, and
+        ``state`` with the factors and refit counters updated (the caller
+        stores ``params``).
+    """
+    gcfg = config.gp
+    X = state.X
+    N = X.shape[0]
+    valid = jnp.arange(N) < state.n
+    due = _refit_due(state, config)
+    cold = (state.n_refits % config.refit_every) == 0
+    k_fit, k_rows = jax.random.split(key)
+    size = N if config.fit_rows == 0 else min(N, config.fit_rows)
+
+    def factors(params):
+        return jax.vmap(lambda p, m, im: gplib.factor(p, X, m, gcfg, im))(params, masks.T, input_masks)
+
+    def refit():
+        rows = None if size == N else gplib.fit_rows(k_rows, valid, priority, size)
+        params, _, _ = gplib.fit_stacked(k_fit, init, X, targets, masks, input_masks, gcfg, cold, rows)
+        return params, factors(params)
+
+    def extend():
+        def append(L, p, m, im):
+            return gplib.append_rows(L, p, X, m, gcfg, im, state.n_chol, state.n)
+
+        return jax.lax.cond(
+            (state.n_chol == 0) | (state.n_chol > state.n) | (3 * (state.n - state.n_chol) > N),
+            lambda: factors(init),
+            lambda: jax.vmap(append)(state.chol, init, masks.T, input_masks),
+        )
+
+    params, chol = jax.lax.cond(due, refit, lambda: (init, extend()))
+    _, mean, std = jax.vmap(gplib.standardize)(targets.T, masks.T)
+    posts = gplib.posterior_stacked(params, X, targets, masks, input_masks, mean, std, gcfg, chol=chol)
+    state = state._replace(
+        chol=chol,
+        n_chol=state.n,
+        n_fit=jnp.where(due, state.n, state.n_fit),
+        n_refits=state.n_refits + due.astype(jnp.int32),
+    )
+    return params, posts, mean, std, state
+
+
+def acquisition_state(key, state: BOState, config: BOConfig):
+    """Fit (on schedule) and condition all surrogates of ``config.method`` and
+    build its :class:`AcqState`.
+
+    Returns:
+        ``(acq_state, state, y_eff)``: ``state`` carries the hyperparameters
+        in use (``obj_params``, ``cost_params``: the warm start of the next
+        refit) and the updated factors; ``y_eff`` is the objective the GP is
+        conditioned on (:func:`effective_objective`: scale-free, failed trials
+        at the worst finished value).
     """
     method = config.method_def
-    gcfg = config.gp
     valid, y_eff = effective_objective(state)
-    cold = (state.n_bo % config.refit_every) == 0
     k_fit, k_mc = jax.random.split(key)
 
     # The objective GP and the cost GPs are fitted in one vmapped call (one
@@ -676,8 +831,7 @@ def acquisition_state(key, state: BOState, config: BOConfig):
         masks = jnp.concatenate([masks, cmasks], axis=1)
         input_masks = jnp.concatenate([input_masks, cinput], axis=0)
         init = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), init, state.cost_params)
-    params, mean, std = gplib.fit_stacked(k_fit, init, state.X, targets, masks, input_masks, gcfg, cold)
-    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, mean, std, gcfg)
+    params, posts, mean, std, state = surrogates(k_fit, state, config, init, targets, masks, input_masks, y_eff)
     # Acquisitions work on the standardized objective scale.
     obj_params = jax.tree.map(lambda a: a[0], params)
     obj_post = jax.tree.map(lambda a: a[0], posts)
@@ -707,7 +861,7 @@ def acquisition_state(key, state: BOState, config: BOConfig):
         eta=eta,
         extra=jnp.asarray(config.ucb_beta, state.X.dtype),
     )
-    return acq, obj_params, cost_params, y_eff
+    return acq, state._replace(obj_params=obj_params, cost_params=cost_params), y_eff
 
 
 def _finished_scale_free(state: BOState):
@@ -758,7 +912,7 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
     if method.propose is not None:
         return method.propose(key, state, config)
     k_fit, k_cand = jax.random.split(key)
-    acq, obj_params, cost_params, y_eff = acquisition_state(k_fit, state, config)
+    acq, new_state, y_eff = acquisition_state(k_fit, state, config)
     gittins = state.gittins
     if method.gittins:
         acq, gittins = _gittins_params(acq, state, config)
@@ -827,8 +981,7 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
     prop = Proposal(x=x, memo_depth=j, source=src, score=v, eta=acq.eta, fallback=jnp.asarray(False))
     if method.gittins:
         gittins = _gittins_record(gittins, v, state, y_eff)
-    new_state = state._replace(obj_params=obj_params, cost_params=cost_params, n_bo=state.n_bo + 1, gittins=gittins)
-    return prop, new_state
+    return prop, new_state._replace(n_bo=state.n_bo + 1, gittins=gittins)
 
 
 def canonicalize(state: BOState) -> BOState:

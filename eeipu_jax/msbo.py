@@ -50,14 +50,16 @@ def prefix_input_masks(stage_of_column, n_stages: int) -> np.ndarray:
 
 
 def fit_prefix_gps(key, state, config):
-    """Fit the ``K`` prefix GPs of the objective.
+    """Fit (on the schedule of :func:`eeipu_jax.loop.surrogates`) and condition
+    the ``K`` prefix GPs of the objective.
 
     Returns:
-        ``(params, posts, best)``: stacked fitted parameters, stacked
-        posteriors and, per GP, the incumbent on its standardized scale: the
-        largest posterior mean at an observed prefix (for ``k < K - 1`` the
-        GP averages over the later stages, so the best raw observation would
-        be an over-optimistic target).
+        ``(posts, best, state)``: stacked posteriors, per GP the incumbent on
+        its standardized scale (the largest posterior mean at an observed
+        prefix: for ``k < K - 1`` the GP averages over the later stages, so
+        the best raw observation would be an over-optimistic target), and the
+        state with the hyperparameters (in the cost-model slots) and factors
+        updated.
     """
     from eeipu_jax import loop
 
@@ -66,16 +68,14 @@ def fit_prefix_gps(key, state, config):
     targets = jnp.tile(y_eff[:, None], (1, K))
     masks = jnp.tile(valid[:, None], (1, K))
     input_masks = jnp.asarray(prefix_input_masks(config.stage_of_column, K), state.X.dtype)
-    cold = (state.n_bo % config.refit_every) == 0
-    params, mean, std = gplib.fit_stacked(key, state.cost_params, state.X, targets, masks, input_masks,
-                                          config.gp, cold)
-    posts = gplib.posterior_stacked(params, state.X, targets, masks, input_masks, mean, std, config.gp)
+    params, posts, _, _, state = loop.surrogates(key, state, config, state.cost_params, targets, masks,
+                                                 input_masks, y_eff)
 
     def incumbent(post):  # best posterior mean at an observed prefix (the noisy-EI plug-in)
         m, _ = jax.vmap(lambda x: gplib.predict(post, x))(state.X)
         return jnp.max(jnp.where(valid, m, -jnp.inf))
 
-    return params, posts, jax.vmap(incumbent)(posts)
+    return posts, jax.vmap(incumbent)(posts), state._replace(cost_params=params)
 
 
 def propose(key, state, config):
@@ -85,7 +85,7 @@ def propose(key, state, config):
     K, d = config.n_stages, config.dim
     soc = np.asarray(config.stage_of_column)
     k_fit, k_cand, k_loc = jax.random.split(key, 3)
-    params, posts, best = fit_prefix_gps(k_fit, state, config)
+    posts, best, new_state = fit_prefix_gps(k_fit, state, config)
     valid, y_eff = loop.effective_objective(state)
     incumbent = state.X[jnp.argmax(jnp.where(valid, y_eff, -jnp.inf))]
     x = incumbent
@@ -116,7 +116,7 @@ def propose(key, state, config):
         eta=costlib.cooling_eta(state.budget, state.spent, state.b0),
         fallback=jnp.asarray(False),
     )
-    return prop, state._replace(cost_params=params, n_bo=state.n_bo + 1)
+    return prop, new_state._replace(n_bo=state.n_bo + 1)
 
 
 acqlib.register(acqlib.Method(

@@ -271,10 +271,13 @@ def _segment(state, key, trace, problem, config, policy, max_trials, batching):
             # Under vmap this body also runs for seeds that are already done
             # (the loop keeps their old carry), and a batched fit runs as many
             # Adam steps as its slowest member: a seed that stopped on a
-            # cold-refit step would make every later fit of the batch cold.
-            # Finished seeds therefore compute a (discarded) warm fit.
+            # refit step would make every later step of the batch refit, and
+            # on a cold one, cold. Finished seeds therefore compute a
+            # (discarded) step with no refit due (or a warm one, when every
+            # ask refits).
             finished = _done(s, max_trials) | (s.n >= N)
-            s = s._replace(n_bo=jnp.where(finished, jnp.ones_like(s.n_bo), s.n_bo))
+            s = s._replace(n_fit=jnp.where(finished, s.n, s.n_fit),
+                           n_refits=jnp.where(finished, jnp.ones_like(s.n_refits), s.n_refits))
             k, sub = jax.random.split(k)
             prop, s = loop._ask(sub, s, config)
             y, costs, depth = _simulate(s, prop, problem, config, policy)

@@ -141,7 +141,8 @@ def _fitted(method, budget_fraction_left):
     spent = float(state.b0) + (1.0 - budget_fraction_left) * (1e3 - float(state.b0))
     state = loop.canonicalize(state._replace(spent=jnp.asarray(spent, jnp.float32)))
     acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
-    acq, obj_params, cost_params, _ = acq_fn(jax.random.key(0), state, cfg)
+    acq, fitted, _ = acq_fn(jax.random.key(0), state, cfg)
+    obj_params, cost_params = fitted.obj_params, fitted.cost_params
     return cfg, state, acq, obj_params, cost_params
 
 

@@ -47,7 +47,7 @@ def test_integer_proposals_are_chosen_on_snapped_scores(data_seed):
         # Brute force over all 16 points with the same fitted EI (EI's fit does
         # not depend on the key: one cold start from the default point): the
         # proposal is the best point of the space.
-        acq, _, _, _ = acq_fn(jax.random.key(99), loop.canonicalize(state), cfg)
+        acq, _, _ = acq_fn(jax.random.key(99), loop.canonicalize(state), cfg)
         grid = INT_SPACE.to_unit_array(np.array([[a, b] for a in range(4) for b in range(4)], np.float64))
         vals = np.asarray(jax.vmap(lambda z: acqlib.ei(z, 0, acq))(jnp.asarray(grid, jnp.float32)))
         assert float(prop.score) == pytest.approx(vals.max(), abs=1e-5)
@@ -128,14 +128,14 @@ def test_failed_trials_with_an_offset_float32_cannot_hold_and_before_any_success
     U = SPACE.sample(np.random.default_rng(5), 8)
     for i, u in enumerate(U):
         state = loop.tell(state, u, np.nan if i < 3 else 1e9 + objective(u), stage_costs(u))
-    acq, _, _, _ = acquisition_state(jax.random.key(0), state, CFG)
+    acq, _, _ = acquisition_state(jax.random.key(0), state, CFG)
     y = np.array([np.nan] * 3 + [objective(u) for u in U[3:]])
     np.testing.assert_allclose(_obj_targets(acq, state), ref.objective_targets(y, np.isnan(y)), atol=1e-5)
 
 
 def test_before_any_success_the_objective_is_a_standardized_constant():
     state = filled(CFG, n=5, failed=range(5))
-    acq, _, _, y_eff = acquisition_state(jax.random.key(0), state, CFG)
+    acq, _, y_eff = acquisition_state(jax.random.key(0), state, CFG)
     assert np.all(_obj_targets(acq, state) == 0.0) and np.all(np.asarray(y_eff)[:5] == 0.0)
     prop, _ = loop.ask(jax.random.key(1), state, CFG)
     assert np.isfinite(float(prop.score)) and not bool(prop.fallback)
@@ -150,7 +150,8 @@ def test_cooling_modes_set_eta_and_its_weight_in_the_score(cooling, eta):
     state = filled(cfg, n=10)
     half = float(state.b0) + 0.5 * (float(state.budget) - float(state.b0))
     state = loop.canonicalize(state._replace(spent=jnp.asarray(half, jnp.float32)))
-    acq, obj_params, cost_params, _ = acquisition_state(jax.random.key(3), state, cfg)
+    acq, fitted, _ = acquisition_state(jax.random.key(3), state, cfg)
+    obj_params, cost_params = fitted.obj_params, fitted.cost_params
     assert float(acq.eta) == pytest.approx(eta, abs=1e-5)
     n = int(state.n)
     kw = dict(X=np.asarray(state.X[:n]), y=loop.objective_values(state), failed=np.asarray(state.failed[:n]),
@@ -200,7 +201,7 @@ def test_stage_only_cost_inputs_reach_the_cost_gps():
     for mode in ("stage", "prefix"):
         cfg = dataclasses.replace(CFG, cost_inputs=mode)
         state = filled(cfg, n=12)
-        acq, _, _, _ = acquisition_state(jax.random.key(0), state, cfg)
+        acq, _, _ = acquisition_state(jax.random.key(0), state, cfg)
         np.testing.assert_array_equal(
             np.asarray(acq.costs.input_mask), costlib.stage_input_masks(SPACE.stage_of_column, 3, mode))
         x = jnp.asarray([0.1, 0.5, 0.5, 0.5, 0.5], jnp.float32)
@@ -215,11 +216,17 @@ def test_stage_only_cost_inputs_reach_the_cost_gps():
 
 
 # ---------------------------------------------------------- refit schedule
-def test_cold_refits_every_refit_every_bo_asks():
+def _params_changed(before, after):
+    return any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+
+
+def test_with_refit_growth_0_every_ask_refits_and_every_refit_every_th_is_cold():
     """With 0 warm steps a warm fit returns its warm start unchanged; a cold fit
-    runs 50 steps from the default point. So the objective GP's parameters may
-    only change on asks n_bo = 0, 3, 6 (refit_every = 3)."""
-    cfg = dataclasses.replace(CFG, method="ei", refit_every=3, gp=gp.GPConfig(steps=0, cold_steps=50))
+    runs 50 steps from the default point. With ``refit_growth = 0`` every ask
+    refits, so the objective GP's parameters may only change on asks
+    n_bo = 0, 3, 6 (refit_every = 3)."""
+    cfg = dataclasses.replace(CFG, method="ei", refit_growth=0.0, refit_every=3,
+                              gp=gp.GPConfig(steps=0, cold_steps=50))
     state = filled(cfg, n=4)
     key = jax.random.key(0)
     changed = []
@@ -227,11 +234,51 @@ def test_cold_refits_every_refit_every_bo_asks():
         key, sub = jax.random.split(key)
         before = state.obj_params
         prop, state = loop.ask(sub, state, cfg)
-        changed.append(any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.obj_params))))
+        changed.append(_params_changed(before, state.obj_params))
         x = np.asarray(prop.x)
         state = loop.tell(state, x, objective(x), stage_costs(x))
-        assert int(state.n_bo) == i + 1
+        assert int(state.n_bo) == i + 1 and int(state.n_refits) == i + 1
     assert changed == [True, False, False, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("hold_from,refits", [(0, [4, 5, 7, 9, 12, 15, 19]), (8, [4, 5, 6, 7, 9, 12, 15, 19])])
+def test_refits_follow_the_growth_schedule_and_cold_ones_every_refit_every_th(hold_from, refits):
+    """``refit_growth = 0.25``: a refit when the trials have grown by a quarter
+    (at least one) since the last one, and at every ask below
+    ``refit_hold_from`` trials. Written out for n = 4.. with hold_from = 0:
+    refits at n = 4 (the first: cold), 5, 7, 9 (cold), 12, 15, 19 (cold), ...;
+    with hold_from = 8 also at 6 (then 7, 9, ...). With 0 warm steps only the
+    cold ones may move the parameters, and an ask twice at the same n refits
+    at most once."""
+    cfg = dataclasses.replace(CFG, method="ei", refit_growth=0.25, refit_every=3, refit_hold_from=hold_from,
+                              gp=gp.GPConfig(steps=0, cold_steps=50))
+    state = filled(cfg, n=4)
+    key = jax.random.key(1)
+    expected_refits, n_fit, count = [], 0, 0
+    for n in range(4, 21):
+        due = n_fit == 0 or n < hold_from or n - n_fit >= max(1, int(np.ceil(0.25 * n_fit)))
+        expected_refits.append((n, due, due and count % 3 == 0))
+        if due:
+            n_fit, count = n, count + 1
+    assert [n for n, due, _ in expected_refits if due] == refits
+    seen = []
+    for n in range(4, 21):
+        key, k1, k2 = jax.random.split(key, 3)
+        before = state.obj_params
+        refits_before = int(state.n_refits)
+        prop, state = loop.ask(k1, state, cfg)
+        _, again = loop.ask(k2, state, cfg)  # same n: nothing more is due
+        assert int(again.n_refits) == int(state.n_refits)
+        due = int(state.n_refits) > refits_before
+        seen.append((n, due, _params_changed(before, state.obj_params)))
+        assert int(state.n_fit) == max(m for m, d, _ in expected_refits[: n - 3] if d)
+        assert int(state.n_chol) == n
+        x = np.asarray(prop.x)
+        state = loop.tell(state, x, objective(x), stage_costs(x))
+    assert [(n, due) for n, due, _ in seen] == [(n, due) for n, due, _ in expected_refits]
+    # Only cold refits move the parameters (a cold fit could, rarely, keep them).
+    assert all(cold or not moved for (_, _, moved), (_, _, cold) in zip(seen, expected_refits))
+    assert sum(moved for _, _, moved in seen) >= 2
 
 
 # ------------------------------------------------------------ local candidates

@@ -89,7 +89,8 @@ def test_prefix_gps_match_numpy_posteriors_on_their_prefixes():
     y = np.sin(3 * X[:, 0]) + X[:, 2] - X[:, 3] ** 2
     for x, v in zip(X, y):
         state = loop.tell(state, x, float(v), np.ones(3, np.float32))
-    params, posts, best = jax.jit(msbo.fit_prefix_gps, static_argnums=2)(jax.random.key(0), state, cfg)
+    posts, best, fitted = jax.jit(msbo.fit_prefix_gps, static_argnums=2)(jax.random.key(0), state, cfg)
+    params = fitted.cost_params  # the prefix GPs' hyperparameters, in the cost-model slots
     masks = msbo.prefix_input_masks(cfg.stage_of_column, 3)
     assert masks.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     ystd = (y - y.mean()) / y.std(ddof=1)

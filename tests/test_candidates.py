@@ -162,7 +162,7 @@ def test_memoizing_ask_reaches_the_brute_force_maximum_of_its_acquisition():
         y = float(np.sin(3 * x[0]) * np.cos(2 * x[1]) - (x[2] - 0.6) ** 2 - 0.5 * (x[3] - 0.3) ** 2)
         state = loop.tell(state, x, y, np.array([1.0 + 3 * x[0], 0.5 + 2 * x[1] + x[2], 0.2 + x[3]]))
     prop, _ = loop.ask(jax.random.key(7), state, cfg)
-    acq, _, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(7), state, cfg)
+    acq, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(7), state, cfg)
     score = jax.jit(jax.vmap(lambda x, j: acqlib.eeipu(x, j, acq), in_axes=(0, None)), static_argnums=1)
 
     X = np.asarray(state.X[:10], np.float64)

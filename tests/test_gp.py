@@ -245,22 +245,172 @@ def test_fit_returns_its_best_finite_iterate_when_it_meets_a_non_finite_region(m
     X, y = data(30, 2, seed=7)
     X, mask = jnp.asarray(X, jnp.float32), jnp.ones(30, bool)
     ys, _, _ = gp.standardize(jnp.asarray(y, jnp.float32), mask)
-    real = gp.loss_fn
+    real = gp._loss  # what gp.fit evaluates (value, or value and hand-written gradient)
 
-    def poisoned(params, X, y, mask, cfg, input_mask=None):
+    def poisoned(params, X, y, mask, cfg, input_mask, with_grad):
         _, _, noise = gp.constrain(params, cfg)
-        return jnp.where(noise > 4e-3, real(params, X, y, mask, cfg, input_mask), jnp.nan)
+        bad = lambda a: jnp.where(noise > 4e-3, a, jnp.nan)  # noqa: E731
+        return jax.tree.map(bad, real(params, X, y, mask, cfg, input_mask, with_grad))
 
-    monkeypatch.setattr(gp, "loss_fn", poisoned)
+    monkeypatch.setattr(gp, "_loss", poisoned)
     init = gp.default_params(2, CFG)
     out = {}
     for steps in (60, 120):
         cfg = dataclasses.replace(CFG, steps=steps, cold_steps=7)  # a config no other test traces
         p, loss = jax.jit(gp.fit, static_argnums=(5,))(jax.random.key(0), init, X, ys, mask, cfg, None, False)
         out[steps] = (p, float(loss))
-    start = float(poisoned(init, X, ys, mask, CFG))
+    start = float(poisoned(init, X, ys, mask, CFG, None, False))
     p, loss = out[60]
     assert np.isfinite(loss) and loss < start - 0.05
     assert float(gp.constrain(p, CFG)[2]) > 4e-3
     np.testing.assert_array_equal(np.asarray(p.raw_noise), np.asarray(out[120][0].raw_noise))
     assert loss == out[120][1]
+
+
+# --------------------------------------------------------- kept factors
+def _masked_cov_np(X, used, ls, amp, noise, im):
+    """Float64 covariance of the used rows (NumPy), as the GP defines it."""
+    keep = np.asarray(im) > 0
+    Xu = np.asarray(X, np.float64)[used][:, keep]
+    return matern52_np(Xu, Xu, ls[keep], amp) + (noise + CFG.jitter) * np.eye(len(Xu))
+
+
+def test_appended_rows_give_the_factor_and_posterior_of_a_fresh_factorization():
+    """A factor of the first 12 rows extended row by row to 40 (three rows masked
+    out, as a cost GP without those costs, and a column ignored) equals the float64
+    NumPy Cholesky factor of the used rows, and its posterior the textbook one."""
+    d, N, n = 3, 48, 40
+    X, y = data(n, d, seed=5)
+    rng = np.random.default_rng(6)
+    Xp, yp = rng.uniform(size=(N, d)) * 3, rng.normal(size=N) * 50  # garbage padding
+    Xp[:n], yp[:n] = X, y
+    used = np.arange(N) < n
+    used[[7, 19, 33]] = False
+    im = jnp.asarray([1.0, 1.0, 0.0])
+    p = some_params(d, seed=2)
+    Xj, yj = jnp.asarray(Xp, jnp.float32), jnp.asarray(yp, jnp.float32)
+    first = jnp.asarray(used & (np.arange(N) < 12))
+    L0 = jax.jit(gp.factor, static_argnums=3)(p, Xj, first, CFG, im)
+    append = jax.jit(gp.append_rows, static_argnums=4)
+    L = append(L0, p, Xj, jnp.asarray(used), CFG, im, 12, 30)
+    L = append(L, p, Xj, jnp.asarray(used), CFG, im, 30, n)  # in two calls, as asks do
+
+    ls, amp, noise = (np.asarray(v, np.float64) for v in gp.constrain(p, CFG))
+    L_ref = np.linalg.cholesky(_masked_cov_np(Xp, used, ls, amp, noise, im))
+    L = np.asarray(L)
+    np.testing.assert_allclose(L[np.ix_(used, used)], L_ref, rtol=1e-4, atol=2e-5)
+    unused = ~used
+    np.testing.assert_array_equal(L[unused], np.eye(N)[unused])  # identity rows
+    np.testing.assert_array_equal(L[:, unused], np.eye(N)[:, unused])
+
+    Xs = np.random.default_rng(9).uniform(size=(6, d))
+    post = jax.jit(gp.condition, static_argnums=5)(p, jnp.asarray(L), Xj, yj, jnp.asarray(used), CFG, im)
+    mu, var = predict_many(post, jnp.asarray(Xs, jnp.float32))
+    keep = np.asarray(im) > 0
+    mu_ref, var_ref = (
+        v for v in reference_posterior(Xp[used][:, keep], yp[used], Xs[:, keep], ls[keep], amp, noise, 0.3)[:2])
+    np.testing.assert_allclose(mu, mu_ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(var, var_ref, rtol=5e-3, atol=1e-4)
+
+
+def test_hand_written_gradient_matches_autodiff_and_finite_differences():
+    """``loss_and_grad`` against ``jax.grad`` of the tinygp loss (float32) and
+    against central differences of a float64 NumPy loss (padded and masked data,
+    an ignored column, priors on)."""
+    d, N, n = 3, 40, 33
+    X, y = data(n, d, seed=8)
+    Xp = np.zeros((N, d)); Xp[:n] = X
+    yp = np.zeros(N); yp[:n] = y
+    mask = np.arange(N) < n
+    mask[5] = False
+    im = np.array([1.0, 0.0, 1.0])
+    p = some_params(d, seed=4)
+    args = (jnp.asarray(Xp, jnp.float32), jnp.asarray(yp, jnp.float32), jnp.asarray(mask))
+    loss, g = jax.jit(gp.loss_and_grad, static_argnums=4)(p, *args, CFG, jnp.asarray(im))
+    g_ad = jax.jit(jax.grad(gp.loss_fn), static_argnums=4)(p, *args, CFG, jnp.asarray(im))
+    assert float(loss) == pytest.approx(float(loss_fn(p, *args, CFG, jnp.asarray(im))), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ad)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+    from scipy import stats
+
+    def np_loss(raw):
+        """Float64 negative log posterior per point from the raw (unconstrained) vector."""
+        def unraw(r, bounds):
+            lo, hi = np.log(bounds[0]), np.log(bounds[1])
+            return np.exp(lo + (hi - lo) / (1.0 + np.exp(-r)))
+        ls = unraw(raw[:d], CFG.lengthscale_bounds)
+        amp = unraw(raw[d], CFG.amplitude_bounds)
+        noise = unraw(raw[d + 1], CFG.noise_bounds)
+        mean = raw[d + 2]
+        K = _masked_cov_np(Xp, mask, ls, amp, noise, im)
+        r = yp[mask] - mean
+        Lc = np.linalg.cholesky(K)
+        a = np.linalg.solve(Lc, r)
+        nll = 0.5 * a @ a + np.log(np.diag(Lc)).sum() + 0.5 * len(r) * np.log(2 * np.pi)
+        prior = lambda v, ab: stats.gamma.logpdf(v, ab[0], scale=1.0 / ab[1])  # noqa: E731
+        lp = (im * prior(ls, CFG.lengthscale_prior)).sum() + prior(amp, CFG.amplitude_prior) \
+            + prior(noise, CFG.noise_prior)
+        return (nll - lp) / len(r)
+
+    raw = np.concatenate([np.asarray(p.raw_lengthscale, np.float64),
+                          [float(p.raw_amplitude), float(p.raw_noise), float(p.mean)]])
+    h = 1e-5
+    fd = np.array([(np_loss(raw + h * e) - np_loss(raw - h * e)) / (2 * h) for e in np.eye(len(raw))])
+    got = np.concatenate([np.asarray(g.raw_lengthscale), [float(g.raw_amplitude), float(g.raw_noise), float(g.mean)]])
+    assert float(loss) == pytest.approx(np_loss(raw), rel=1e-4)
+    np.testing.assert_allclose(got, fd, rtol=2e-3, atol=2e-5)
+    assert got[1] == 0.0  # the ignored column's lengthscale has no gradient (no prior on it either)
+
+
+def test_fit_rows_keep_the_best_quarter_and_sample_the_rest():
+    """The top ``size // 4`` rows by priority are always chosen, the rest are
+    distinct valid rows, and with few valid rows all of them come first."""
+    N = 64
+    valid = jnp.arange(N) < 50
+    prio = jnp.asarray(np.random.default_rng(0).normal(size=N), jnp.float32)
+    idx = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), valid, prio, 16))
+    assert len(set(idx.tolist())) == 16 and np.all(idx < 50)
+    top4 = np.argsort(-np.where(np.arange(N) < 50, np.asarray(prio), -np.inf))[:4]
+    assert set(top4.tolist()) <= set(idx.tolist())
+    other = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(1), valid, prio, 16))
+    assert set(other.tolist()) != set(idx.tolist())  # the sample changes with the key
+    few = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), jnp.arange(N) < 10, prio, 16))
+    assert set(few[:10].tolist()) == set(range(10))
+
+
+def _np_posterior_mean_var(X, y, x, ls, amp, noise, mean, cols):
+    """Float64 posterior mean and variance at one point of a GP that sees ``cols`` only."""
+    mu, var, _ = reference_posterior(X[:, cols], y, x[None, cols], ls[cols], amp, noise, mean)
+    return mu[0], var[0]
+
+
+@pytest.mark.parametrize("cols", [[0, 1], [0, 1, 2, 3]])
+def test_predict_gradient_is_finite_and_exact_at_a_training_input(cols):
+    # A memoized candidate copies its source trial's prefix, so a prefix
+    # cost GP is queried exactly at a training input; candidate refinement
+    # differentiates predict there. Reference: central differences of the
+    # float64 textbook posterior.
+    d, n = 4, 12
+    X, y = data(n, d, seed=5)
+    p = some_params(d, seed=5)
+    ls, amp, noise = (np.asarray(v, np.float64) for v in gp.constrain(p, CFG))
+    im = np.zeros(d, np.float32)
+    im[cols] = 1.0
+    post = posterior(p, jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32), np.ones(n, bool), CFG,
+                     jnp.asarray(im))
+    x = X[3].copy()  # the GP's columns equal training row 3's
+    if len(cols) < d:
+        x[len(cols):] = [0.15, 0.85]  # the free columns differ from the source row
+    jac = jax.jit(jax.jacobian(lambda z: jnp.stack(gp.predict(post, z))))(jnp.asarray(x, jnp.float32))
+    jac = np.asarray(jac)
+    assert np.all(np.isfinite(jac))
+    h = 1e-5
+    ref = np.zeros((2, d))
+    for c in cols:
+        e = np.zeros(d)
+        e[c] = h
+        hi = _np_posterior_mean_var(X, y, x + e, ls, amp, noise, float(p.mean), cols)
+        lo = _np_posterior_mean_var(X, y, x - e, ls, amp, noise, float(p.mean), cols)
+        ref[:, c] = (np.asarray(hi) - np.asarray(lo)) / (2 * h)
+    np.testing.assert_allclose(jac, ref, rtol=2e-3, atol=2e-3)

@@ -132,7 +132,7 @@ def test_failed_trials_are_seen_at_the_worst_finished_value(warm_state):
     for i in (1, 3):
         x = np.asarray(warm_state.X[i]) * 0.5 + 0.25
         s = loop.tell(s, x, float("nan"), stage_costs(x), 0)
-    acq, _, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(0), s, CFG)
+    acq, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(0), s, CFG)
     n = int(s.n)
     got = np.asarray(acq.obj.y + acq.obj.mean)[:n]
     y = loop.objective_values(s)
@@ -238,3 +238,69 @@ def test_init_rejects_bad_budget():
         loop.init(CFG, budget=-1.0)
     with pytest.raises(ValueError, match="budget"):
         loop.init(CFG, budget=float("nan"))
+
+
+def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
+    """A run from capacity 8 (grown twice) with refits on schedule: after every ask
+    the kept factor of each GP (objective + 3 stage costs; one failed trial whose
+    last stage did not run) equals the float64 NumPy Cholesky factor of its used
+    rows with the state's hyperparameters, and the posterior ``ask`` conditions on
+    equals the textbook one (NumPy, fresh factorization)."""
+    from eeipu_jax import gp
+    from tests import reference as ref
+
+    cfg = dataclasses.replace(CFG, refit_hold_from=0)  # the growth rule from the start: held asks
+    state = loop.init(cfg, budget=1e4, capacity=8)
+    rng = np.random.default_rng(1)
+    for u in SPACE.sample(rng, 5):
+        state = loop.tell(state, u, objective(u), stage_costs(u), 0)
+    acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
+    Xs = SPACE.sample(np.random.default_rng(2), 4)
+    masks = np.ones((3, 5), bool)
+    for k in range(3):
+        masks[k] = np.asarray(SPACE.stage_of_column) <= k
+    key = jax.random.key(11)
+    appended = 0
+    for i in range(19):
+        key, k_ask = jax.random.split(key)
+        refits = int(state.n_refits)
+        prop, state = loop.ask(k_ask, state, cfg)
+        appended += int(state.n_refits) == refits
+        x = np.asarray(prop.x)
+        costs = stage_costs(x)
+        if i == 3:
+            costs[2] = np.nan  # failed in the last stage
+        state = loop.tell(state, x, np.nan if i == 3 else objective(x), costs, int(prop.memo_depth))
+        if i % 3 != 2:
+            continue
+        key, k_ask = jax.random.split(key)
+        _, state = loop.ask(k_ask, state, cfg)  # brings the factors up to date with the tells
+        acq, same, _ = acq_fn(key, state, cfg)
+        assert int(same.n_refits) == int(state.n_refits)  # nothing new: held hyperparameters
+        n = int(state.n)
+        X = np.asarray(state.X[:n], np.float64)
+        y = loop.objective_values(state)
+        failed = np.isnan(y)
+        sc = np.asarray(state.stage_costs[:n], np.float64)
+        gps = [(state.obj_params, np.ones(n, bool), ref.objective_targets(y, failed), np.ones(5), acq.obj, 0)]
+        for k in range(3):
+            ok = np.isfinite(sc[:, k])
+            t = np.full(n, np.nan)
+            t[ok] = ref.standardize(np.log(sc[ok, k]))[0]
+            gps.append((jax.tree.map(lambda a: a[k], state.cost_params), ok, t, masks[k].astype(float),
+                        jax.tree.map(lambda a: a[k], acq.costs), k + 1))
+        for params, used, target, im, post, m in gps:
+            ls, amp, noise, mean = ref.hyper(params, CFG.gp)
+            keep = im > 0
+            Xu = X[used][:, keep]
+            K = ref.matern52(Xu, Xu, ls[keep], amp) + (noise + CFG.gp.jitter) * np.eye(len(Xu))
+            # float32 against float64: entries of L are O(1); the smallest pivots
+            # (near-duplicate rows, ~0.01) carry float32's cancellation either way
+            L = np.asarray(state.chol[m])[:n, :n][np.ix_(used, used)]
+            np.testing.assert_allclose(L, np.linalg.cholesky(K), rtol=0, atol=5e-4)
+            mu_ref, var_ref = ref.posterior(X[used], target[used], Xs, ls, amp, noise, mean,
+                                            jitter=CFG.gp.jitter, input_mask=im)
+            mu, var = jax.vmap(lambda z: gp.predict(post, z))(jnp.asarray(Xs, jnp.float32))
+            np.testing.assert_allclose(mu, mu_ref, rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(var, var_ref, rtol=1e-2, atol=2e-4)
+    assert state.X.shape[0] == 32 and appended >= 5  # grown 8 -> 16 -> 32; asks without a refit
