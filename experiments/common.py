@@ -203,6 +203,46 @@ def write_run(path: str, *, pipeline: str, method: str, seed: int, budget: float
     os.replace(tmp, path)
 
 
+def total_wall(out: str, wall: float, ran_jobs: bool, *, fresh: bool = False) -> float:
+    """Wall seconds of a results folder over the invocations that ran its jobs.
+
+    A comparison is often finished in several invocations (resumed after a
+    stop, methods added), and an invocation that finds every result only
+    re-renders the summary: its own few seconds are not the comparison's wall
+    time. The previous total is read from ``out/summary.json``.
+
+    Args:
+        out: the results folder.
+        wall: this invocation's wall seconds.
+        ran_jobs: whether this invocation ran any job (else ``wall`` is not
+            added).
+        fresh: every job was rerun (``--force``): the previous total does not
+            count.
+
+    Returns:
+        The previous total (0 without a readable summary) plus ``wall`` if
+        ``ran_jobs``.
+
+    Raises:
+        ValueError: ``out/summary.json`` exists but is not a JSON object with a
+            numeric or null ``wall_seconds`` (a corrupt summary is not papered
+            over: remove it to start the count anew).
+    """
+    previous = 0.0
+    path = os.path.join(out, "summary.json")
+    if not fresh and os.path.exists(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            value = data.get("wall_seconds") if isinstance(data, dict) else "missing"
+            previous = 0.0 if value is None else float(value)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: cannot read its wall_seconds ({e}); remove the file to start anew") from e
+        if not math.isfinite(previous) or previous < 0:
+            raise ValueError(f"{path}: wall_seconds {previous} is not a finite non-negative number")
+    return previous + (wall if ran_jobs else 0.0)
+
+
 def read_runs(results_dir: str) -> list[dict]:
     """All run records under ``results_dir`` (recursively), sorted."""
     runs = []

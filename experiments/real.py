@@ -410,11 +410,11 @@ def main(argv=None) -> int:
                 bar.set_postfix_str(f"{p}/{m}/seed{s}")
                 bar.update()
     bar.close()
-    wall = time.perf_counter() - t0
+    wall = common.total_wall(out, time.perf_counter() - t0, bool(todo))
     md = summarize_results(out, cfg, wall, timings)
     print()
     print(md)
-    print(f"\nwall time {wall:.0f} s; results in {out}/")
+    print(f"\nwall time {wall:.0f} s (all invocations that ran jobs); results in {out}/")
     # Figures are the paper_figures package's job (it reads these results files).
     print(f"figures: python -m paper_figures.real {out}   (writes {os.path.join(out, 'figures')}/)")
     return 0

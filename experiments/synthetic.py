@@ -224,7 +224,7 @@ def main(argv=None) -> int:
                 bar.set_postfix_str("/".join(futs[fut]))
                 bar.update()
     bar.close()
-    wall = time.perf_counter() - t0
+    wall = common.total_wall(out, time.perf_counter() - t0, bool(jobs), fresh=bool(args.force))
 
     runs = common.read_runs(os.path.join(out, "runs"))
     runs = [r for r in runs if r["pipeline"] in cfg.pipelines and r["method"] in cfg.methods and r["seed"] in seeds]
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
         json.dump(dict(table=table, headline=head, wall_seconds=wall, jobs=timings), f, indent=2)
     print()
     print(md)
-    print(f"\nwall time {wall:.0f} s; results in {out}/")
+    print(f"\nwall time {wall:.0f} s (all invocations that ran jobs); results in {out}/")
     # Figures are the paper_figures package's job (it reads these results files).
     print(f"figures: python -m paper_figures.synthetic {out}   (writes {os.path.join(out, 'figures')}/)")
     return 0

@@ -183,8 +183,9 @@ def test_synthetic_main_job_end_to_end(tmp_path, capsys):
     assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
     with open(os.path.join(out, "summary.json")) as f:
-        rows = json.load(f)["table"]["synthetic3"]["ei"]
-    assert rows["seeds"] == 2 and rows["iterations"] >= 1
+        first = json.load(f)
+    rows = first["table"]["synthetic3"]["ei"]
+    assert rows["seeds"] == 2 and rows["iterations"] >= 1 and first["wall_seconds"] > 0
     runs = common.read_runs(out)
     assert {r["seed"] for r in runs} == {0, 1}
     for r in runs:
@@ -201,5 +202,23 @@ def test_synthetic_main_job_end_to_end(tmp_path, capsys):
     assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
                            "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
     with open(os.path.join(out, "summary.json")) as f:
-        assert json.load(f)["table"]["synthetic3"]["ei"] == rows
+        second = json.load(f)
+    assert second["table"]["synthetic3"]["ei"] == rows
+    assert second["wall_seconds"] == first["wall_seconds"]  # re-rendering is not the comparison's wall time
+    with open(os.path.join(out, "summary.md")) as f:
+        assert f"wall {first['wall_seconds']:.0f} s" in f.readline()
     assert {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in mtimes} == mtimes
+
+
+def test_total_wall_adds_the_invocations_that_ran_jobs(tmp_path):
+    out = str(tmp_path)
+    assert common.total_wall(out, 12.5, True) == 12.5  # no summary yet
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({"wall_seconds": 100.0}, f)
+    assert common.total_wall(out, 3.0, False) == 100.0  # re-rendered only
+    assert common.total_wall(out, 40.0, True) == 140.0  # resumed: both invocations ran jobs
+    assert common.total_wall(out, 40.0, True, fresh=True) == 40.0  # --force: every job rerun
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="wall_seconds"):
+        common.total_wall(out, 1.0, True)
