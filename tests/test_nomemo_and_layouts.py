@@ -26,6 +26,7 @@ def test_nomemo_resolves_to_the_same_method_without_memoization():
         acqlib.get_method("nope_nomemo")
 
 
+@pytest.mark.slow  # two full synthetic runs compiled (~45 s); test_study covers _nomemo through a Study
 def test_eeipu_nomemo_never_memoizes_and_otherwise_runs_exactly_like_eeipu_at_depth_0():
     """eeipu_nomemo scores candidates with EEIPU's acquisition at memo depth 0 only, which is
     MS_CArBO's formula (stage-wise cost GPs, cooling, no prefixes): the two runs must agree

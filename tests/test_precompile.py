@@ -78,6 +78,7 @@ def test_segmentation_precompiled_trial_does_not_compile(compile_log, tmp_path):
     assert compile_log() == ["train_unet"]
 
 
+@pytest.mark.slow  # the segmentation test checks the same mechanism in the default run
 def test_language_precompiled_trial_does_not_compile(compile_log):
     pipe = language.make_tiny()
     data = pipe.prepare()

@@ -134,8 +134,15 @@ def test_top_prefixes_keeps_distinct_prefixes_beyond_the_top_trials():
 MODES = [(pool, select) for pool in ("all", "post_warmup") for select in ("top_trials", "top_prefixes")]
 
 
+# The default mode and the one that changes both knobs run by default; the rest (each a fresh
+# compile of a 60-trial run) are slow. tests/test_study.py covers pbgi and post_warmup through a Study.
+_DEFAULT_MODES = {("all", "top_trials"), ("post_warmup", "top_prefixes")}
+
+
 @pytest.mark.parametrize(
-    "pool,select,method", [m + ("eeipu",) for m in MODES] + [("post_warmup", "top_prefixes", "pbgi")]
+    "pool,select,method",
+    [m + ("eeipu",) if m in _DEFAULT_MODES else pytest.param(*m, "eeipu", marks=pytest.mark.slow) for m in MODES]
+    + [pytest.param("post_warmup", "top_prefixes", "pbgi", marks=pytest.mark.slow)],
 )
 def test_every_memoized_proposal_is_a_cache_hit(pool, select, method):
     """The pool the optimizer proposes from is what the simulated cache keeps: 0 misses."""
