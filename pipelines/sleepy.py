@@ -8,13 +8,17 @@ seen so far to the next stage, and the last stage returns the synthetic
 objective. A sleeping stage holds no core, so W trials at once need no W
 cores: the parallel benchmark (``benchmarks/parallel.py``) and the Ray tests
 measure scheduling, memoization and asynchrony, not compute. Stage outputs are
-small NumPy arrays, so the stage cache works as for a real pipeline.
+small NumPy arrays, so the stage cache works as for a real pipeline. The
+cost and objective functions are jitted and compiled in ``prepare()`` (once
+per process, untimed), so a trial's seconds are its sleeps.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
+import jax
 import numpy as np
 
 from eeipu_jax.runtime.pipeline import Pipeline, Stage
@@ -22,6 +26,16 @@ from eeipu_jax.space import Float
 from pipelines import synthetic
 
 __all__ = ["sleepy"]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str):
+    """The pipeline's jitted ``(stage costs, objective)`` of raw inputs, compiled in this process."""
+    pipe = synthetic.get_pipeline(name)
+    costs, objective = jax.jit(pipe.stage_costs_raw), jax.jit(pipe.objective_raw)
+    zeros = np.zeros(pipe.dim, np.float32)
+    jax.block_until_ready((costs(zeros), objective(zeros)))  # compile now: prepare() is untimed
+    return costs, objective
 
 
 def _stage_fn(pipe: synthetic.SyntheticPipeline, s: int, scale: float):
@@ -35,12 +49,17 @@ def _stage_fn(pipe: synthetic.SyntheticPipeline, s: int, scale: float):
         seen = mine if inputs is None else np.concatenate([np.asarray(inputs["x"], np.float32), mine])
         full = np.zeros(pipe.dim, np.float32)
         full[: start + len(mine)] = seen
-        time.sleep(scale * float(pipe.stage_costs_raw(full)[s]))
+        costs, objective = _compiled(pipe.name)
+        time.sleep(scale * float(costs(full)[s]))
         if last:
-            return {"objective": float(pipe.objective_raw(full))}
+            return {"objective": float(objective(full))}
         return {"x": seen}
 
     return fn
+
+
+def _prepare(name: str) -> None:
+    _compiled(name)  # stage 0 reads no data
 
 
 def sleepy(name: str = "synthetic3", scale: float = 0.01) -> Pipeline:
@@ -62,4 +81,5 @@ def sleepy(name: str = "synthetic3", scale: float = 0.01) -> Pipeline:
         params = [Float(f"x{j}", float(lo), float(hi)) for j in range(d)]
         stages.append(Stage(f"stage{s}", _stage_fn(pipe, s, float(scale)), params))
     return Pipeline(f"sleepy-{pipe.name}-{scale:g}", "1", tuple(stages),
+                    prepare=functools.partial(_prepare, pipe.name),
                     description=f"{pipe.name} with stages sleeping {scale:g} s per cost unit")

@@ -210,6 +210,11 @@ class TrialWorker:
         """The worker's process id (fault tests kill it)."""
         return os.getpid()
 
+    def warm(self) -> int:
+        """Prepare the pipeline now (its data loaded once, untimed); returns the process id."""
+        self.runner.data()
+        return os.getpid()
+
     def devices(self) -> list[str]:
         """The JAX devices this worker sees."""
         return [str(d) for d in jax.devices()]
@@ -346,6 +351,7 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
                                 plan.settings.stage_timeout)
 
     actors = [new_actor() for _ in range(workers)]
+    ray.get([a.warm.remote() for a in actors])  # every worker prepared before the first trial
     free = list(range(workers))
     running: dict[Any, _Flight] = {}  # ObjectRef -> flight
     held: list[_Flight] = []
