@@ -364,6 +364,12 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
     bar = tqdm(total=budget, initial=min(float(state.spent), budget), unit="s", disable=not progress,
                dynamic_ncols=True, desc=f"{pipeline.name}/{plan.method.name} x{workers}")
 
+    def replace(slot: int) -> None:
+        nonlocal restarts
+        actors[slot] = new_actor()
+        actors[slot].warm.remote()  # runs before its next trial (an actor runs its calls in order)
+        restarts += 1
+
     def in_flight() -> list[_Flight]:
         return list(running.values()) + held
 
@@ -435,7 +441,12 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
             if lazy and plan.write and result.ok:
                 waiting = any(h.after is f for h in held)
                 write = waiting or enters_pool(state, config, f.x, result.objective)
-                saved, save_seconds = ray.get(actors[f.slot].commit.remote(f.proposed, write))
+                try:
+                    saved, save_seconds = ray.get(actors[f.slot].commit.remote(f.proposed, write))
+                except ray.exceptions.RayActorError as e:  # died after the trial: its result stands, uncached
+                    logger.warning("worker %d died before writing trial %d's stage outputs (%s); replaced",
+                                   f.slot, i, type(e).__name__)
+                    replace(f.slot)
             result_fields = dict(stage_costs=result.stage_costs, stage_seconds=result.stage_seconds,
                                  restore_seconds=result.restore_seconds,
                                  save_seconds=result.save_seconds + save_seconds, metrics=result.metrics,
@@ -500,8 +511,7 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
                     result = None
                     error = f"worker {f.slot} died during the trial ({type(e).__name__}: {str(e).splitlines()[0]})"
                     logger.warning("%s; it is recorded as failed and the worker replaced", error)
-                    actors[f.slot] = new_actor()
-                    restarts += 1
+                    replace(f.slot)
                 finish(f, result, error)
                 # its slot runs a trial that waited for this prefix, or takes a new one
                 released = [h for h in held if h.after is f]
