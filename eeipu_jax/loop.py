@@ -71,6 +71,51 @@ proposed, and only its target would change when it is told).
 ``refit_every``-th). The numbers behind these choices are in
 docs/bo_step_profile.md.
 
+**Pending trials.** A parallel driver asks while other trials are still
+running: ``ask(key, state, config, pending)`` takes them as a
+:class:`Pending` of fixed capacity ``P`` (inputs as proposed, memo depth,
+mask; :func:`pending_from` packs and checks them), so ``ask`` compiles once
+per (state capacity, ``P``) whatever the number of live rows, and
+``pending=None`` runs the single-worker program unchanged. Three things
+change, none of which touches the returned state (it never holds pending
+rows; each trial is told when it finishes, in any order):
+
+* *Objective fantasy: kriging believer* (Ginsbourger, Le Riche and Carraro
+  2010). Each pending row enters the objective GP with the GP's own
+  posterior mean at its ``x`` as target. The mean is then unchanged
+  everywhere, the variance near a running trial falls to what telling it
+  will leave (the noise level), and the believed values join the incumbent,
+  so EI at a running point is ~0 and the next proposal moves elsewhere.
+  Chosen over the constant liar because it needs no lie level to tune (a
+  pessimistic or optimistic constant shifts the mean the whole batch sees),
+  and over Monte Carlo fantasies (Snoek et al. 2012) because it costs one
+  posterior, not one per sample, inside a jitted step whose cost should not
+  grow with ``P``. The rows enter a copy of the kept factor by
+  :func:`eeipu_jax.gp.append_rows` (O(N^2 P), no new factorization; the
+  factor depends on inputs and hyperparameters only, so it is the factor the
+  tell will build); the hyperparameters are never refitted for pending rows
+  (the refit schedule counts told trials). The cost GPs see told trials only.
+* *Committed budget.* The linear cost cooling uses ``spent`` plus the
+  expected cost of the pending trials' stages after their memo depth
+  (:func:`committed_cost`: the log-normal mean of each stage-cost GP,
+  the total-cost GP's mean, or the mean observed stage cost for methods with
+  no cost GP), so ``eta`` falls as soon as budget is committed.
+* *Prefixes in flight.* For memoizing methods the running trials' prefixes
+  join the memo pool (:func:`eeipu_jax.candidates.prefix_pool` over the told
+  rows followed by the pending slots), ranked with the told trials by their
+  believed objective, ``top_q`` per depth as before: a running trial in a
+  good region displaces a worse told prefix, the candidate batch keeps its
+  shape and cost. Pending rows are BO-phase proposals, so they are eligible
+  under ``prefix_pool="post_warmup"`` too. A proposal that reuses one has
+  ``Proposal.source == N + p``; the driver must keep that running trial's
+  stage outputs and wait for them before restoring.
+
+LaMBO uses the fantasy in its leaf's GP-UCB (its bandit counts told trials),
+MS_BO fantasizes its prefix GPs; neither memoizes. During the warm-up,
+pending rows are ignored (proposals are uniform). PBGI's lambda decay check
+compares the previous proposal's index with the best *told* value, which
+may not yet include that proposal's result.
+
 **Integer and categorical columns.** Candidates are snapped to representable
 points *before* they are scored (the free coordinates only: a memoized prefix
 is copied bit for bit from its source trial), refined points are snapped and
