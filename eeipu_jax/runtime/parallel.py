@@ -70,6 +70,12 @@ from eeipu_jax.runtime.cache import CachePolicy, StageCache, prefix_keys
 from eeipu_jax.runtime.pipeline import Pipeline
 from eeipu_jax.runtime.runner import Runner, TrialResult
 
+#: Seconds between two checkpoints of a parallel run at least (and one at its end). A parallel
+#: driver re-tells the trials recorded after its checkpoint without replaying asks, which restores
+#: the optimizer exactly, so frequent checkpoints only shorten a resume; they cost the driver
+#: ~0.1 s each, time a worker waiting for its next trial would otherwise lose.
+CHECKPOINT_SECONDS = 5.0
+
 __all__ = ["require_ray", "connect", "TrialWorker", "TrialResources", "duplicate_computations", "run_parallel"]
 
 logger = logging.getLogger(__name__)
@@ -301,17 +307,12 @@ def duplicate_computations(records: list[dict], n_stages: int) -> int:
 
 
 def _ask(key, state, config, pending):
-    # stand-in until eeipu_jax.loop gains pending rows: the trials in flight are ignored
-    if pending is None:
-        return bo.ask(key, state, config)
     return bo.ask(key, state, config, pending=pending)
 
 
 def _pending(flights: list[_Flight], capacity: int, d: int):
     xs = np.stack([f.x for f in flights]) if flights else np.zeros((0, d), np.float32)
     depths = np.asarray([f.proposed_depth for f in flights], np.int32)
-    if not hasattr(bo, "pending_from"):
-        return None
     return bo.pending_from(xs, depths, capacity, d)
 
 
@@ -356,6 +357,7 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
     running: dict[Any, _Flight] = {}  # ObjectRef -> flight
     held: list[_Flight] = []
     restarts = 0
+    last_checkpoint = time.perf_counter()
     waited = 0
     proposed = len(records)
     started = len(records)
@@ -424,8 +426,9 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
         else:
             launch(f)
 
-    def finish(f: _Flight, result: TrialResult | None, error: str | None) -> None:
-        nonlocal state, best
+    def complete(f: _Flight, result: TrialResult | None, error: str | None) -> dict:
+        """Write (or drop) the trial's held outputs, tell it, and return its record."""
+        nonlocal state
         i = int(state.n)
         if result is None:  # the worker died: one failed trial, charged its wall seconds so far
             seconds = time.perf_counter() - f.started
@@ -482,19 +485,35 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
             "pending": f.n_pending,
             "wait_seconds": f.wait_seconds,
         }
-        records.append(append_line(trials_path, record))
-        logger.info("trial %d (proposed %d, worker %d) %s: y=%s memo_depth=%d charged=%.3fs spent=%.1f/%gs",
-                    i, f.proposed, f.slot, status, f"{y:.6g}", memo_depth, charged, float(state.spent), budget)
-        rundir.save_checkpoint(study.out_dir, state, key)
+        records.append(record)  # in memory now (the next ask may reuse its prefix); on disk in persist()
         # trials held for this one's prefix: their source is now row i
         for h in held:
             if h.after is f:
                 h.source = i
+        return record
+
+    def persist(record: dict, final: bool = False) -> None:
+        """Append the trial's line (fsynced), checkpoint at most every ``CHECKPOINT_SECONDS``, apply the
+        cache policy. Runs after the freed worker got its next trial, while it runs."""
+        nonlocal best, last_checkpoint
+        i = record["index"]
+        records[i] = append_line(trials_path, record)
+        logger.info("trial %d (proposed %d, worker %d) %s: y=%s memo_depth=%d charged=%.3fs spent=%.1f/%gs",
+                    i, record["proposed"], record["worker"], record["status"], f"{record['y']:.6g}",
+                    record["memo_depth"], record["charged"], record["spent"], budget)
+        if final or time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
+            checkpoint()
         cache.set_keep(keep_keys())
-        cache.record_trial(y, f.keys)
+        cache.record_trial(_nan(record["y"]), record["cache_keys"])
         best = _best(records)
-        bar.update(max(0.0, min(charged, bar.total - bar.n)))
+        bar.update(max(0.0, min(record["charged"], bar.total - bar.n)))
         bar.set_postfix(trial=len(records), best=f"{best['y']:.4g}" if best else "-", refresh=False)
+
+    def checkpoint() -> None:
+        nonlocal last_checkpoint
+        # every told trial is on disk by now (one completion is told, then persisted, at a time)
+        rundir.save_checkpoint(study.out_dir, state, key)
+        last_checkpoint = time.perf_counter()
 
     try:
         with bar:
@@ -512,14 +531,18 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
                     error = f"worker {f.slot} died during the trial ({type(e).__name__}: {str(e).splitlines()[0]})"
                     logger.warning("%s; it is recorded as failed and the worker replaced", error)
                     replace(f.slot)
-                finish(f, result, error)
-                # its slot runs a trial that waited for this prefix, or takes a new one
-                released = [h for h in held if h.after is f]
-                for h in released:
+                record = complete(f, result, error)
+                # its slot runs a trial that waited for this prefix, or takes a new one, before the
+                # record is written: the workers need not wait for the driver's disk
+                for h in [h for h in held if h.after is f]:
                     held.remove(h)
                     waited += 1
                     launch(h)
                 free.append(f.slot)  # held trials keep their own (reserved) slots
+                while free and can_dispatch():
+                    propose(free.pop(0))
+                persist(record)
+            checkpoint()
     finally:
         for a in actors:
             with contextlib.suppress(Exception):

@@ -749,9 +749,11 @@ class Study:
             )
         # Trials recorded after the last checkpoint: replay their asks (same key
         # splits, same GP warm starts) and tell what was recorded; nothing reruns.
+        retold_parallel = False
         for rec in records[n:]:
             if "worker" in rec:  # a parallel run's trial: its ask saw other trials in flight; tell only
                 state = _tell_record(state, rec)
+                retold_parallel = True
                 continue
             key, k_ask = jax.random.split(key)
             prop, state = bo.ask(k_ask, state, plan.config)
@@ -759,6 +761,9 @@ class Study:
                 logger.warning("replayed proposal %d differs from the recorded one; telling the recorded trial",
                                rec["index"])
             state = _tell_record(state, rec)
+        if retold_parallel:
+            # the checkpoint's key was split again for the asks of those trials: derive a fresh one
+            key = jax.random.fold_in(key, len(records))
         if len(records) > n:
             logger.info("re-told %d trial(s) recorded after the last checkpoint", len(records) - n)
             rundir.save_checkpoint(self.out_dir, state, key)
