@@ -1,4 +1,5 @@
-"""Parallel studies on Ray: records, single flight, faults (worker and driver killed), localhost bind, CLI.
+"""Parallel studies on Ray: records, single flight, faults (worker and driver killed), localhost bind, CLI,
+and a Ray Tune experiment with EEIPUSearcher.
 
 One local Ray (2 CPUs, no dashboard) serves the module; pipelines are
 :func:`tests.pipelines_for_tests.sleepy_small` (synthetic3 whose stages sleep
@@ -260,3 +261,39 @@ def test_cli_workers_runs_a_parallel_study(local_ray, tmp_path, capsys):
     assert "2 workers: 0 duplicated stage computations" in capsys.readouterr().out
     records = read_trials(str(out / "trials.jsonl"))
     assert [r["index"] for r in records] == list(range(5)) and {r["worker"] for r in records} == {0, 1}
+
+
+# ------------------------------------------------------------------- Tune
+def test_a_tune_experiment_runs_with_the_eeipu_searcher(local_ray, tmp_path):
+    from ray import tune
+
+    from eeipu_jax.runtime.tune_search import CONFIG_KEY, EEIPUSearcher, pipeline_trainable
+
+    pipeline = tp.sleepy_small()
+    searcher = EEIPUSearcher(pipeline, seed=0, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
+    tuner = tune.Tuner(
+        tune.with_resources(pipeline_trainable(pipeline, cache_dir=str(tmp_path / "cache"), seed=0), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2,
+                                    metric="objective", mode="max"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="eeipu", verbose=0),
+    )
+    results = tuner.fit()
+    assert len(results) == 6 and not results.errors
+    for r in results:  # every reported objective is the pipeline's at the suggested parameters
+        assert r.metrics["status"] == "ok"
+        assert math.isclose(r.metrics["objective"], _objective(r.config[CONFIG_KEY]), rel_tol=1e-5, abs_tol=1e-5)
+    # the searcher told every trial, with the costs the trainable measured
+    assert int(searcher.state.n) == 6 and not searcher.live
+    told_y = np.sort(np.asarray(searcher.state.y[:6], np.float64))
+    np.testing.assert_allclose(told_y, np.sort([r.metrics["objective"] for r in results]), rtol=1e-5)
+    best = results.get_best_result()
+    assert best.metrics["objective"] == max(r.metrics["objective"] for r in results)
+
+    # save / restore: a new searcher continues from the same state and key
+    path = str(tmp_path / "searcher.pkl")
+    searcher.save(path)
+    again = EEIPUSearcher(pipeline, seed=123, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
+    again.restore(path)
+    assert int(again.state.n) == 6
+    a, b = searcher.suggest("next-a"), again.suggest("next-b")
+    assert a == b  # same state, same key: the same proposal

@@ -235,13 +235,15 @@ def pipeline_trainable(pipeline: Pipeline, *, cache_dir: str, seed: int, memoize
             while not os.path.exists(_done_path(cache_dir, wait_for)) and time.monotonic() < deadline:
                 time.sleep(0.02)
         waited = time.perf_counter() - t0
-        result = runner.run(config[CONFIG_KEY])
         from ray import tune
 
         trial_id = tune.get_context().get_trial_id()
-        os.makedirs(os.path.join(cache_dir, _DONE_DIR), exist_ok=True)
-        with open(_done_path(cache_dir, trial_id), "w"):
-            pass
+        try:
+            result = runner.run(config[CONFIG_KEY])
+        finally:  # written even if the trial raised, so no trial waits for it in vain
+            os.makedirs(os.path.join(cache_dir, _DONE_DIR), exist_ok=True)
+            with open(_done_path(cache_dir, trial_id), "w"):
+                pass
         return {
             **result.metrics,
             "objective": result.objective,
