@@ -89,15 +89,18 @@ def run_one(method: str, workers: int, seed: int, budget: float, scale: float, n
     # in a sequential run; those in flight then finish and are recorded, but are not counted here)
     upto = next((i for i, r in enumerate(records) if r["spent"] >= budget), len(records) - 1)
     best_budget = float(max((r["y"] for r in records[: upto + 1] if r["status"] == "ok"), default=float("nan")))
+    # while the budget lasts every worker is kept busy; after it, the trials in flight drain
+    busy = records[upto]["time"] - start
     return {
         "method": method, "workers": workers, "seed": seed,
         "trials": len(records), "wall": end - start, "setup": start - t0,
         "trials_per_second": len(records) / (end - start),
+        "busy_trials_per_second": (upto + 1) / busy,
         "spent": summary["spent"], "memoized": summary["n_memoized"],
         "dup": duplicate_computations(records, pipeline.n_stages),
         "waited": summary.get("parallel", {}).get("waited_for_prefix", 0),
         "best_budget": best_budget,
-        "curve": [[r["time"] - start, r["y"] if r["status"] == "ok" else None] for r in records],
+        "curve": [[r["time"] - start, r["y"] if r["status"] == "ok" else None, r["spent"]] for r in records],
         "start": start,
     }
 
@@ -112,13 +115,20 @@ def _markdown(res: dict) -> str:
         "best@budget: best objective at the summed-seconds budget (the price of asynchrony is W = 1's value "
         "minus W's). Means over seeds.",
         "",
-        "| method | W | trials | wall s | trials/s | speed-up | speed-up / W | dup | waited | memoized | best@wall | best@budget |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "trials/s: trials per wall second of the whole run (first trial's start to last trial's end); "
+        "busy: until the trial that spent the budget (every worker busy), without the final drain of the "
+        "trials still in flight; speed-ups against W = 1 of the same method, and divided by W.",
+        "",
+        "| method | W | trials | wall s | trials/s | speed-up | / W | busy trials/s | busy speed-up | / W "
+        "| dup | waited | memoized | best@wall | best@budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["table"]:
+        w = row["workers"]
         lines.append(
-            f"| {row['method']} | {row['workers']} | {row['trials']:.1f} | {row['wall']:.1f} | "
-            f"{row['trials_per_second']:.3f} | {row['speedup']:.2f} | {row['speedup'] / row['workers']:.2f} | "
+            f"| {row['method']} | {w} | {row['trials']:.1f} | {row['wall']:.1f} | "
+            f"{row['trials_per_second']:.3f} | {row['speedup']:.2f} | {row['speedup'] / w:.2f} | "
+            f"{row['busy_trials_per_second']:.3f} | {row['busy_speedup']:.2f} | {row['busy_speedup'] / w:.2f} | "
             f"{row['dup']} | {row['waited']:.1f} | {row['memoized']:.1f} | {row['best_wall']:.3f} | "
             f"{row['best_budget']:.3f} |"
         )
@@ -156,34 +166,48 @@ def main(argv=None) -> int:
                 for w in args.workers:
                     r = run_one(method, w, seed, args.budget, args.scale, args.n_warmup, root, args.warm_trials,
                                 args.layout)
-                    print(f"{method:6s} W={w}: {r['trials']} trials in {r['wall']:.1f} s "
-                          f"({r['trials_per_second']:.3f}/s), dup {r['dup']}, best {r['best_budget']:.3f}",
-                          flush=True)
+                    print(f"{method:6s} W={w} seed {seed}: {r['trials']} trials in {r['wall']:.1f} s "
+                          f"({r['trials_per_second']:.3f}/s, busy {r['busy_trials_per_second']:.3f}/s), "
+                          f"dup {r['dup']}, best {r['best_budget']:.3f}", flush=True)
                     runs.append(r)
+                    write(args, argv, runs)  # after every run, so an interrupted benchmark keeps its results
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    print(write(args, argv, runs))
+    return 0
+
+
+def write(args, argv, runs: list[dict]) -> str:
+    """Summarize ``runs`` (means over seeds), write parallel.{json,md}; returns the markdown."""
     equal_wall = min(r["wall"] for r in runs)
     table = []
     for method in args.methods:
-        base = np.mean([r["trials_per_second"] for r in runs if r["method"] == method and r["workers"] == min(args.workers)])
         for w in args.workers:
             rs = [r for r in runs if r["method"] == method and r["workers"] == w]
+            base = [r for r in runs if r["method"] == method and r["workers"] == min(args.workers)]
+            if not rs or not base:
+                continue
             tps = float(np.mean([r["trials_per_second"] for r in rs]))
+            busy = float(np.mean([r["busy_trials_per_second"] for r in rs]))
             table.append({
-                "method": method, "workers": w,
+                "method": method, "workers": w, "seeds": len(rs),
                 "trials": float(np.mean([r["trials"] for r in rs])),
                 "wall": float(np.mean([r["wall"] for r in rs])),
-                "trials_per_second": tps, "speedup": tps / base,
+                "trials_per_second": tps,
+                "speedup": tps / float(np.mean([r["trials_per_second"] for r in base])),
+                "busy_trials_per_second": busy,
+                "busy_speedup": busy / float(np.mean([r["busy_trials_per_second"] for r in base])),
                 "dup": int(sum(r["dup"] for r in rs)),
                 "waited": float(np.mean([r["waited"] for r in rs])),
                 "memoized": float(np.mean([r["memoized"] for r in rs])),
                 "best_wall": float(np.mean([_best_until([{"y": y, "status": "ok" if y is not None else "failed",
-                                                          "time": t} for t, y in r["curve"]], 0.0, equal_wall)
+                                                          "time": t} for t, y, _ in r["curve"]], 0.0, equal_wall)
                                             for r in rs])),
                 "best_budget": float(np.mean([r["best_budget"] for r in rs])),
             })
     res = {
-        "layout": args.layout, "scale": args.scale, "budget": args.budget, "n_warmup": args.n_warmup, "seeds": args.seeds,
+        "layout": args.layout, "scale": args.scale, "budget": args.budget, "n_warmup": args.n_warmup,
+        "seeds": sorted({r["seed"] for r in runs}),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "command": "PYTHONPATH=. python benchmarks/parallel.py" + (f" {' '.join(argv)}" if argv else ""),
         "equal_wall": equal_wall, "table": table, "runs": runs,
@@ -194,8 +218,7 @@ def main(argv=None) -> int:
     md = _markdown(res)
     with open(os.path.join(args.out, "parallel.md"), "w") as f:
         f.write(md)
-    print(md)
-    return 0
+    return md
 
 
 if __name__ == "__main__":
