@@ -20,6 +20,9 @@ Reported per (method, W):
   took (equal wall time: does more workers find better points sooner?);
 * ``best@budget``: the best objective once the summed-seconds budget is spent
   (equal summed cost: the price of asynchrony is W = 1's value minus this);
+* ``util``: summed trial seconds over ``W`` x wall seconds, the share of
+  worker time spent in trials (a trials/s speed-up also reflects the trial
+  mix, which changes with W for a memoizing method);
 * the wall seconds and trials of the run, and the memoized trials.
 
 The optimizer runs with ``--bo`` settings cheaper than the defaults
@@ -28,7 +31,7 @@ workers fed on a 2-core machine; its seconds are not charged to the budget.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/parallel.py                  # about 12 minutes
+    PYTHONPATH=. python benchmarks/parallel.py --seeds 0 1      # 27 minutes on the 2-core machine
     PYTHONPATH=. python benchmarks/parallel.py --methods eeipu --workers 1 2 --budget 20   # a quick look
 
 Writes ``benchmarks/results/parallel.json`` and ``.md``.
@@ -119,9 +122,12 @@ def _markdown(res: dict) -> str:
         "busy: until the trial that spent the budget (every worker busy), without the final drain of the "
         "trials still in flight; speed-ups against W = 1 of the same method, and divided by W.",
         "",
+        "util: summed trial seconds over W x wall seconds (the share of worker time spent in trials; a "
+        "trials/s speed-up also reflects the trial mix: EEIPU memoizes less with more trials in flight).",
+        "",
         "| method | W | trials | wall s | trials/s | speed-up | / W | busy trials/s | busy speed-up | / W "
-        "| dup | waited | memoized | best@wall | best@budget |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| util | dup | waited | memoized | best@wall | best@budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["table"]:
         w = row["workers"]
@@ -129,7 +135,7 @@ def _markdown(res: dict) -> str:
             f"| {row['method']} | {w} | {row['trials']:.1f} | {row['wall']:.1f} | "
             f"{row['trials_per_second']:.3f} | {row['speedup']:.2f} | {row['speedup'] / w:.2f} | "
             f"{row['busy_trials_per_second']:.3f} | {row['busy_speedup']:.2f} | {row['busy_speedup'] / w:.2f} | "
-            f"{row['dup']} | {row['waited']:.1f} | {row['memoized']:.1f} | {row['best_wall']:.3f} | "
+            f"{row['utilization']:.2f} | {row['dup']} | {row['waited']:.1f} | {row['memoized']:.1f} | {row['best_wall']:.3f} | "
             f"{row['best_budget']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -197,6 +203,7 @@ def write(args, argv, runs: list[dict]) -> str:
                 "speedup": tps / float(np.mean([r["trials_per_second"] for r in base])),
                 "busy_trials_per_second": busy,
                 "busy_speedup": busy / float(np.mean([r["busy_trials_per_second"] for r in base])),
+                "utilization": float(np.mean([r["spent"] / (w * r["wall"]) for r in rs])),
                 "dup": int(sum(r["dup"] for r in rs)),
                 "waited": float(np.mean([r["waited"] for r in rs])),
                 "memoized": float(np.mean([r["memoized"] for r in rs])),
