@@ -15,7 +15,8 @@ out of time is reported as such and the next one runs):
 2. ``ask``: seconds of ``loop.ask`` (compile + first call, median of 5) at
    n = 100 and 500 observations (benchmarks/bo_step_problem.py), GPU against CPU;
 3. ``driver``: the jitted synthetic driver (``simulate.run_jitted``, seeds
-   vmapped) on ``synthetic3``, 8 seeds, 40 trials each, GPU against CPU;
+   vmapped) on ``synthetic3``, 8 seeds, 40 trials each, GPU against CPU (a dry
+   run: 2 seeds, 12 trials, the tests' smaller candidate batch);
 4. ``pipelines``: one trial of each real pipeline at its ``-gpu`` size
    (``stacking-gpu``, ``segmentation-gpu``, ``language-gpu``; their data must
    be in the tfds cache already: there is no download);
@@ -62,17 +63,19 @@ print("RESULT " + json.dumps(out))
 """
 
 _DRIVER = r"""
-import json, time
+import json, sys, time
 import jax, numpy as np
 from eeipu_jax import loop, simulate
 from pipelines.synthetic import get_pipeline
 problem = get_pipeline("synthetic3")
-cfg = loop.BOConfig.from_space(problem.space, method="eeipu", n_warmup=10)
-keys = jax.random.split(jax.random.key(0), 8)
+seeds, trials, small = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "small"
+extra = dict(n_random=128, n_per_prefix=16) if small else {}
+cfg = loop.BOConfig.from_space(problem.space, method="eeipu", n_warmup=5 if small else 10, **extra)
+keys = jax.random.split(jax.random.key(0), seeds)
 t0 = time.perf_counter()
-runs = simulate.run_jitted(keys, problem, cfg, max_trials=40, batching="vmap")
+runs = simulate.run_jitted(keys, problem, cfg, max_trials=trials, batching="vmap", capacity=16 if small else 32)
 wall = time.perf_counter() - t0
-print("RESULT " + json.dumps({"backend": jax.default_backend(), "seeds": 8, "trials": 40, "wall_s": wall,
+print("RESULT " + json.dumps({"backend": jax.default_backend(), "seeds": seeds, "trials": trials, "wall_s": wall,
                               "best": [float(np.nanmax(r.y)) for r in runs]}))
 """
 
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
             run(_step("ask", _ASK, [], plat, 150))
     if "driver" not in args.skip:
         for plat in (["cpu"] if dry else [accel, "cpu"]):
-            run(_step("driver", _DRIVER, [], plat, 150))
+            run(_step("driver", _DRIVER, ["2", "12", "small"] if dry else ["8", "40", "default"], plat, 240))
     if "pipelines" not in args.skip:
         names = ["stacking-tiny", "segmentation-tiny", "language-tiny"] if dry else \
             ["stacking-gpu", "segmentation-gpu", "language-gpu"]
