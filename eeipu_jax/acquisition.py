@@ -304,7 +304,9 @@ class Method:
             passes it in ``AcqState.extra`` as :class:`GittinsParams` and
             decays it (PBGI-D).
         propose: optional ``propose(key, state, config) -> (Proposal, state)``
-            replacing the default BO step (fit surrogates, score one candidate
+            (called with a ``pending=`` keyword, a
+            :class:`eeipu_jax.loop.Pending`, when the caller has running
+            trials) replacing the default BO step (fit surrogates, score one candidate
             batch with ``score``, refine) for methods that search differently
             (:mod:`eeipu_jax.lambo`, :mod:`eeipu_jax.msbo`). It runs inside the
             jitted ``ask``, so it must be traceable with fixed shapes.

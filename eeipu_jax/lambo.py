@@ -153,8 +153,15 @@ def leaf_candidates(key, arm, config, dtype=jnp.float32):
     return cand.at[:, split_cols].set(col)
 
 
-def propose(key, state, config):
-    """One LaMBO step (the ``propose`` hook of the registered method)."""
+def propose(key, state, config, pending=None):
+    """One LaMBO step (the ``propose`` hook of the registered method).
+
+    With ``pending`` (running trials, :class:`eeipu_jax.loop.Pending`), the
+    GP-UCB inside the leaf uses the kriging-believer fantasy of the
+    objective (:func:`eeipu_jax.loop.acquisition_state`), so the leaf's
+    proposal moves away from running points; the bandit counts told trials
+    only, and LaMBO never memoizes.
+    """
     from eeipu_jax import loop
 
     split_cols = split_columns(config.stage_of_column)
@@ -162,7 +169,7 @@ def propose(key, state, config):
     n_leaves = 2**H
     bits = jnp.asarray(leaf_bits(H))
     k_fit, k_depth, k_arm, k_cand = jax.random.split(key, 4)
-    acq, new_state, _ = loop.acquisition_state(k_fit, state, config)
+    acq, new_state, _ = loop.acquisition_state(k_fit, state, config, pending)
 
     N = state.X.shape[0]
     rows = jnp.arange(N)

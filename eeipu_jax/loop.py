@@ -74,6 +74,51 @@ proposed, and only its target would change when it is told).
 ``refit_growth = 0`` or ``refit_hold_from`` beyond the study's size refits at
 every ask. The numbers behind these choices are in docs/bo_step_profile.md.
 
+**Pending trials.** A parallel driver asks while other trials are still
+running: ``ask(key, state, config, pending)`` takes them as a
+:class:`Pending` of fixed capacity ``P`` (inputs as proposed, memo depth,
+mask; :func:`pending_from` packs and checks them), so ``ask`` compiles once
+per (state capacity, ``P``) whatever the number of live rows, and
+``pending=None`` runs the single-worker program unchanged. Three things
+change, none of which touches the returned state (it never holds pending
+rows; each trial is told when it finishes, in any order):
+
+* *Objective fantasy: kriging believer* (Ginsbourger, Le Riche and Carraro
+  2010). Each pending row enters the objective GP with the GP's own
+  posterior mean at its ``x`` as target. The mean is then unchanged
+  everywhere, the variance near a running trial falls to what telling it
+  will leave (the noise level), and the believed values join the incumbent,
+  so EI at a running point is ~0 and the next proposal moves elsewhere.
+  Chosen over the constant liar because it needs no lie level to tune (a
+  pessimistic or optimistic constant shifts the mean the whole batch sees),
+  and over Monte Carlo fantasies (Snoek et al. 2012) because it costs one
+  posterior, not one per sample, inside a jitted step whose cost should not
+  grow with ``P``. The rows enter a copy of the kept factor by
+  :func:`eeipu_jax.gp.append_rows` (O(N^2 P), no new factorization; the
+  factor depends on inputs and hyperparameters only, so it is the factor the
+  tell will build); the hyperparameters are never refitted for pending rows
+  (the refit schedule counts told trials). The cost GPs see told trials only.
+* *Committed budget.* The linear cost cooling uses ``spent`` plus the
+  expected cost of the pending trials' stages after their memo depth
+  (:func:`committed_cost`: the log-normal mean of each stage-cost GP,
+  the total-cost GP's mean, or the mean observed stage cost for methods with
+  no cost GP), so ``eta`` falls as soon as budget is committed.
+* *Prefixes in flight.* For memoizing methods the running trials' prefixes
+  join the memo pool (:func:`eeipu_jax.candidates.prefix_pool` over the told
+  rows followed by the pending slots), ranked with the told trials by their
+  believed objective, ``top_q`` per depth as before: a running trial in a
+  good region displaces a worse told prefix, the candidate batch keeps its
+  shape and cost. Pending rows are BO-phase proposals, so they are eligible
+  under ``prefix_pool="post_warmup"`` too. A proposal that reuses one has
+  ``Proposal.source == N + p``; the driver must keep that running trial's
+  stage outputs and wait for them before restoring.
+
+LaMBO uses the fantasy in its leaf's GP-UCB (its bandit counts told trials),
+MS_BO fantasizes its prefix GPs; neither memoizes. During the warm-up,
+pending rows are ignored (proposals are uniform). PBGI's lambda decay check
+compares the previous proposal's index with the best *told* value, which
+may not yet include that proposal's result.
+
 **Integer and categorical columns.** Candidates are snapped to representable
 points *before* they are scored (the free coordinates only: a memoized prefix
 is copied bit for bit from its source trial), refined points are snapped and
@@ -111,6 +156,9 @@ __all__ = [
     "BOState",
     "GittinsState",
     "Proposal",
+    "Pending",
+    "no_pending",
+    "pending_from",
     "init",
     "ask",
     "tell",
@@ -362,14 +410,131 @@ class BOState(NamedTuple):
 
 
 class Proposal(NamedTuple):
-    """What ``ask`` proposes."""
+    """What ``ask`` proposes.
+
+    ``source`` indexes the rows the memoized prefix comes from: the state's
+    rows ``0 .. N-1`` (``N = state.X.shape[0]``, a told trial), then, when
+    ``ask`` was given a :class:`Pending` of ``P`` slots, the pending slots as
+    ``N .. N+P-1``: ``source == N + p`` means the prefix is the one running
+    trial ``p`` is computing, and ``x``'s first ``memo_depth`` stages' columns
+    equal ``pending.x[p]``'s bit for bit (the driver waits for that trial's
+    stage output, then restores it). ``-1``: no prefix reused.
+    """
 
     x: Float[Array, " d"]  # unit cube, snapped
     memo_depth: Int[Array, ""]  # leading stages to restore from the cache
-    source: Int[Array, ""]  # observation row whose prefix is reused (-1: none)
+    source: Int[Array, ""]  # row whose prefix is reused: state row < N, pending slot N + p; -1: none
     score: Float[Array, ""]  # acquisition value (log scale for EI-based methods)
     eta: Float[Array, ""]  # cost-cooling exponent used
     fallback: Bool[Array, ""]  # every candidate scored non-finite: x is a uniform random point
+
+
+class Pending(NamedTuple):
+    """Trials proposed and still running (a parallel driver's workers), as
+    fixed-capacity masked rows: ``ask(..., pending=...)`` compiles once per
+    ``(state capacity, P)``, whatever the number of live rows. Build one with
+    :func:`pending_from` (validated) or :func:`no_pending`. See "Pending
+    trials" in the module doc.
+    """
+
+    x: Float[Array, "P d"]  # unit-cube inputs of the running trials, as proposed (snapped)
+    memo_depth: Int[Array, " P"]  # stages that running trial restores from the cache (0: none)
+    mask: Bool[Array, " P"]  # live rows (False: an empty slot)
+
+
+def no_pending(capacity: int, d: int) -> Pending:
+    """A :class:`Pending` of ``capacity`` slots, all empty (host side)."""
+    return pending_from(np.zeros((0, d)), np.zeros((0,), np.int64), capacity, d)
+
+
+def pending_from(xs, memo_depths, capacity: int, d: int) -> Pending:
+    """Pack the running trials into a :class:`Pending` of ``capacity`` slots
+    (host side, before jit; slots ``0 .. n-1`` live, in the order given).
+
+    Args:
+        xs: ``(n, d)`` unit-cube points of the running trials, as proposed;
+            finite, in ``[0, 1]`` (up to 1e-5 of rounding, then clipped).
+        memo_depths: ``(n,)`` integers ``>= 0``: the stages each restores
+            from the cache (:func:`ask` checks them against the config's
+            number of stages).
+        capacity: number of slots ``P >= 1`` (keep it fixed for a study,
+            e.g. the number of workers, so ``ask`` does not recompile).
+        d: dimension of the unit cube.
+
+    Raises:
+        ValueError: on a bad shape, value or ``n > capacity``.
+    """
+    capacity = _checks.integer(capacity, "capacity")
+    d = _checks.integer(d, "d")
+    if capacity < 1 or d < 1:
+        raise ValueError(f"pending capacity and d must be >= 1, got capacity={capacity}, d={d}")
+    try:
+        x = np.asarray(xs, np.float64)
+        depth = np.asarray(memo_depths)
+    except (TypeError, ValueError):
+        raise ValueError(f"pending xs must be an (n, {d}) array of numbers, got {xs!r}") from None
+    if x.size == 0:
+        x = x.reshape(0, d)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"pending xs must have shape (n, {d}), got {x.shape}")
+    n = x.shape[0]
+    if n > capacity:
+        raise ValueError(f"{n} pending trials exceed the pending capacity {capacity}")
+    if depth.shape != (n,):
+        raise ValueError(f"pending memo_depths must have shape ({n},) (one per x), got {depth.shape}")
+    if depth.dtype == bool or (n and not np.issubdtype(depth.dtype, np.number)):
+        raise ValueError(f"pending memo_depths must be integers >= 0, got {memo_depths!r}")
+    depth_f = depth.astype(np.float64)
+    if n and not (np.all(np.isfinite(depth_f)) and np.all(depth_f == np.round(depth_f)) and np.all(depth_f >= 0)):
+        raise ValueError(f"pending memo_depths must be integers >= 0, got {depth.tolist()}")
+    pend = Pending(
+        x=np.zeros((capacity, d), np.float32),
+        memo_depth=np.zeros((capacity,), np.int32),
+        mask=np.zeros((capacity,), bool),
+    )
+    pend.x[:n] = _check_pending_x(x)
+    pend.memo_depth[:n] = depth_f.astype(np.int32)
+    pend.mask[:n] = True
+    return Pending(*(jnp.asarray(a) for a in pend))
+
+
+def _check_pending_x(x: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"pending x must be finite, got {x.tolist()}")
+    if np.any((x < -_X_TOLERANCE) | (x > 1.0 + _X_TOLERANCE)):
+        raise ValueError(f"pending x must lie in the unit cube [0, 1]^{x.shape[-1]}, got {x.tolist()}")
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _check_pending(pending, config: BOConfig) -> Pending:
+    """Host-side check of a :class:`Pending` given to :func:`ask` (shapes,
+    values on the live rows, memo depths against the stages)."""
+    if not isinstance(pending, Pending):
+        raise ValueError(f"pending must be a Pending (see pending_from), got {type(pending).__name__}")
+    x = np.asarray(pending.x, np.float64)
+    depth = np.asarray(pending.memo_depth)
+    mask = np.asarray(pending.mask)
+    d, K = config.dim, config.n_stages
+    if x.ndim != 2 or x.shape[1] != d or x.shape[0] < 1:
+        raise ValueError(f"pending.x must have shape (P, {d}) with P >= 1, got {x.shape}")
+    P = x.shape[0]
+    if depth.shape != (P,) or not np.issubdtype(depth.dtype, np.integer):
+        raise ValueError(f"pending.memo_depth must be ({P},) integers, got {depth.shape} {depth.dtype}")
+    if mask.shape != (P,) or mask.dtype != bool:
+        raise ValueError(f"pending.mask must be ({P},) booleans, got {mask.shape} {mask.dtype}")
+    live = x[mask]
+    _check_pending_x(live)
+    bad = (depth[mask] < 0) | (depth[mask] > K - 1)
+    if bad.any():
+        raise ValueError(
+            f"pending.memo_depth of live rows must lie in [0, {K - 1}] (the last stage is never restored), "
+            f"got {depth[mask].tolist()}"
+        )
+    return Pending(
+        x=jnp.asarray(np.where(mask[:, None], np.clip(x, 0.0, 1.0), 0.0), jnp.float32),
+        memo_depth=jnp.asarray(np.where(mask, depth, 0), jnp.int32),
+        mask=jnp.asarray(mask),
+    )
 
 
 def capacity_for(n: int, minimum: int = 16) -> int:
@@ -804,16 +969,116 @@ def surrogates(key, state: BOState, config: BOConfig, init, targets, masks, inpu
     return params, posts, mean, std, state
 
 
-def acquisition_state(key, state: BOState, config: BOConfig):
+def fantasize(params, posts, chol, X, targets, masks, input_masks, mean, std, gcfg: gplib.GPConfig,
+              pending: Pending):
+    """Kriging-believer fantasy of M stacked GPs: condition them on the told
+    rows plus the live pending rows, each pending target being the GP's own
+    posterior mean at its ``x`` (Ginsbourger et al. 2010, "Kriging is
+    well-suited to parallelize optimization").
+
+    The pending rows enter a copy of the kept factors
+    (:func:`eeipu_jax.gp.append_rows` after padding to ``N + P`` rows:
+    O(M N^2 P), no new factorization) with the same hyperparameters and the
+    same target standardization as the told rows, so the posterior mean is
+    unchanged everywhere (each fantasized target equals the mean it is
+    conditioned against) and only the variance near the pending points
+    falls.
+
+    Args:
+        params, posts, chol: hyperparameters, posteriors and factors of the
+            M GPs on the told rows (stacked; from :func:`surrogates`).
+        X, targets, masks, input_masks, mean, std: as for
+            :func:`eeipu_jax.gp.posterior_stacked` (told rows).
+        gcfg: GP settings.
+        pending: the running trials.
+
+    Returns:
+        ``(posts, kb)``: posteriors on ``N + P`` rows (rows ``N + p`` are the
+        pending slots; empty slots are masked out) and the fantasized raw
+        targets ``(P, M)`` (on the scale of ``targets``).
+    """
+    N = X.shape[0]
+    P, M = pending.x.shape[0], targets.shape[1]
+    m, _ = jax.vmap(lambda post: jax.vmap(lambda x: gplib.predict(post, x))(pending.x))(posts)  # (M, P)
+    kb = (mean[:, None] + std[:, None] * m).T  # back to the targets' scale
+    Xa = jnp.concatenate([X, pending.x.astype(X.dtype)])
+    ta = jnp.concatenate([targets, kb])
+    ma = jnp.concatenate([masks, jnp.broadcast_to(pending.mask[:, None], (P, M))])
+    La = _grow_factors(chol, N + P)
+    La = jax.vmap(lambda L, p, mk, im: gplib.append_rows(L, p, Xa, mk, gcfg, im, N, N + P))(
+        La, params, ma.T, input_masks
+    )
+    return gplib.posterior_stacked(params, Xa, ta, ma, input_masks, mean, std, gcfg, chol=La), kb
+
+
+def _mean_stage_costs(state: BOState):
+    """``(K,)`` mean observed cost of each stage over the told trials where
+    it ran (0 where none did)."""
+    valid = (jnp.arange(state.X.shape[0]) < state.n)[:, None]
+    ok = valid & jnp.isfinite(state.stage_costs)
+    total = jnp.sum(jnp.where(ok, state.stage_costs, 0.0), axis=0)
+    return total / jnp.maximum(jnp.sum(ok, axis=0), 1)
+
+
+def committed_cost(state: BOState, config: BOConfig, pending: Pending, costs=None, cost_mean=None, cost_std=None):
+    """Expected cost still to be paid by the running trials: for each live
+    pending row, the expected cost of its stages after ``memo_depth`` (its
+    restored stages are already paid, up to ``epsilon``).
+
+    * Stage cost GPs (``cost_model="stages"``: EEIPU, MS_CArBO, PBGI): the
+      log-normal mean ``exp(mu_k + sigma_k^2 / 2)`` of each stage ``k >=
+      memo_depth`` at the pending ``x``, the same cost model the
+      acquisition prices candidates with.
+    * One total-cost GP (EIPS, CArBO): its log-normal mean at ``x``, times
+      the share of the observed mean stage costs that falls after
+      ``memo_depth`` (1 for a fresh run).
+    * No cost GP (EI, LaMBO, MS_BO): the mean observed cost of each stage
+      after ``memo_depth``, summed.
+
+    Args:
+        state, config: the told trials and settings.
+        pending: the running trials.
+        costs, cost_mean, cost_std: the cost GPs' posteriors and
+            standardization (:class:`eeipu_jax.acquisition.AcqState`'s), for
+            methods that have them.
+
+    Returns:
+        A scalar in the budget's units.
+    """
+    kind = config.method_def.cost_model
+    K = config.n_stages
+    after = jnp.arange(K)[None, :] >= pending.memo_depth[:, None]  # (P, K)
+    mean_k = _mean_stage_costs(state)
+    if kind in ("stages", "total") and costs is not None:
+        mu, sigma = jax.vmap(lambda x: costlib.predict_log_cost(costs, cost_mean, cost_std, x))(pending.x)
+        expected = jnp.exp(mu + 0.5 * sigma * sigma)  # (P, K) or (P, 1)
+        if kind == "stages":
+            c = jnp.sum(jnp.where(after, expected, 0.0), axis=1)
+        else:
+            share = jnp.sum(jnp.where(after, mean_k[None, :], 0.0), axis=1) / jnp.maximum(jnp.sum(mean_k), 1e-30)
+            c = expected[:, 0] * jnp.where(pending.memo_depth == 0, 1.0, share)
+    else:
+        c = jnp.sum(jnp.where(after, mean_k[None, :], 0.0), axis=1)
+    return jnp.sum(jnp.where(pending.mask, c, 0.0))
+
+
+def acquisition_state(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     """Fit (on schedule) and condition all surrogates of ``config.method`` and
     build its :class:`AcqState`.
+
+    With ``pending`` (see "Pending trials" in the module doc) the objective
+    GP is the kriging-believer fantasy (:func:`fantasize`), the incumbent
+    ``best`` includes the fantasized values, and ``eta`` is computed from
+    ``spent`` plus :func:`committed_cost`; the cost GPs and the
+    hyperparameters are those of the told trials only.
 
     Returns:
         ``(acq_state, state, y_eff)``: ``state`` carries the hyperparameters
         in use (``obj_params``, ``cost_params``: the warm start of the next
-        refit) and the updated factors; ``y_eff`` is the objective the GP is
-        conditioned on (:func:`effective_objective`: scale-free, failed trials
-        at the worst finished value).
+        refit) and the updated factors (told rows only); ``y_eff`` is the
+        objective the GP is conditioned on (:func:`effective_objective`:
+        scale-free, failed trials at the worst finished value), followed,
+        with ``pending``, by the ``P`` fantasized values of the pending slots.
     """
     method = config.method_def
     valid, y_eff = effective_objective(state)
@@ -835,6 +1100,17 @@ def acquisition_state(key, state: BOState, config: BOConfig):
     # Acquisitions work on the standardized objective scale.
     obj_params = jax.tree.map(lambda a: a[0], params)
     obj_post = jax.tree.map(lambda a: a[0], posts)
+    if pending is not None:
+        one = lambda a: a[:1]  # noqa: E731  (the objective GP, as a stack of one)
+        fposts, kb = fantasize(jax.tree.map(one, params), jax.tree.map(one, posts), state.chol[:1], state.X,
+                               targets[:, :1], masks[:, :1], input_masks[:1], mean[:1], std[:1], config.gp,
+                               pending)
+        obj_post = jax.tree.map(lambda a: a[0], fposts)
+        # The believed values count as observed (Ginsbourger et al.): the
+        # incumbent includes them, so EI at a pending point is ~0 even
+        # where its mean beats the best told trial.
+        best = jnp.maximum(best, jnp.max(jnp.where(pending.mask, kb[:, 0], -jnp.inf)))
+        y_eff = jnp.concatenate([y_eff, kb[:, 0]])
     best = (best - mean[0]) / std[0]
     cost_params = state.cost_params
     costs = cost_mean = cost_std = z = None
@@ -845,7 +1121,10 @@ def acquisition_state(key, state: BOState, config: BOConfig):
         z = costlib.normal_base_samples(k_mc, config.mc_samples, config.n_cost_models, state.X.dtype)
 
     if config.cooling == "linear":
-        eta = costlib.cooling_eta(state.budget, state.spent, state.b0)
+        spent = state.spent
+        if pending is not None:  # the running trials' expected cost is committed budget
+            spent = spent + committed_cost(state, config, pending, costs, cost_mean, cost_std)
+        eta = costlib.cooling_eta(state.budget, spent, state.b0)
     elif config.cooling == "constant":
         eta = jnp.asarray(1.0, state.X.dtype)
     else:
@@ -907,24 +1186,35 @@ def _gittins_record(g: GittinsState, index, state: BOState, y_eff):
     )
 
 
-def _bo_proposal(key, state: BOState, config: BOConfig):
+def _bo_proposal(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     method = config.method_def
     if method.propose is not None:
-        return method.propose(key, state, config)
+        if pending is None:
+            return method.propose(key, state, config)
+        return method.propose(key, state, config, pending=pending)
     k_fit, k_cand = jax.random.split(key)
-    acq, new_state, y_eff = acquisition_state(k_fit, state, config)
+    acq, new_state, y_eff = acquisition_state(k_fit, state, config, pending)
     gittins = state.gittins
     if method.gittins:
         acq, gittins = _gittins_params(acq, state, config)
 
     N = state.X.shape[0]
-    valid = jnp.arange(N) < state.n
     pool_ok = _pool_eligible(state, config)
     masks = jnp.asarray(candlib.prefix_masks_array(config.stage_of_column, config.n_stages))
-    pool = _prefix_pool(state, config, y_eff) if method.memoize else None
+    X = state.X
+    if pending is None:
+        pool = _prefix_pool(state, config, y_eff) if method.memoize else None
+    else:
+        # The running trials' prefixes join the pool, ranked with the told
+        # trials by their fantasized objective; batch sources index
+        # [state rows] + [pending slots] (see Proposal).
+        X = jnp.concatenate([state.X, pending.x.astype(state.X.dtype)])
+        pool_ok = jnp.concatenate([pool_ok, pending.mask])
+        pool = (candlib.prefix_pool(X, y_eff, pool_ok, config.top_q, masks, config.prefix_select)
+                if method.memoize else None)
     batch = candlib.candidate_batch(
         k_cand,
-        state.X,
+        X,
         y_eff,
         pool_ok,
         n_random=config.n_random,
@@ -980,7 +1270,7 @@ def _bo_proposal(key, state: BOState, config: BOConfig):
         x, j, src, v = bx[r], batch.depth[r], batch.source[r], vals[r]
     prop = Proposal(x=x, memo_depth=j, source=src, score=v, eta=acq.eta, fallback=jnp.asarray(False))
     if method.gittins:
-        gittins = _gittins_record(gittins, v, state, y_eff)
+        gittins = _gittins_record(gittins, v, state, y_eff[:N])
     return prop, new_state._replace(n_bo=state.n_bo + 1, gittins=gittins)
 
 
@@ -990,24 +1280,38 @@ def canonicalize(state: BOState) -> BOState:
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.asarray(a).dtype), state)
 
 
-def ask(key, state: BOState, config: BOConfig):
+def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     """Propose the next trial.
 
     Args:
         key: PRNG key (split by the caller; never reused).
         state: current state.
         config: static settings.
+        pending: the trials proposed earlier and still running (a parallel
+            driver), as a :class:`Pending` of fixed capacity ``P``
+            (:func:`pending_from`); checked here on the host. ``None``: the
+            single-worker step, unchanged. With ``pending``, the objective is
+            fantasized at the pending points (kriging believer), their
+            expected cost counts as spent for the cost cooling, and their
+            prefixes may be proposed as memoized ones (``Proposal.source ==
+            N + p``); see "Pending trials" in the module doc. ``ask``
+            compiles once per (state capacity, ``P``), whatever the number of
+            live rows. During the warm-up, pending rows are ignored.
 
     Returns:
         ``(proposal, state)``: the new state carries the freshly fitted GP
-        hyperparameters (warm start of the next ask) and the BO-step counter.
+        hyperparameters (warm start of the next ask) and the BO-step counter;
+        it never contains the pending rows (tell each trial when it finishes,
+        in any order, with :func:`tell`).
     """
-    return _ask(key, canonicalize(state), config)
+    if pending is None:
+        return _ask(key, canonicalize(state), config)
+    return _ask_pending(key, canonicalize(state), config, _check_pending(pending, config))
 
 
-def _bo_step(k_random, k_bo, state: BOState, config: BOConfig):
+def _bo_step(k_random, k_bo, state: BOState, config: BOConfig, pending: Pending | None = None):
     """A BO proposal, or the documented fallback when no candidate scored finite."""
-    prop, new_state = _bo_proposal(k_bo, state, config)
+    prop, new_state = _bo_proposal(k_bo, state, config, pending)
     # Every candidate non-finite (argmax would silently return row 0): propose
     # a uniform random point instead, flag it and count it. ``k_random`` is
     # the warm-up branch's key, unused on this branch.
@@ -1025,4 +1329,15 @@ def _ask(key, state: BOState, config: BOConfig):
         in_warmup,
         lambda: (_warmup_proposal(k_warm, state, config), state),
         lambda: _bo_step(k_warm, k_bo, state, config),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _ask_pending(key, state: BOState, config: BOConfig, pending: Pending):
+    k_warm, k_bo = jax.random.split(key)
+    in_warmup = state.n < state.n_warmup
+    return jax.lax.cond(
+        in_warmup,
+        lambda: (_warmup_proposal(k_warm, state, config), state),
+        lambda: _bo_step(k_warm, k_bo, state, config, pending),
     )

@@ -49,7 +49,7 @@ def prefix_input_masks(stage_of_column, n_stages: int) -> np.ndarray:
     return (soc[None, :] <= np.arange(n_stages)[:, None]).astype(np.float32)
 
 
-def fit_prefix_gps(key, state, config):
+def fit_prefix_gps(key, state, config, pending=None):
     """Fit (on the schedule of :func:`eeipu_jax.loop.surrogates`) and condition
     the ``K`` prefix GPs of the objective.
 
@@ -59,7 +59,10 @@ def fit_prefix_gps(key, state, config):
         prefix: for ``k < K - 1`` the GP averages over the later stages, so
         the best raw observation would be an over-optimistic target), and the
         state with the hyperparameters (in the cost-model slots) and factors
-        updated.
+        updated. With ``pending`` (:class:`eeipu_jax.loop.Pending`), every
+        prefix GP is the kriging-believer fantasy
+        (:func:`eeipu_jax.loop.fantasize`) and the incumbents include the
+        pending points' means.
     """
     from eeipu_jax import loop
 
@@ -68,24 +71,34 @@ def fit_prefix_gps(key, state, config):
     targets = jnp.tile(y_eff[:, None], (1, K))
     masks = jnp.tile(valid[:, None], (1, K))
     input_masks = jnp.asarray(prefix_input_masks(config.stage_of_column, K), state.X.dtype)
-    params, posts, _, _, state = loop.surrogates(key, state, config, state.cost_params, targets, masks,
-                                                 input_masks, y_eff)
+    params, posts, mean, std, state = loop.surrogates(key, state, config, state.cost_params, targets, masks,
+                                                      input_masks, y_eff)
+    X, rows = state.X, valid
+    if pending is not None:
+        posts, _ = loop.fantasize(params, posts, state.chol, state.X, targets, masks, input_masks, mean, std,
+                                  config.gp, pending)
+        X, rows = jnp.concatenate([X, pending.x.astype(X.dtype)]), jnp.concatenate([valid, pending.mask])
 
     def incumbent(post):  # best posterior mean at an observed prefix (the noisy-EI plug-in)
-        m, _ = jax.vmap(lambda x: gplib.predict(post, x))(state.X)
-        return jnp.max(jnp.where(valid, m, -jnp.inf))
+        m, _ = jax.vmap(lambda x: gplib.predict(post, x))(X)
+        return jnp.max(jnp.where(rows, m, -jnp.inf))
 
     return posts, jax.vmap(incumbent)(posts), state._replace(cost_params=params)
 
 
-def propose(key, state, config):
-    """One MS_BO step (the ``propose`` hook of the registered method)."""
+def propose(key, state, config, pending=None):
+    """One MS_BO step (the ``propose`` hook of the registered method).
+
+    With ``pending`` (running trials), the K prefix GPs are kriging-believer
+    fantasies (:func:`fit_prefix_gps`) and the reported cooling ``eta``
+    counts their expected cost as spent; MS_BO never memoizes.
+    """
     from eeipu_jax import loop
 
     K, d = config.n_stages, config.dim
     soc = np.asarray(config.stage_of_column)
     k_fit, k_cand, k_loc = jax.random.split(key, 3)
-    posts, best, new_state = fit_prefix_gps(k_fit, state, config)
+    posts, best, new_state = fit_prefix_gps(k_fit, state, config, pending)
     valid, y_eff = loop.effective_objective(state)
     incumbent = state.X[jnp.argmax(jnp.where(valid, y_eff, -jnp.inf))]
     x = incumbent
@@ -108,12 +121,13 @@ def propose(key, state, config):
         vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
         i = jnp.argmax(vals)
         x, score = cand[i], vals[i]
+    spent = state.spent if pending is None else state.spent + loop.committed_cost(state, config, pending)
     prop = loop.Proposal(
         x=x,
         memo_depth=jnp.asarray(0, jnp.int32),
         source=jnp.asarray(-1, jnp.int32),
         score=score,
-        eta=costlib.cooling_eta(state.budget, state.spent, state.b0),
+        eta=costlib.cooling_eta(state.budget, spent, state.b0),
         fallback=jnp.asarray(False),
     )
     return prop, new_state._replace(n_bo=state.n_bo + 1)

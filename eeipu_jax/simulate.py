@@ -45,7 +45,8 @@ from eeipu_jax import candidates as candlib
 from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
-__all__ = ["RunResult", "warmup_design", "run_python", "run_jitted", "resolve_batching", "is_cached"]
+__all__ = ["RunResult", "AsyncResult", "warmup_design", "run_python", "run_jitted", "run_async", "resolve_batching",
+           "is_cached"]
 
 logger = logging.getLogger(__name__)
 
@@ -357,3 +358,175 @@ def run_jitted(
     return [
         _result(jax.tree.map(lambda a: a[i], state), trace[i], config.n_warmup) for i in range(S)
     ]
+
+
+# ------------------------------------------------------ asynchronous driver
+class AsyncResult(NamedTuple):
+    """One simulated asynchronous run (NumPy arrays; rows in the order the
+    trials were started, warm-up first).
+
+    Times are simulated: a stage takes its cost, a restored stage
+    ``epsilon``, and a trial that reuses the prefix of a running trial waits
+    until that trial has computed it (``wait``).
+    """
+
+    X: np.ndarray  # (n, d) unit cube
+    y: np.ndarray  # (n,) objective
+    start: np.ndarray  # (n,) time the trial was given to a worker
+    end: np.ndarray  # (n,) time it finished
+    wait: np.ndarray  # (n,) time it waited for a running trial's prefix
+    memo_depth: np.ndarray  # (n,) stages restored
+    proposed_depth: np.ndarray  # (n,) depth proposed (-1: warm-up)
+    from_pending: np.ndarray  # (n,) bool: the prefix came from a trial still running at ask time
+    charged: np.ndarray  # (n,) cost charged to the budget (epsilon per restored stage + the rest)
+    worker: np.ndarray  # (n,) worker that ran it
+    n_warmup: int
+    budget: float
+
+    @property
+    def n_misses(self) -> int:
+        return int(np.sum(self.proposed_depth > self.memo_depth))
+
+    def best_at(self, t) -> float:
+        """Best objective among the trials finished by time ``t``."""
+        done = self.end <= t
+        return float(np.max(self.y[done])) if done.any() else -np.inf
+
+
+@functools.lru_cache(maxsize=None)
+def _problem_fns(problem):
+    return jax.jit(problem.objective), jax.jit(problem.stage_costs)
+
+
+def run_async(
+    key,
+    problem,
+    config: loop.BOConfig,
+    budget: float | None = None,
+    workers: int = 2,
+    *,
+    epsilon: float = 0.1,
+    cache_policy: str = "top_q",
+    warmup: str = "cost_aware",
+    max_trials: int = 1000,
+    capacity: int = 32,
+) -> AsyncResult:
+    """A simulated asynchronous run: ``workers`` trials at once, event-driven
+    by the simulated stage costs, so the price of asynchrony can be measured
+    without a cluster.
+
+    The warm-up design is run first (its trials spread over the workers);
+    BO starts once it is all told. Then each time a worker frees up, the
+    finished trial is told and the worker asks with the running trials as
+    :class:`eeipu_jax.loop.Pending` rows (capacity ``workers``). A memoized
+    proposal whose prefix is a told trial's restores it from the simulated
+    cache (:func:`is_cached`, a miss runs from scratch); one whose prefix is a
+    running trial's (``source >= N``) waits until that trial has computed
+    the prefix's last stage, then restores it (single flight: the prefix is
+    computed once). A trial is charged ``epsilon`` per restored stage plus
+    the cost of the others; no new trial starts once the spent plus the
+    charges of the running trials reach the budget.
+
+    Args:
+        key: PRNG key of the run.
+        problem: the simulated pipeline (as for :func:`run_python`).
+        config: BO settings.
+        budget: summed-cost budget (default ``problem.budget``).
+        workers: concurrent trials ``W >= 1``.
+        epsilon: price (and simulated duration) of a restored stage.
+        cache_policy: simulated cache of told trials, ``"top_q"`` or ``"all"``.
+        warmup: ``"cost_aware"`` or ``"random"`` initial design.
+        max_trials: hard cap on trials started (warm-up included).
+        capacity: initial state capacity.
+
+    Returns:
+        An :class:`AsyncResult`.
+    """
+    import heapq
+
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    budget = float(problem.budget if budget is None else budget)
+    check_policy(cache_policy)
+    objective, costs_fn = _problem_fns(problem)
+    K, d = config.n_stages, config.dim
+    k_design, key = jax.random.split(key)
+    design = list(np.asarray(warmup_design(k_design, problem, config, warmup)))
+    state = loop.init(config, budget, capacity=capacity, epsilon=epsilon)
+    trials = []  # dicts, in start order
+    running = {}  # worker -> trial index
+    slots = [None] * workers  # pending slot -> trial index (a trial keeps its slot while it runs)
+    events = []  # (end, seq, worker)
+    free = list(range(workers))
+    now = 0.0
+
+    def committed():
+        return sum(trials[i]["charged"] for i in running.values())
+
+    def start(worker, x, depth, proposed, source_trial, wait_until):
+        x = np.asarray(x, np.float32)
+        y = float(objective(x))
+        c = np.asarray(costs_fn(x), np.float64)
+        begin = max(now, wait_until)
+        durations = np.where(np.arange(K) < depth, epsilon, c)
+        stage_end = begin + np.cumsum(durations)
+        t = dict(x=x, y=y, costs=c, depth=depth, proposed=proposed, from_pending=source_trial is not None,
+                 start=now, wait=begin - now, end=float(stage_end[-1]), stage_end=stage_end,
+                 charged=float(np.sum(durations)), worker=worker)
+        trials.append(t)
+        running[worker] = len(trials) - 1
+        slots[slots.index(None)] = len(trials) - 1
+        heapq.heappush(events, (t["end"], len(trials), worker))
+
+    while True:
+        while free and len(trials) < max_trials and float(state.spent) + committed() < budget:
+            if design:
+                start(free.pop(0), design.pop(0), 0, -1, None, now)
+                continue
+            if int(state.n) < config.n_warmup:
+                break  # the warm-up is still running: BO starts once it is told
+            worker = free.pop(0)
+            live = [i for i in slots if i is not None]
+            pend = loop.pending_from(
+                np.array([trials[i]["x"] for i in live], np.float32).reshape(-1, d),
+                [trials[i]["depth"] for i in live], workers, d,
+            )
+            # pending slot p of the ask -> trial index (live trials packed in slot order)
+            slot_trial = dict(enumerate(live))
+            key, sub = jax.random.split(key)
+            # Nothing running: the single-worker step (so workers=1 is run_python's run).
+            prop, state = loop.ask(sub, state, config, pend if live else None)
+            N = state.X.shape[0]
+            x, j, src = np.asarray(prop.x), int(prop.memo_depth), int(prop.source)
+            if j > 0 and src >= N:
+                r = trials[slot_trial[src - N]]
+                start(worker, x, j, j, r, float(r["stage_end"][j - 1]))
+            elif j > 0 and bool(is_cached(state, config, cache_policy, jnp.asarray(x), j)):
+                start(worker, x, j, j, None, now)
+            else:
+                start(worker, x, 0, j, None, now)
+        if not events:
+            break
+        now, _, worker = heapq.heappop(events)
+        i = running.pop(worker)
+        slots[slots.index(i)] = None
+        free.append(worker)
+        t = trials[i]
+        # The default charge (epsilon per restored stage + the others' costs) is t["charged"].
+        state = loop.tell(state, t["x"], t["y"], t["costs"], t["depth"])
+
+    return AsyncResult(
+        X=np.array([t["x"] for t in trials]),
+        y=np.array([t["y"] for t in trials]),
+        start=np.array([t["start"] for t in trials]),
+        end=np.array([t["end"] for t in trials]),
+        wait=np.array([t["wait"] for t in trials]),
+        memo_depth=np.array([t["depth"] for t in trials], np.int32),
+        proposed_depth=np.array([t["proposed"] for t in trials], np.int32),
+        from_pending=np.array([t["from_pending"] for t in trials]),
+        charged=np.array([t["charged"] for t in trials]),
+        worker=np.array([t["worker"] for t in trials], np.int32),
+        n_warmup=config.n_warmup,
+        budget=budget,
+    )

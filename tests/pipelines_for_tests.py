@@ -136,3 +136,35 @@ def nan_choice() -> Pipeline:
     first = base.stages[0]
     odd = Stage(first.name, first.fn, tuple(first.params) + (Categorical("mix", (0.5, float("nan"))),))
     return Pipeline("nan_choice", base.version, (odd,) + base.stages[1:], base.prepare)
+
+
+def sleepy_small() -> Pipeline:
+    """``synthetic3`` with stages sleeping 0.005 s per unit of simulated cost (Ray tests)."""
+    from pipelines.sleepy import sleepy
+
+    return sleepy("synthetic3", 0.005)
+
+
+def stall_once(flag: str) -> Pipeline:
+    """:func:`sleepy_small` whose first stage, the first time any process runs it,
+    writes its process id to ``flag`` and sleeps 120 s: a worker to kill mid-trial.
+
+    The file is created exclusively, so exactly one trial stalls.
+    """
+    import os
+
+    base = sleepy_small()
+    first = base.stages[0]
+
+    def fn(inputs, params, key):
+        try:
+            fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return first.fn(inputs, params, key)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120.0)
+        return first.fn(inputs, params, key)
+
+    stages = (Stage(first.name, fn, first.params),) + base.stages[1:]
+    return dataclasses.replace(base, name="stall_once", stages=stages)

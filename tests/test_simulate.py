@@ -158,3 +158,48 @@ def test_every_memoized_proposal_is_a_cache_hit(pool, select, method):
         assert r.n_misses == 0
         np.testing.assert_array_equal(r.memo_depth[r.n_warmup:], bo)
     assert n_memo >= 5  # the test exercises memoized proposals
+
+
+# ------------------------------------------------------ asynchronous driver
+def test_async_driver_with_one_worker_is_the_python_run(runs):
+    """W = 1: nothing is ever pending, so every ask is the single-worker step
+    and the run is run_python's, trial for trial, back to back in time."""
+    py, _ = runs
+    r = simulate.run_async(jax.random.key(7), PIPE, CFG, BUDGET, 1, **KW)
+    np.testing.assert_array_equal(r.X, py.X)
+    np.testing.assert_array_equal(r.y, py.y)
+    np.testing.assert_array_equal(r.memo_depth, py.memo_depth)
+    np.testing.assert_allclose(r.charged, py.charged, rtol=1e-6)
+    np.testing.assert_allclose(r.start[1:], r.end[:-1], rtol=1e-12)
+    np.testing.assert_allclose(r.end - r.start, r.charged, rtol=1e-6)
+    assert not r.from_pending.any() and np.all(r.wait == 0)
+
+
+def test_async_driver_runs_workers_concurrently_and_charges_what_ran():
+    W = 3
+    r = simulate.run_async(jax.random.key(8), PIPE, CFG, BUDGET, W, capacity=16, max_trials=14)
+    n = len(r.y)
+    assert n == 14 and r.n_misses == 0
+    true = np.asarray(jax.vmap(PIPE.stage_costs)(jnp.asarray(r.X)))
+    for i in range(n):
+        j = int(r.memo_depth[i])
+        assert r.charged[i] == pytest.approx(0.1 * j + true[i, j:].sum(), rel=1e-5)
+        # a trial takes its charge, plus any wait for a running trial's prefix
+        assert r.end[i] - r.start[i] == pytest.approx(r.wait[i] + r.charged[i], rel=1e-6)
+        if r.wait[i] > 0:
+            assert r.from_pending[i]
+    # each worker runs one trial at a time; W run at once
+    for w in range(W):
+        mine = np.flatnonzero(r.worker == w)
+        assert np.all(r.start[mine][1:] >= r.end[mine][:-1] - 1e-9)
+    assert set(r.worker.tolist()) == set(range(W))
+    t = np.sort(np.concatenate([r.start, r.end]))
+    running = [np.sum((r.start <= s) & (r.end > s)) for s in t]
+    assert max(running) == W
+    # no trial starts once spent + committed reach the budget
+    for i in range(n):
+        done = r.end <= r.start[i]
+        live = (r.start < r.start[i]) & (r.end > r.start[i])
+        assert r.charged[done].sum() + r.charged[live].sum() < BUDGET
+    # BO starts once the whole warm-up is told
+    assert np.all(r.start[CFG.n_warmup:] >= r.end[: CFG.n_warmup].max() - 1e-9)

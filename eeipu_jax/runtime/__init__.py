@@ -15,6 +15,10 @@ where the library touches the disk and the clock. One job per module:
 * :mod:`~eeipu_jax.runtime.rundir` -- a run directory's lock and optimizer
   checkpoints;
 * :mod:`~eeipu_jax.runtime.study` -- the :class:`Study` (the tuning loop);
+* :mod:`~eeipu_jax.runtime.parallel` -- W trials of a study at once on Ray
+  (optional; imported only by a parallel study);
+* :mod:`~eeipu_jax.runtime.tune_search` -- EEIPU as a Ray Tune searcher
+  (imports Ray; imported only by its users);
 * :mod:`~eeipu_jax.runtime.settings` -- checks of settings;
 * :mod:`~eeipu_jax.runtime.cli` -- the ``eeipu`` command.
 """

@@ -100,6 +100,15 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
       help="set another BOConfig field, e.g. --bo n_random=256 --bo top_q=5 (repeatable)")
     p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
+    p("--workers", type=int, default=1,
+      help="trials run at once, on Ray actors when more than 1 (pip install 'eeipu-jax[ray]'); 1: this "
+           "process alone, without Ray (default: %(default)s)")
+    p("--address", default=None,
+      help="join the Ray cluster at this address (e.g. auto or HEAD_IP:6379); default: start a local Ray "
+           "bound to localhost when --workers > 1")
+    p("--worker-cpus", type=float, default=1.0, help="logical CPUs each parallel trial reserves (default: %(default)s)")
+    p("--worker-gpus", type=float, default=0.0,
+      help="GPUs each parallel trial reserves; 1 runs one trial per GPU (default: %(default)s)")
     p("--jax-cache-dir", default=None,
       help="JAX persistent compilation cache directory (a resumed run skips recompiling); default "
            "$EEIPU_JAX_XLA_CACHE or ~/.cache/eeipu_jax/xla ('off' in that variable disables it)")
@@ -147,8 +156,11 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         if args.max_trials is not None and args.max_trials < 1:
             raise ConfigError(f"--max-trials: must be an integer of at least 1, got {args.max_trials!r}")
         study = Study._open(settings, "resume" if args.resume else "create")
-        summary = study.optimize(args.max_trials, progress=not args.no_progress)
-    except ConfigError as e:
+        parallel = args.workers != 1 or args.address is not None
+        resources = {"num_cpus": args.worker_cpus, "num_gpus": args.worker_gpus} if parallel else None
+        summary = study.optimize(args.max_trials, progress=not args.no_progress, workers=args.workers,
+                                 address=args.address, resources=resources)
+    except (ConfigError, ImportError) as e:  # ImportError: --workers without the ray extra
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -163,6 +175,10 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         f"({100 * summary['optimizer_fraction']:.1f}% of optimizer + trial seconds"
         f"{', charged' if summary['charge_optimizer'] else ', not charged'}) -> {os.path.join(args.out, 'summary.json')}"
     )
+    if "parallel" in summary:
+        par = summary["parallel"]
+        print(f"{par['workers']} workers: {par['duplicate_stage_computations']} duplicated stage computations, "
+              f"{par['waited_for_prefix']} trials waited for a running prefix, {par['worker_restarts']} workers replaced")
     return 0
 
 

@@ -670,17 +670,29 @@ class Study:
         return ax
 
     # ------------------------------------------------------------ running
-    def optimize(self, max_trials: int | None = None, *, progress: bool = False) -> dict:
+    def optimize(self, max_trials: int | None = None, *, progress: bool = False, workers: int = 1,
+                 address: str | None = None, resources: Mapping | None = None) -> dict:
         """Run trials until the budget is spent, or ``max_trials`` more trials ran.
 
         Resumes from the directory's checkpoint and records first (see the
         module docstring), so a study reopened after a crash continues
         exactly where it stopped. Holds the run directory's lock meanwhile.
 
+        With ``workers > 1`` (or an ``address``) up to ``workers`` trials run
+        at once on Ray actors (:mod:`eeipu_jax.runtime.parallel`: Ray is an
+        optional dependency); this process stays the driver and keeps every
+        guarantee above. ``workers=1`` without an address is the
+        single-process loop, without Ray.
+
         Args:
             max_trials: stop after this many trials of this call (``None``:
                 only the budget stops it).
             progress: show a progress bar (tqdm).
+            workers: trials run at once (Ray actors when more than one).
+            address: a Ray cluster to join (``None``: a local Ray bound to
+                localhost, started unless this process is connected already).
+            resources: what each trial reserves, ``{"num_cpus": 1,
+                "num_gpus": 0}`` by default (``num_gpus=1``: one trial per GPU).
 
         Returns:
             The :meth:`summary`, plus the cache's statistics (also written to
@@ -693,6 +705,21 @@ class Study:
         s = self._plan.settings
         if max_trials is not None and not (is_int(max_trials) and max_trials >= 1):
             raise ConfigError(f"{s.name('max_trials')}: must be an integer of at least 1, got {max_trials!r}")
+        if not (is_int(workers) and 1 <= workers <= 4096):
+            raise ConfigError(f"{s.name('workers')}: must be an integer from 1 to 4096, got {workers!r}")
+        if address is not None and not (isinstance(address, str) and address):
+            raise ConfigError(f"{s.name('address')}: must be a Ray cluster address, got {address!r}")
+        parallel = workers > 1 or address is not None
+        if parallel:
+            from eeipu_jax.runtime import parallel as par
+
+            try:
+                trial_resources = par.TrialResources.of(resources)
+            except ValueError as e:
+                raise ConfigError(f"resources: {e}") from None
+            par.require_ray()
+        elif resources is not None:
+            raise ConfigError("resources: only for parallel studies (workers > 1 or an address)")
         if s.jax_cache_dir is not None:
             try:
                 enable_compilation_cache(os.path.abspath(s.jax_cache_dir))
@@ -701,6 +728,9 @@ class Study:
         os.makedirs(self._plan.cache_dir, exist_ok=True)
         with rundir.lock(self.out_dir):
             state, key, records = self._restore()
+            if parallel:
+                return par.run_parallel(self, state, key, records, max_trials, progress, workers=workers,
+                                        resources=trial_resources, address=address)
             return self._loop(state, key, records, max_trials, progress)
 
     def _restore(self):
@@ -719,13 +749,21 @@ class Study:
             )
         # Trials recorded after the last checkpoint: replay their asks (same key
         # splits, same GP warm starts) and tell what was recorded; nothing reruns.
+        retold_parallel = False
         for rec in records[n:]:
+            if "worker" in rec:  # a parallel run's trial: its ask saw other trials in flight; tell only
+                state = _tell_record(state, rec)
+                retold_parallel = True
+                continue
             key, k_ask = jax.random.split(key)
             prop, state = bo.ask(k_ask, state, plan.config)
             if not np.allclose(np.asarray(prop.x), np.asarray(rec["x"], np.float32), atol=1e-6):
                 logger.warning("replayed proposal %d differs from the recorded one; telling the recorded trial",
                                rec["index"])
             state = _tell_record(state, rec)
+        if retold_parallel:
+            # the checkpoint's key was split again for the asks of those trials: derive a fresh one
+            key = jax.random.fold_in(key, len(records))
         if len(records) > n:
             logger.info("re-told %d trial(s) recorded after the last checkpoint", len(records) - n)
             rundir.save_checkpoint(self.out_dir, state, key)

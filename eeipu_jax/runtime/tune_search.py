@@ -1,0 +1,259 @@
+"""EEIPU as a Ray Tune search algorithm: :class:`EEIPUSearcher` and :func:`pipeline_trainable`.
+
+Usage::
+
+    from ray import tune
+    from eeipu_jax.runtime.tune_search import EEIPUSearcher, pipeline_trainable
+
+    searcher = EEIPUSearcher(pipeline, seed=0, max_concurrent=4)
+    tuner = tune.Tuner(
+        pipeline_trainable(pipeline, cache_dir="/shared/cache", seed=0),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=50, max_concurrent_trials=4),
+    )
+    tuner.fit()
+
+This module owns the Tune side of the parallel runtime. It imports Ray at
+import time (``pip install 'eeipu-jax[ray]'``); nothing else in the library
+imports it.
+
+* :class:`EEIPUSearcher` implements Tune's ``Searcher`` interface
+  (``suggest``, ``on_trial_complete``, ``save``/``restore``,
+  ``get_state``/``set_state``, ``set_search_properties``,
+  ``set_max_concurrency``) over the pure optimizer
+  (:func:`eeipu_jax.loop.ask` / :func:`~eeipu_jax.loop.tell`, arXiv
+  2411.03731): trials Tune is still running enter ``ask`` as pending rows,
+  finished ones are told in completion order. ``suggest`` returns ``None``
+  (Tune asks again later) while ``max_concurrent`` trials are in flight: the
+  pending capacity is fixed, so ``ask`` compiles once.
+* :func:`pipeline_trainable` is the function Tune runs: one trial of the
+  pipeline through the :class:`~eeipu_jax.runtime.runner.Runner` and the
+  shared stage cache (policy ``"all"``: Tune has no driver that knows the
+  optimizer's prefix pool, so every stage output is kept; bound it with
+  ``cache_max_bytes``). A trial whose proposal reuses the prefix of a trial
+  still running waits for that trial's completion marker (single flight),
+  then restores the prefix. It reports ``objective``, the stage costs, the
+  memo depth and the charged seconds, which :meth:`EEIPUSearcher.on_trial_complete`
+  tells.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from eeipu_jax import loop as bo
+from eeipu_jax.runtime.parallel import require_ray
+from eeipu_jax.runtime.pipeline import Pipeline
+
+require_ray()
+from ray.tune.search import Searcher  # noqa: E402
+
+__all__ = ["EEIPUSearcher", "pipeline_trainable", "CONFIG_KEY", "WAIT_KEY"]
+
+#: Key of the nested parameters in a Tune trial's config.
+CONFIG_KEY = "eeipu_params"
+#: Key of the trial id whose prefix a trial waits for (``None``: none).
+WAIT_KEY = "eeipu_wait_for"
+_DONE_DIR = "tune_done"
+
+
+def _done_path(cache_dir: str, trial_id: str) -> str:
+    return os.path.join(cache_dir, _DONE_DIR, f"{trial_id}.done")
+
+
+class EEIPUSearcher(Searcher):
+    """EEIPU (or another registered method) proposing Ray Tune trials of a pipeline.
+
+    Args:
+        pipeline: the :class:`~eeipu_jax.runtime.Pipeline` (its search space
+            is the Tune search space; do not pass ``param_space`` to the Tuner).
+        seed: seeds the optimizer's PRNG key.
+        method: a registered method (:data:`eeipu_jax.acquisition.METHODS`).
+        metric: the reported metric to optimize (default ``"objective"``, what
+            :func:`pipeline_trainable` reports).
+        mode: ``"max"`` or ``"min"``.
+        max_concurrent: trials in flight at most (the pending capacity).
+        budget: the cost budget the acquisition's cooling counts down (the
+            summed charged seconds Tune will spend).
+        n_warmup: random initial trials.
+        epsilon: price of a memoized stage.
+        bo_options: other :class:`~eeipu_jax.loop.BOConfig` fields.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, seed: int, method: str = "eeipu", metric: str = "objective",
+                 mode: str = "max", max_concurrent: int = 4, budget: float = 3600.0, n_warmup: int = 10,
+                 epsilon: float = 0.1, bo_options: dict | None = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if not (isinstance(max_concurrent, int) and max_concurrent >= 1):
+            raise ValueError(f"max_concurrent must be a positive integer, got {max_concurrent!r}")
+        super().__init__(metric=metric, mode=mode)
+        from eeipu_jax import acquisition as acqlib
+
+        self.pipeline = pipeline
+        self.space = pipeline.space
+        self.config = bo.BOConfig.from_space(self.space, method=acqlib.get_method(method).name,
+                                             n_warmup=n_warmup, **dict(bo_options or {}))
+        self.max_concurrent = max_concurrent
+        self.state = bo.init(self.config, budget, epsilon=epsilon)
+        self.key = jax.random.key(seed)
+        self.live: dict[str, dict] = {}  # trial id -> {"x", "params", "depth"}
+        self.told: list[dict] = []  # row -> {"trial_id", "params"}
+
+    # ------------------------------------------------------------- Tune API
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if config:  # the space is the pipeline's; a Tune param_space would be ignored silently
+            return False
+        if metric:
+            self._metric = metric
+        if mode:
+            self._mode = mode
+        return True
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = int(max_concurrent)
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.live) >= self.max_concurrent:
+            return None
+        flights = list(self.live.items())
+        d = self.space.dim
+        xs = np.stack([f["x"] for _, f in flights]) if flights else np.zeros((0, d), np.float32)
+        pending = bo.pending_from(xs, np.asarray([f["depth"] for _, f in flights], np.int32),
+                                  self.max_concurrent, d)
+        self.key, k_ask = jax.random.split(self.key)
+        prop, self.state = bo.ask(k_ask, self.state, self.config, pending=pending)
+        x = np.array(prop.x, np.float32)
+        params = self.space.from_unit(x)
+        depth, src = int(prop.memo_depth), int(prop.source)
+        n = int(self.state.X.shape[0])
+        wait = None
+        if depth > 0 and src >= 0:
+            if src >= n:
+                wait, base = flights[src - n][0], flights[src - n][1]
+                base_params, base_x = base["params"], base["x"]
+            else:
+                base_params, base_x = self.told[src]["params"], np.asarray(self.state.X[src])
+            for stage in self.pipeline.stages[:depth]:  # bit-identical values, so the cache keys match
+                params[stage.name] = dict(base_params[stage.name])
+            mask = self.space.prefix_mask(depth)
+            x[mask] = np.asarray(base_x)[mask]
+        self.live[trial_id] = {"x": x, "params": params, "depth": depth}
+        return {CONFIG_KEY: params, WAIT_KEY: wait}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        flight = self.live.pop(trial_id, None)
+        if flight is None:
+            return
+        K = self.pipeline.n_stages
+        y = float("nan")
+        costs, depth, charged = np.full(K, np.nan), 0, 0.0
+        if result is not None and not error:
+            value = result.get(self.metric)
+            if value is not None and np.isfinite(value):
+                y = float(value) if self.mode == "max" else -float(value)
+            if "stage_costs" in result:
+                costs = np.asarray([np.nan if c is None else c for c in result["stage_costs"]], np.float64)
+                depth = int(result.get("memo_depth", 0))
+                charged = float(result.get("charged", 0.0))
+        self.state = bo.tell(self.state, flight["x"], y, costs, depth, charged)
+        self.told.append({"trial_id": trial_id, "params": flight["params"]})
+
+    def get_state(self) -> dict:
+        return {
+            "state": jax.tree.map(np.asarray, self.state),
+            "key": np.asarray(jax.random.key_data(self.key)),
+            "live": self.live,
+            "told": self.told,
+            "max_concurrent": self.max_concurrent,
+            "metric": self._metric,
+            "mode": self._mode,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.state = jax.tree.map(jax.numpy.asarray, state["state"])
+        self.key = jax.random.wrap_key_data(jax.numpy.asarray(state["key"]))
+        self.live, self.told = dict(state["live"]), list(state["told"])
+        self.max_concurrent = state["max_concurrent"]
+        self._metric, self._mode = state["metric"], state["mode"]
+
+    def save(self, checkpoint_path: str) -> None:
+        tmp = f"{checkpoint_path}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(self.get_state(), f)
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+# ------------------------------------------------------------- trainable
+_RUNNERS: dict = {}
+
+
+def pipeline_trainable(pipeline: Pipeline, *, cache_dir: str, seed: int, memoize: bool = True,
+                       stage_timeout: float | None = None, wait_timeout: float = 3600.0):
+    """A Tune function trainable running one trial of ``pipeline`` per call.
+
+    Args:
+        pipeline: the pipeline.
+        cache_dir: the stage cache every trial shares (a path all nodes see).
+        seed: the run seed (stage PRNG keys and cache keys).
+        memoize: restore cached prefixes and write stage outputs.
+        stage_timeout: per-stage limit in seconds.
+        wait_timeout: longest wait, in seconds, for a prefix being computed by
+            another trial (then the trial computes it itself).
+
+    Returns:
+        ``trainable(config) -> metrics``: ``objective`` (NaN when the trial
+        failed), ``status``, ``memo_depth``, ``stage_costs``, ``charged``,
+        ``wait_seconds``, ``error`` and the last stage's other metrics.
+    """
+    from eeipu_jax.runtime.cache import CachePolicy, StageCache
+    from eeipu_jax.runtime.runner import Runner
+
+    cache_dir = os.path.abspath(cache_dir)
+
+    def trainable(config: dict) -> dict:
+        ident = (pipeline.name, pipeline.version, seed, cache_dir, memoize, stage_timeout)
+        runner = _RUNNERS.get(ident)
+        if runner is None:  # one per worker process: the pipeline is prepared once
+            cache = StageCache(cache_dir, CachePolicy("all"))
+            runner = _RUNNERS[ident] = Runner(pipeline, seed=seed, cache=cache, restore=memoize, write=memoize,
+                                              stage_timeout=stage_timeout)
+        t0 = time.perf_counter()
+        wait_for = config.get(WAIT_KEY)
+        if wait_for is not None:
+            deadline = time.monotonic() + wait_timeout
+            while not os.path.exists(_done_path(cache_dir, wait_for)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        waited = time.perf_counter() - t0
+        from ray import tune
+
+        trial_id = tune.get_context().get_trial_id()
+        try:
+            result = runner.run(config[CONFIG_KEY])
+        finally:  # written even if the trial raised, so no trial waits for it in vain
+            os.makedirs(os.path.join(cache_dir, _DONE_DIR), exist_ok=True)
+            with open(_done_path(cache_dir, trial_id), "w"):
+                pass
+        return {
+            **result.metrics,
+            "objective": result.objective,
+            "status": result.status,
+            "memo_depth": result.memo_depth,
+            "stage_costs": [float(c) for c in result.stage_costs],
+            "charged": result.charged,
+            "wait_seconds": waited,
+            "error": result.error,
+        }
+
+    trainable.__name__ = f"eeipu_{pipeline.name}"
+    return trainable

@@ -1,0 +1,302 @@
+"""Parallel studies on Ray: records, single flight, faults (worker and driver killed), localhost bind, CLI,
+and a Ray Tune experiment with EEIPUSearcher.
+
+One local Ray (2 CPUs, no dashboard) serves the module; pipelines are
+:func:`tests.pipelines_for_tests.sleepy_small` (synthetic3 whose stages sleep
+their simulated cost), so trials need no cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+from eeipu_jax import loop as bo  # noqa: E402
+from eeipu_jax.checkpoint import restore_state  # noqa: E402
+from eeipu_jax.runtime import Study, parallel, rundir  # noqa: E402
+from eeipu_jax.runtime.records import read_trials  # noqa: E402
+from eeipu_jax.runtime.settings import ConfigError  # noqa: E402
+from pipelines import synthetic  # noqa: E402
+from tests import pipelines_for_tests as tp  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_BO = dict(n_random=64, mc_samples=64, n_refine=0, n_per_prefix=8)
+N_WARMUP = 3
+PIPELINE = "tests.pipelines_for_tests:sleepy_small"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    started = parallel.connect(num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _create(tmp_path, pipeline=PIPELINE, name="run", **kw):
+    options = dict(n_warmup=N_WARMUP, bo=dict(SMALL_BO))
+    options.update(kw)
+    return Study.create(str(tmp_path / name), pipeline, "eeipu", 1e6, 0, **options)
+
+
+def _check_records(study, n):
+    """Every trial once, rows in order, the state and checkpoint agreeing with the records."""
+    records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    assert [r["index"] for r in records] == list(range(n))
+    assert len({tuple(r["x"]) for r in records}) == n  # no trial recorded twice
+    last, path = rundir.checkpoint_dirs(study.out_dir)[-1]
+    state, _ = restore_state(path, bo.init(study.config, study.budget), with_key=True)
+    assert last == int(state.n) == n
+    np.testing.assert_array_equal(np.asarray(state.X[:n]), np.asarray([r["x"] for r in records], np.float32))
+    assert math.isclose(float(state.spent), sum(r["charged"] for r in records), rel_tol=1e-5)
+    return records
+
+
+def _objective(params) -> float:
+    """synthetic3's objective from a trial's raw parameters (what the last stage must have returned)."""
+    pipe = synthetic.get_pipeline("synthetic3")
+    x = np.concatenate([[params[f"stage{s}"][f"x{j}"] for j in range(d)] for s, d in enumerate(pipe.dims)])
+    return float(pipe.objective_raw(np.asarray(x, np.float32)))
+
+
+# ----------------------------------------------------------------- helpers
+def test_duplicate_computations_counts_stage_outputs_computed_twice():
+    K = 3
+    recs = [
+        {"status": "ok", "memo_depth": 0, "cache_keys": ["a", "ab"]},      # computes a, ab
+        {"status": "ok", "memo_depth": 1, "cache_keys": ["a", "ac"]},      # restores a, computes ac
+        {"status": "ok", "memo_depth": 0, "cache_keys": ["a", "ab"]},      # a and ab again: 2 duplicates
+        {"status": "failed", "memo_depth": 0, "failed_stage": 1, "cache_keys": ["a", "ad"]},  # a again: 1
+        {"status": "failed", "memo_depth": 0, "failed_stage": None, "cache_keys": ["a", "ae"]},  # died: none
+    ]
+    assert parallel.duplicate_computations(recs, K) == 3
+
+
+def test_trial_resources_are_checked():
+    assert parallel.TrialResources.of({"num_gpus": 1}) == parallel.TrialResources(1.0, 1.0)
+    for bad in ({"num_cpus": -1}, {"num_gpu": 1}, "two"):
+        with pytest.raises(ValueError):
+            parallel.TrialResources.of(bad)
+
+
+def test_missing_ray_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"eeipu-jax\[ray\]"):
+        parallel.require_ray()
+    study = _create(tmp_path)
+    with pytest.raises(ImportError, match=r"eeipu-jax\[ray\]"):
+        study.optimize(2, workers=2)
+    assert not os.path.exists(os.path.join(study.out_dir, "trials.jsonl"))
+
+
+def test_bad_parallel_settings_are_refused(tmp_path):
+    study = _create(tmp_path)
+    with pytest.raises(ConfigError, match="workers"):
+        study.optimize(2, workers=0)
+    with pytest.raises(ConfigError, match="resources"):
+        study.optimize(2, workers=2, resources={"num_cpus": -1})
+    with pytest.raises(ConfigError, match="resources"):
+        study.optimize(2, resources={"num_cpus": 1})
+
+
+# ------------------------------------------------------------------- runs
+def test_two_workers_run_a_study_recording_every_trial_once(local_ray, tmp_path):
+    study = _create(tmp_path)
+    compiled = bo._ask_pending._cache_size()
+    summary = study.optimize(10, workers=2, resources={"num_cpus": 1})
+    # 0 or 1 trial in flight at each ask, one state capacity: one compiled pending-aware ask at most
+    assert bo._ask_pending._cache_size() - compiled <= 1
+    records = _check_records(study, 10)
+    assert {r["worker"] for r in records} == {0, 1}
+    assert sorted(r["proposed"] for r in records) == list(range(10))
+    for r in records:  # each recorded objective belongs to the recorded parameters
+        assert r["status"] == "ok"
+        assert math.isclose(r["y"], _objective(r["params"]), rel_tol=1e-5, abs_tol=1e-5)
+    assert summary["parallel"]["duplicate_stage_computations"] == 0
+    assert summary["n_trials"] == 10
+    # Asks after the first saw the other worker's trial in flight.
+    assert any(r["pending"] == 1 for r in records)
+    assert json.load(open(os.path.join(study.out_dir, "summary.json")))["parallel"]["workers"] == 2
+
+
+def test_a_prefix_in_flight_is_waited_for_and_restored_not_recomputed(local_ray, tmp_path, monkeypatch):
+    """The third proposal reuses the prefix of the trial still running (a pending source):
+    it waits for it, then restores stage 0 from the shared cache."""
+    real_ask = parallel._ask
+    calls = {"n": 0}
+
+    def ask(key, state, config, pending):
+        prop, new_state = real_ask(key, state, config, pending)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            n = int(state.X.shape[0])
+            prop = prop._replace(memo_depth=np.int32(1), source=np.int32(n))  # pending slot 0
+        return prop, new_state
+
+    monkeypatch.setattr(parallel, "_ask", ask)
+    study = _create(tmp_path, cache_policy="top_q", n_warmup=2)
+    summary = study.optimize(3, workers=2, resources={"num_cpus": 1})
+    records = _check_records(study, 3)
+    waiter = next(r for r in records if r["proposed"] == 2)
+    # the trial in flight at the third ask: the one of the first two that finished last
+    first = max((r for r in records if r["proposed"] < 2), key=lambda r: r["index"])
+    assert waiter["memo_depth"] == waiter["proposed_depth"] == 1
+    assert waiter["source"] == first["index"]
+    assert waiter["params"]["stage0"] == first["params"]["stage0"]
+    assert waiter["cache_keys"][0] == first["cache_keys"][0]
+    assert first["cache_keys"][0] in first["saved_keys"]  # written because a trial waited for it
+    assert summary["parallel"]["waited_for_prefix"] == 1
+    assert summary["parallel"]["duplicate_stage_computations"] == 0
+
+
+def test_a_worker_killed_mid_trial_is_recorded_once_and_the_study_goes_on(local_ray, tmp_path):
+    flag = str(tmp_path / "stalled.pid")
+    pipeline = tp.stall_once(flag)
+    killed = {}
+
+    def kill_when_stalled():
+        deadline = time.monotonic() + 120  # a guard against a hang, not a timing check
+        while time.monotonic() < deadline:
+            try:
+                pid = int(open(flag).read())
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.05)
+                continue
+            killed["pid"] = pid
+            os.kill(pid, signal.SIGKILL)
+            return
+
+    killer = threading.Thread(target=kill_when_stalled, daemon=True)
+    killer.start()
+    study = _create(tmp_path, pipeline=pipeline)
+    summary = study.optimize(6, workers=2, resources={"num_cpus": 1})
+    killer.join(timeout=5)
+    records = _check_records(study, 6)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 1 and "died" in failed[0]["error"]
+    assert summary["parallel"]["worker_restarts"] == 1
+    assert all(r["status"] == "ok" for r in records if r is not failed[0])
+    assert "pid" in killed
+
+
+_DRIVER = """
+import sys
+from eeipu_jax import Study
+study = Study.create(sys.argv[1], {pipeline!r}, "eeipu", 1e6, 0, n_warmup={n}, bo={bo!r})
+study.optimize(workers=2, resources={{"num_cpus": 1}})
+"""
+
+
+@pytest.mark.slow  # ~45 s: a second process starts its own Ray and workers
+def test_a_killed_driver_resumes_losing_and_duplicating_nothing(local_ray, tmp_path):
+    out = tmp_path / "run"
+    trials_path = out / "trials.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER.format(pipeline=PIPELINE, n=N_WARMUP, bo=SMALL_BO), str(out)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    children = []
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hang, not a timing check
+        while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the driver did not record its trials in time"
+            time.sleep(0.05)
+        with pytest.raises(ConfigError, match="in use by another process"):  # the lock holds
+            Study.load(str(out), PIPELINE).optimize(1, workers=2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        # The local Ray this driver started goes with it; end what is left of it (its own processes only).
+        gone, alive = psutil.wait_procs(children, timeout=20)
+        for p in alive:
+            p.kill()
+    before = read_trials(str(trials_path))
+    assert len(before) >= N_WARMUP + 2
+    study = Study.load(str(out), PIPELINE)
+    study.optimize(4, workers=2, resources={"num_cpus": 1})
+    after = _check_records(study, len(before) + 4)
+    assert after[: len(before)] == before
+
+
+# --------------------------------------------------------------- security
+def test_a_local_ray_listens_on_localhost_only(local_ray):
+    if local_ray.util.get_node_ip_address() != "127.0.0.1":
+        pytest.skip("this process joined a Ray it did not start")
+    procs = psutil.Process().children(recursive=True)
+    listening = []
+    for p in procs:
+        try:
+            listening += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert listening, "no listening socket found among the Ray processes"
+    names = {n for n, _, _ in listening}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names)
+    for name, ip, port in listening:
+        assert ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"), f"{name} listens on {ip}:{port}"
+
+
+# -------------------------------------------------------------------- CLI
+def test_cli_workers_runs_a_parallel_study(local_ray, tmp_path, capsys):
+    from experiments.run import main
+
+    out = tmp_path / "cli"
+    args = ["--pipeline", PIPELINE, "--budget", "1e6", "--out", str(out), "--n-warmup", str(N_WARMUP),
+            "--max-trials", "5", "--workers", "2", "--no-progress", "--jax-cache-dir", str(tmp_path / "xla")]
+    args += [a for k, v in SMALL_BO.items() for a in ("--bo", f"{k}={v}")]
+    assert main(args) == 0
+    assert "2 workers: 0 duplicated stage computations" in capsys.readouterr().out
+    records = read_trials(str(out / "trials.jsonl"))
+    assert [r["index"] for r in records] == list(range(5)) and {r["worker"] for r in records} == {0, 1}
+
+
+# ------------------------------------------------------------------- Tune
+def test_a_tune_experiment_runs_with_the_eeipu_searcher(local_ray, tmp_path):
+    from ray import tune
+
+    from eeipu_jax.runtime.tune_search import CONFIG_KEY, EEIPUSearcher, pipeline_trainable
+
+    pipeline = tp.sleepy_small()
+    searcher = EEIPUSearcher(pipeline, seed=0, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
+    tuner = tune.Tuner(
+        tune.with_resources(pipeline_trainable(pipeline, cache_dir=str(tmp_path / "cache"), seed=0), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2,
+                                    metric="objective", mode="max"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="eeipu", verbose=0),
+    )
+    results = tuner.fit()
+    assert len(results) == 6 and not results.errors
+    for r in results:  # every reported objective is the pipeline's at the suggested parameters
+        assert r.metrics["status"] == "ok"
+        assert math.isclose(r.metrics["objective"], _objective(r.config[CONFIG_KEY]), rel_tol=1e-5, abs_tol=1e-5)
+    # the searcher told every trial, with the costs the trainable measured
+    assert int(searcher.state.n) == 6 and not searcher.live
+    told_y = np.sort(np.asarray(searcher.state.y[:6], np.float64))
+    np.testing.assert_allclose(told_y, np.sort([r.metrics["objective"] for r in results]), rtol=1e-5)
+    best = results.get_best_result()
+    assert best.metrics["objective"] == max(r.metrics["objective"] for r in results)
+
+    # save / restore: a new searcher continues from the same state and key
+    path = str(tmp_path / "searcher.pkl")
+    searcher.save(path)
+    again = EEIPUSearcher(pipeline, seed=123, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
+    again.restore(path)
+    assert int(again.state.n) == 6
+    a, b = searcher.suggest("next-a"), again.suggest("next-b")
+    assert a == b  # same state, same key: the same proposal
