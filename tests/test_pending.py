@@ -208,10 +208,12 @@ def test_pending_asks_compile_once_per_pending_capacity(caplog):
 
 
 # ----------------------------------------------------------- every method
-# ms_carbo is EEIPU's acquisition without memoization, so eeipu_nomemo stands for the *_nomemo kind
-# in the default suite; pbgi_nomemo (one more compile) runs with the slow tests.
-METHODS = ["ei", "eips", "carbo", "ms_carbo", "eeipu", "pbgi", "lambo", "ms_bo", "eeipu_nomemo",
-           pytest.param("pbgi_nomemo", marks=pytest.mark.slow)]
+# Each method is one more compile (~17 s). The default suite runs one method per path through
+# the pending code: ei (no cost GP: mean observed stage costs), eips (total-cost GP), eeipu
+# (stage-cost GPs and in-flight prefixes), lambo and ms_bo (their own propose hooks); the others
+# share those paths and run with the slow tests.
+_SLOW = ("carbo", "ms_carbo", "pbgi", "eeipu_nomemo", "pbgi_nomemo")
+METHODS = ["ei", "eips", "eeipu", "lambo", "ms_bo"] + [pytest.param(m, marks=pytest.mark.slow) for m in _SLOW]
 SMALL = dict(n_warmup=4, n_random=64, n_per_prefix=8, n_refine=1, refine_steps=3, mc_samples=64)
 
 
