@@ -30,6 +30,7 @@ from eeipu_jax.runtime.records import read_trials  # noqa: E402
 from eeipu_jax.runtime.settings import ConfigError  # noqa: E402
 from pipelines import synthetic  # noqa: E402
 from tests import pipelines_for_tests as tp  # noqa: E402
+from tests.processes import wait_for_records  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_BO = dict(n_random=64, mc_samples=64, n_refine=0, n_per_prefix=8)
@@ -209,11 +210,7 @@ def test_a_killed_driver_resumes_losing_and_duplicating_nothing(local_ray, tmp_p
     )
     children = []
     try:
-        deadline = time.monotonic() + 300  # a guard against a hang, not a timing check
-        while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the driver did not record its trials in time"
-            time.sleep(0.05)
+        wait_for_records(proc, trials_path, N_WARMUP + 2, 300, "the driver", poll=0.05)
         with pytest.raises(ConfigError, match="in use by another process"):  # the lock holds
             Study.load(str(out), PIPELINE).optimize(1, workers=2)
         children = psutil.Process(proc.pid).children(recursive=True)

@@ -27,6 +27,7 @@ from eeipu_jax.runtime.records import read_trials
 from eeipu_jax.runtime.settings import ConfigError
 from experiments.run import main
 from tests import pipelines_for_tests as tp
+from tests.processes import wait_for_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small optimizer configuration shared by every in-process run (compiled once).
@@ -262,11 +263,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, caps
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 900  # a guard against a hang, not a timing check
-        while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the run did not record its trials in time"
-            time.sleep(0.02)
+        wait_for_records(proc, trials_path, N_WARMUP + 2, 900, "the run")
         time.sleep(0.08)  # into the next trial's 0.15 s training stage
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -23,6 +23,7 @@ from eeipu_jax.runtime import rundir
 from eeipu_jax.runtime.records import read_trials
 from eeipu_jax.runtime.settings import ConfigError
 from tests import pipelines_for_tests as tp
+from tests.processes import wait_for_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_BO = {"n_random": 64, "mc_samples": 64, "n_refine": 0, "n_per_prefix": 8}
@@ -191,11 +192,7 @@ def test_kill_9_mid_study_then_load_and_optimize_loses_and_duplicates_nothing(tm
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 900  # a guard against a hang, not a timing check
-        while not (trials_path.exists() and trials_path.read_bytes().count(b"\n") >= N_WARMUP + 2):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the study did not record its trials in time"
-            time.sleep(0.02)
+        wait_for_records(proc, trials_path, N_WARMUP + 2, 900, "the study")
         # While it runs, a second process (this one) is refused the directory.
         with pytest.raises(ConfigError, match="in use by another process"):
             Study.load(str(out)).optimize(1)
