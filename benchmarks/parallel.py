@@ -31,7 +31,7 @@ workers fed on a 2-core machine; its seconds are not charged to the budget.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/parallel.py --seeds 0 1      # 27 minutes on the 2-core machine
+    PYTHONPATH=. python benchmarks/parallel.py --seeds 0 1      # ~40 minutes on the 2-core machine
     PYTHONPATH=. python benchmarks/parallel.py --methods eeipu --workers 1 2 --budget 20   # a quick look
 
 Writes ``benchmarks/results/parallel.json`` and ``.md``.
@@ -147,10 +147,12 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--layout", default=LAYOUT, help="synthetic pipeline or layout (pipelines.synthetic)")
-    parser.add_argument("--budget", type=float, default=90.0, help="summed trial seconds per run")
-    parser.add_argument("--scale", type=float, default=0.5, help="sleep seconds per unit of simulated cost")
+    # ~15 trials per worker at W = 8: a run of 4 or 5 trials per worker (budget 90 at scale 0.5, the first
+    # version) measures the final drain and the W - 1 extra random warm-up trials more than the throughput
+    parser.add_argument("--budget", type=float, default=150.0, help="summed trial seconds per run")
+    parser.add_argument("--scale", type=float, default=0.25, help="sleep seconds per unit of simulated cost")
     parser.add_argument("--n-warmup", type=int, default=5)
-    parser.add_argument("--warm-trials", type=int, default=48,
+    parser.add_argument("--warm-trials", type=int, default=130,
                         help="trials of the untimed compile pass before each run (cover its state capacity)")
     parser.add_argument("--ray-cpus", type=int, default=8, help="logical CPUs of the local Ray")
     parser.add_argument("--out", default=RESULTS, help="results directory")

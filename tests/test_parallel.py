@@ -85,6 +85,16 @@ def test_duplicate_computations_counts_stage_outputs_computed_twice():
     assert parallel.duplicate_computations(recs, K) == 3
 
 
+def test_a_prefix_counts_as_written_when_restored_or_saved_by_an_ok_trial():
+    rec = dict(status="ok", memo_depth=1, cache_keys=["a", "b", "c"], saved_keys=["b"])
+    assert parallel._prefix_written(rec, 1)  # restored
+    assert parallel._prefix_written(rec, 2)  # saved
+    assert not parallel._prefix_written(rec, 3)  # neither
+    died = dict(status="failed", memo_depth=0, cache_keys=["a", "b", "c"], saved_keys=[])
+    assert not parallel._prefix_written(died, 1)  # its waiters compute the prefix, one of them at a time
+    assert parallel._prefix_written(dict(died, saved_keys=["a"]), 1)  # failed after writing stage 0
+
+
 def test_trial_resources_are_checked():
     assert parallel.TrialResources.of({"num_gpus": 1}) == parallel.TrialResources(1.0, 1.0)
     for bad in ({"num_cpus": -1}, {"num_gpu": 1}, "two"):
@@ -133,32 +143,39 @@ def test_two_workers_run_a_study_recording_every_trial_once(local_ray, tmp_path)
 
 
 def test_a_prefix_in_flight_is_waited_for_and_restored_not_recomputed(local_ray, tmp_path, monkeypatch):
-    """The third proposal reuses the prefix of the trial still running (a pending source):
-    it waits for it, then restores stage 0 from the shared cache."""
+    """The third and fourth proposals reuse the prefix of the trial still running (a pending source).
+    Each is held without a worker: the freed worker is asked again (the fourth ask sees the held
+    third as pending) and stays free. Once the prefix is written both run, one on each worker, and
+    restore stage 0 from the shared cache."""
     real_ask = parallel._ask
-    calls = {"n": 0}
+    calls = {"n": 0, "pending": []}
 
     def ask(key, state, config, pending):
         prop, new_state = real_ask(key, state, config, pending)
         calls["n"] += 1
-        if calls["n"] == 3:
+        calls["pending"].append(int(np.asarray(pending.mask).sum()))
+        if calls["n"] in (3, 4):
             n = int(state.X.shape[0])
             prop = prop._replace(memo_depth=np.int32(1), source=np.int32(n))  # pending slot 0
         return prop, new_state
 
     monkeypatch.setattr(parallel, "_ask", ask)
     study = _create(tmp_path, cache_policy="top_q", n_warmup=2)
-    summary = study.optimize(3, workers=2, resources={"num_cpus": 1})
-    records = _check_records(study, 3)
-    waiter = next(r for r in records if r["proposed"] == 2)
+    summary = study.optimize(4, workers=2, resources={"num_cpus": 1})
+    records = _check_records(study, 4)
+    waiters = [next(r for r in records if r["proposed"] == p) for p in (2, 3)]
     # the trial in flight at the third ask: the one of the first two that finished last
     first = max((r for r in records if r["proposed"] < 2), key=lambda r: r["index"])
-    assert waiter["memo_depth"] == waiter["proposed_depth"] == 1
-    assert waiter["source"] == first["index"]
-    assert waiter["params"]["stage0"] == first["params"]["stage0"]
-    assert waiter["cache_keys"][0] == first["cache_keys"][0]
+    assert calls["pending"][2:] == [1, 2]  # the fourth ask saw the held third as pending
+    assert {w["worker"] for w in waiters} == {0, 1}  # neither held a worker while it waited
+    for waiter in waiters:
+        assert waiter["memo_depth"] == waiter["proposed_depth"] == 1
+        assert waiter["source"] == first["index"]
+        assert waiter["params"]["stage0"] == first["params"]["stage0"]
+        assert waiter["cache_keys"][0] == first["cache_keys"][0]
+        assert waiter["index"] > first["index"]
     assert first["cache_keys"][0] in first["saved_keys"]  # written because a trial waited for it
-    assert summary["parallel"]["waited_for_prefix"] == 1
+    assert summary["parallel"]["waited_for_prefix"] == 2
     assert summary["parallel"]["duplicate_stage_computations"] == 0
 
 

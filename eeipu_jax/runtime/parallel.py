@@ -28,8 +28,12 @@ on several workers (``study.optimize(workers=W, address=...)``):
   state (completion order), ``proposed`` its dispatch order.
 * **Single flight.** No two workers compute the same stage prefix at once. A
   proposal that reuses the prefix of a trial still running (``source`` in the
-  pending rows) is held, with the worker reserved for it, until that trial has
-  finished and its prefix is written; then it runs and restores it. The
+  pending rows) is held, without a worker, until that trial has finished and
+  its prefix is written; then it runs on the first free worker and restores
+  it. The worker that asked for it is asked again meanwhile (held trials are
+  pending rows of that ask); held trials go first when a worker frees up, and
+  at most ``W`` are held at once. If the prefix was not written (the trial
+  failed), the first held trial computes it and the others wait for it. The
   optimizer is not asked to avoid such prefixes: waiting for a prefix that is
   being computed is cheaper than computing another one, and the cost model
   already prices the restored stages at ``epsilon``. Under ``"top_q"`` the
@@ -261,10 +265,9 @@ class TrialWorker:
 # ------------------------------------------------------------------ driver
 @dataclasses.dataclass
 class _Flight:
-    """A proposed trial: held for a prefix (``after`` set) or running on ``slot``."""
+    """A proposed trial: held for a prefix (in ``held``, no worker yet) or running on ``slot``."""
 
     proposed: int
-    slot: int
     x: np.ndarray
     params: dict
     proposed_depth: int
@@ -276,7 +279,8 @@ class _Flight:
     fallback: bool
     n_pending: int
     source: int = -1  # state row of the reused prefix (-1: none; set once a held source is told)
-    after: "_Flight | None" = None  # the running trial whose prefix it waits for
+    after: "_Flight | None" = None  # the trial in flight whose prefix it waits for (None: ready)
+    slot: int = -1  # its worker, once it runs
     wait_started: float = 0.0
     wait_seconds: float = 0.0
     started: float = 0.0
@@ -308,6 +312,18 @@ def duplicate_computations(records: list[dict], n_stages: int) -> int:
 
 def _ask(key, state, config, pending):
     return bo.ask(key, state, config, pending=pending)
+
+
+def pending_capacity(workers: int) -> int:
+    """Pending rows an ask of a ``workers``-worker study can see: the other ``W - 1`` workers'
+    running trials and up to ``W`` held trials, rounded up to ``2 W``."""
+    return 2 * workers
+
+
+def _prefix_written(record: dict, depth: int) -> bool:
+    """Whether the trial of ``record`` left its depth-``depth`` prefix in the cache: it restored it,
+    or wrote it (a trial that failed in a later stage may have written it under an eager policy)."""
+    return depth <= record["memo_depth"] or record["cache_keys"][depth - 1] in record["saved_keys"]
 
 
 def _pending(flights: list[_Flight], capacity: int, d: int):
@@ -385,19 +401,33 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
     def can_dispatch() -> bool:
         return float(state.spent) < budget and (max_trials is None or proposed - started < max_trials)
 
-    def launch(f: _Flight) -> None:
+    def launch(f: _Flight, slot: int) -> None:
+        f.slot = slot
         f.started = time.perf_counter()
-        f.wait_seconds = f.started - f.wait_started if f.after is not None else 0.0
-        f.ref = actors[f.slot].run.remote(f.proposed, f.params)
+        f.wait_seconds = f.started - f.wait_started if f.wait_started else 0.0
+        f.ref = actors[slot].run.remote(f.proposed, f.params)
         running[f.ref] = f
 
-    def propose(slot: int) -> None:
+    def dispatch() -> None:
+        """Give the free workers trials: first the held trials whose prefix is written (in proposal
+        order), then new proposals while the budget lasts and fewer than ``workers`` trials are held."""
+        for h in [h for h in held if h.after is None]:
+            if not free:
+                return
+            held.remove(h)
+            launch(h, free.pop(0))
+        while free and can_dispatch() and len(held) < workers:
+            propose()
+
+    def propose() -> None:
+        """Ask for one trial: it runs on the first free worker, or is held (the worker stays free
+        and is asked again) when it reuses the prefix of a trial in flight."""
         nonlocal key, state, proposed
         flights = in_flight()
         t0 = time.perf_counter()
         key, k_ask = jax.random.split(key)
         warm = int(state.n) < config.n_warmup
-        prop, state = _ask(k_ask, state, config, _pending(flights, workers, d))
+        prop, state = _ask(k_ask, state, config, _pending(flights, pending_capacity(workers), d))
         jax.block_until_ready((prop, state))
         ask_seconds = time.perf_counter() - t0
         x = np.array(prop.x, np.float32)
@@ -415,7 +445,7 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
                 params[stage.name] = dict(base_params[stage.name])
             mask = space.prefix_mask(depth)
             x[mask] = np.asarray(base_x)[mask]
-        f = _Flight(proposed=proposed, slot=slot, x=x, params=params, proposed_depth=depth,
+        f = _Flight(proposed=proposed, x=x, params=params, proposed_depth=depth,
                     keys=tuple(prefix_keys(pipeline, params, seed)), ask_seconds=ask_seconds, warmup=warm,
                     eta=float(prop.eta), score=float(prop.score), fallback=bool(prop.fallback),
                     n_pending=len(flights), source=src if after is None else -1, after=after)
@@ -424,7 +454,7 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
             f.wait_started = time.perf_counter()
             held.append(f)
         else:
-            launch(f)
+            launch(f, free.pop(0))
 
     def complete(f: _Flight, result: TrialResult | None, error: str | None) -> dict:
         """Write (or drop) the trial's held outputs, tell it, and return its record."""
@@ -518,8 +548,7 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
     try:
         with bar:
             while True:
-                while free and can_dispatch():
-                    propose(free.pop(0))
+                dispatch()
                 if not running:
                     break
                 ready, _ = ray.wait(list(running), num_returns=1)
@@ -532,15 +561,17 @@ def run_parallel(study, state, key, records: list[dict], max_trials: int | None,
                     logger.warning("%s; it is recorded as failed and the worker replaced", error)
                     replace(f.slot)
                 record = complete(f, result, error)
-                # its slot runs a trial that waited for this prefix, or takes a new one, before the
-                # record is written: the workers need not wait for the driver's disk
-                for h in [h for h in held if h.after is f]:
-                    held.remove(h)
-                    waited += 1
-                    launch(h)
-                free.append(f.slot)  # held trials keep their own (reserved) slots
-                while free and can_dispatch():
-                    propose(free.pop(0))
+                # The trials held for this prefix are ready once it is written; if it was not (the
+                # trial failed), the first of them computes it and the others wait for that one.
+                waiters = [h for h in held if h.after is f]
+                ready = _prefix_written(record, max((h.proposed_depth for h in waiters), default=0))
+                for n_w, h in enumerate(waiters):
+                    h.after = None if ready or n_w == 0 else waiters[0]
+                waited += len(waiters) if ready else min(1, len(waiters))
+                free.append(f.slot)
+                # the freed worker runs a trial that waited for this prefix, or takes a new one,
+                # before the record is written: the workers need not wait for the driver's disk
+                dispatch()
                 persist(record)
             checkpoint()
     finally:
