@@ -209,6 +209,45 @@ def test_a_worker_killed_mid_trial_is_recorded_once_and_the_study_goes_on(local_
     assert "pid" in killed
 
 
+def test_trials_held_for_a_killed_workers_prefix_compute_it_once(local_ray, tmp_path, monkeypatch):
+    """Two proposals wait for the prefix of a trial whose worker is then killed: that trial is
+    recorded failed once, the first waiter computes the prefix (it was never written) and the
+    second waits for it and restores it; nothing is computed twice."""
+    flag = str(tmp_path / "stalled.pid")
+    real_ask = parallel._ask
+    calls = {"n": 0}
+
+    def ask(key, state, config, pending):
+        prop, new_state = real_ask(key, state, config, pending)
+        calls["n"] += 1
+        if calls["n"] in (3, 4):  # the stalled trial is the only one running (pending slot 0)
+            prop = prop._replace(memo_depth=np.int32(1), source=np.int32(int(state.X.shape[0])))
+        return prop, new_state
+
+    def kill_after_the_fourth_ask():
+        deadline = time.monotonic() + 120  # a guard against a hang, not a timing check
+        while time.monotonic() < deadline and not (calls["n"] >= 4 and os.path.exists(flag)):
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.kill(int(open(flag).read()), signal.SIGKILL)
+
+    monkeypatch.setattr(parallel, "_ask", ask)
+    killer = threading.Thread(target=kill_after_the_fourth_ask, daemon=True)
+    killer.start()
+    study = _create(tmp_path, pipeline=tp.stall_once(flag), n_warmup=2)
+    summary = study.optimize(4, workers=2, resources={"num_cpus": 1})
+    killer.join(timeout=5)
+    records = _check_records(study, 4)
+    dead = [r for r in records if r["status"] == "failed"]
+    assert len(dead) == 1 and "died" in dead[0]["error"] and dead[0]["proposed"] < 2
+    first, second = (next(r for r in records if r["proposed"] == p) for p in (2, 3))
+    assert first["params"]["stage0"] == second["params"]["stage0"] == dead[0]["params"]["stage0"]
+    assert first["memo_depth"] == 0 and first["index"] < second["index"]  # computed it
+    assert second["memo_depth"] == 1 and second["source"] == first["index"]  # restored it
+    assert summary["parallel"]["duplicate_stage_computations"] == 0
+    assert summary["parallel"]["worker_restarts"] == 1
+
+
 _DRIVER = """
 import sys
 from eeipu_jax import Study
