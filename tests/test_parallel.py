@@ -72,6 +72,25 @@ def _objective(params) -> float:
     return float(pipe.objective_raw(np.asarray(x, np.float32)))
 
 
+def _reuse_the_first_pending_prefix(monkeypatch, asks) -> dict:
+    """Make the driver's asks number ``asks`` (1-based) propose restoring stage 0 of pending row 0
+    (the first trial in flight). Returns the calls: ``n`` asks so far, ``pending`` live pending
+    rows seen by each."""
+    real_ask = parallel._ask
+    calls = {"n": 0, "pending": []}
+
+    def ask(key, state, config, pending):
+        prop, new_state = real_ask(key, state, config, pending)
+        calls["n"] += 1
+        calls["pending"].append(int(np.asarray(pending.mask).sum()))
+        if calls["n"] in asks:
+            prop = prop._replace(memo_depth=np.int32(1), source=np.int32(int(state.X.shape[0])))
+        return prop, new_state
+
+    monkeypatch.setattr(parallel, "_ask", ask)
+    return calls
+
+
 # ----------------------------------------------------------------- helpers
 def test_duplicate_computations_counts_stage_outputs_computed_twice():
     K = 3
@@ -85,7 +104,7 @@ def test_duplicate_computations_counts_stage_outputs_computed_twice():
     assert parallel.duplicate_computations(recs, K) == 3
 
 
-def test_a_prefix_counts_as_written_when_restored_or_saved_by_an_ok_trial():
+def test_a_prefix_counts_as_written_when_its_trial_restored_or_saved_it():
     rec = dict(status="ok", memo_depth=1, cache_keys=["a", "b", "c"], saved_keys=["b"])
     assert parallel._prefix_written(rec, 1)  # restored
     assert parallel._prefix_written(rec, 2)  # saved
@@ -147,19 +166,7 @@ def test_a_prefix_in_flight_is_waited_for_and_restored_not_recomputed(local_ray,
     Each is held without a worker: the freed worker is asked again (the fourth ask sees the held
     third as pending) and stays free. Once the prefix is written both run, one on each worker, and
     restore stage 0 from the shared cache."""
-    real_ask = parallel._ask
-    calls = {"n": 0, "pending": []}
-
-    def ask(key, state, config, pending):
-        prop, new_state = real_ask(key, state, config, pending)
-        calls["n"] += 1
-        calls["pending"].append(int(np.asarray(pending.mask).sum()))
-        if calls["n"] in (3, 4):
-            n = int(state.X.shape[0])
-            prop = prop._replace(memo_depth=np.int32(1), source=np.int32(n))  # pending slot 0
-        return prop, new_state
-
-    monkeypatch.setattr(parallel, "_ask", ask)
+    calls = _reuse_the_first_pending_prefix(monkeypatch, asks=(3, 4))
     study = _create(tmp_path, cache_policy="top_q", n_warmup=2)
     summary = study.optimize(4, workers=2, resources={"num_cpus": 1})
     records = _check_records(study, 4)
@@ -214,15 +221,8 @@ def test_trials_held_for_a_killed_workers_prefix_compute_it_once(local_ray, tmp_
     recorded failed once, the first waiter computes the prefix (it was never written) and the
     second waits for it and restores it; nothing is computed twice."""
     flag = str(tmp_path / "stalled.pid")
-    real_ask = parallel._ask
-    calls = {"n": 0}
-
-    def ask(key, state, config, pending):
-        prop, new_state = real_ask(key, state, config, pending)
-        calls["n"] += 1
-        if calls["n"] in (3, 4):  # the stalled trial is the only one running (pending slot 0)
-            prop = prop._replace(memo_depth=np.int32(1), source=np.int32(int(state.X.shape[0])))
-        return prop, new_state
+    # at the third and fourth asks the stalled trial is the only one running (pending slot 0)
+    calls = _reuse_the_first_pending_prefix(monkeypatch, asks=(3, 4))
 
     def kill_after_the_fourth_ask():
         deadline = time.monotonic() + 120  # a guard against a hang, not a timing check
@@ -231,7 +231,6 @@ def test_trials_held_for_a_killed_workers_prefix_compute_it_once(local_ray, tmp_
         time.sleep(0.2)
         os.kill(int(open(flag).read()), signal.SIGKILL)
 
-    monkeypatch.setattr(parallel, "_ask", ask)
     killer = threading.Thread(target=kill_after_the_fourth_ask, daemon=True)
     killer.start()
     study = _create(tmp_path, pipeline=tp.stall_once(flag), n_warmup=2)
