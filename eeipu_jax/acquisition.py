@@ -1,57 +1,26 @@
-"""Acquisition functions: pure functions of one candidate, vmapped over batches.
+"""Acquisition math: pure functions of one candidate's posterior, vmapped over batches.
 
-Every acquisition has the same signature::
+This module owns the formulas the methods score candidates with, and the
+:class:`AcqState` an ``ask`` hands to a method's ``score``:
 
-    score(x, memo_depth, state: AcqState) -> log acquisition value
+* closed-form expected improvement and a stable ``log EI``
+  (:func:`log_expected_improvement`, finite where EI underflows);
+* the Pandora's-box Gittins index (:func:`gittins_index`, Xie et al.,
+  NeurIPS 2024, arXiv 2406.20062);
+* the upper confidence bound (:func:`upper_confidence_bound`);
+* the two pieces every EI-based method combines: :func:`log_ei` (log EI of
+  the objective GP at ``x``) and :func:`log_inverse_cost` (``ln E[1/C_j(x)]``
+  under the cost GPs, the first ``j`` stages priced at ``epsilon``).
 
-``x`` is one unit-cube point, ``memo_depth`` the number of leading stages the
-candidate would restore from the cache (0 for a fresh run), and ``state`` the
-fitted surrogates of one ``ask``. Scores are **logarithms** of the paper's
-acquisition values, so products become sums and nothing underflows:
-
-========== ======================================================= ==============
-method     acquisition (paper form)                                 cost model
-========== ======================================================= ==============
-ei         EI(x)                                                    none
-eips       EI(x) * E[1/C(x)]                (Snoek et al. 2012)     one GP, total
-carbo      EI(x) * E[1/C(x)]^eta            (Lee et al. 2020)       one GP, total
-ms_carbo   EI(x) * E[1/sum_k C_k(x)]^eta    (no memoization)        K stage GPs
-eeipu      EI(x) * E[1/C_j(x)]^eta          (arXiv 2411.03731)      K stage GPs
-pbgi       g with EI(x; g) = lambda E[C_j(x)] / c_bar               K stage GPs
-           (Gittins index, arXiv 2406.20062; not in log space)
-ucb        mu(x) + sqrt(beta) sigma(x)      (not in log space)      none
-========== ======================================================= ==============
-
-``eta`` is the cost-cooling exponent (:func:`eeipu_jax.costs.cooling_eta`);
-``C_j`` prices the first ``j`` stages at ``epsilon`` (EEIPU's memoization).
-
-``pbgi`` is the Pandora's-box Gittins index of Xie, Astudillo, Frazier,
-Scully and Terenin (NeurIPS 2024, "Cost-aware Bayesian Optimization via the
-Pandora's Box Gittins Index", arXiv 2406.20062) made memoization-aware: the
-cost of a candidate with memo depth ``j`` is ``E[C_j]``
-(:func:`eeipu_jax.costs.log_expected_cost`). Its value is an objective level
-(on the standardized scale), not a log value: where EEIPU multiplies EI by a
-power of the inverse cost, the index trades cost against improvement
-additively, so a 20x cheaper candidate gains only a few tenths of a standard
-deviation of index (``g ~ m + s sqrt(2 ln(s / (lambda C)))`` in the tail)
-instead of winning by a factor of 20. ``lambda`` is scale-free: the objective
-is standardized, costs are divided by ``c_bar``, the mean cost of a full trial
-observed so far; it decays as in the paper's PBGI-D (see
-:class:`eeipu_jax.loop.GittinsState`).
-
-Adding an acquisition is one function and one :func:`register` call; the
-registry entry says which cost model it needs and whether it proposes
-memoized prefixes. Any registered name with the suffix ``_nomemo`` resolves
-to the same method with memoization off (:func:`get_method`):
-``eeipu_nomemo`` is the paper's Q = 0 ablation, scored exactly like EEIPU
-at memo depth 0 and never proposing a cached prefix.
+The methods themselves (which pieces, which cost model, which state) are
+plug-ins: :mod:`eeipu_jax.methods`. Scores are **logarithms** of the paper's
+acquisition values where they are products (EI times a power of the
+expected inverse cost), so nothing underflows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -63,16 +32,14 @@ from eeipu_jax import gp as gplib
 
 __all__ = [
     "AcqState",
-    "Method",
-    "register",
-    "get_method",
-    "METHODS",
-    "NOMEMO_SUFFIX",
     "log_h",
     "expected_improvement",
     "log_expected_improvement",
     "gittins_index",
-    "GittinsParams",
+    "upper_confidence_bound",
+    "log_ei",
+    "log_inverse_cost",
+    "log_expected_cost",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -185,14 +152,6 @@ def gittins_index(mean, var, log_cost):
     return mean - sigma * u
 
 
-class GittinsParams(NamedTuple):
-    """``AcqState.extra`` of :func:`pbgi`: ``ln lambda`` and ``ln c_bar`` (the
-    mean observed cost of a full trial, which makes ``lambda`` scale-free)."""
-
-    log_lambda: Any
-    log_cost_scale: Any
-
-
 # ------------------------------------------------------------- shared state
 class AcqState(NamedTuple):
     """Everything an acquisition needs at one ``ask`` (a pytree).
@@ -206,7 +165,8 @@ class AcqState(NamedTuple):
         z: ``(M, K)`` normal base samples for the cost Monte Carlo.
         log_epsilon: ``ln`` of the price of a memoized stage.
         eta: cost-cooling exponent.
-        extra: method-specific values (e.g. UCB's beta).
+        extra: what the method's ``prepare`` hook computed for this ask
+            (``None`` if it has none).
     """
 
     obj: gplib.Posterior
@@ -220,154 +180,28 @@ class AcqState(NamedTuple):
     extra: Any = None
 
 
-def _log_ei(x, state: AcqState):
+def log_ei(x, state: AcqState):
+    """``ln EI(x)`` of the objective GP against the incumbent ``state.best``
+    (standardized scale)."""
     m, v = gplib.predict(state.obj, x)
     return log_expected_improvement(m, v, state.best)
 
 
-def _log_inv_cost(x, memo_depth, state: AcqState):
+def log_inverse_cost(x, memo_depth, state: AcqState):
+    """``ln E[1 / C_j(x)]`` under the cost GPs (Monte Carlo over ``state.z``,
+    common random numbers), the first ``memo_depth`` stages priced at
+    ``epsilon`` (arXiv 2411.03731)."""
     mu, sigma = costlib.predict_log_cost(state.costs, state.cost_mean, state.cost_std, x)
     return costlib.log_expected_inverse_cost(mu, sigma, memo_depth, state.z, state.log_epsilon)
 
 
-# ------------------------------------------------------------- acquisitions
-def ei(x, memo_depth, state: AcqState):
-    """Expected improvement (cost-unaware)."""
-    del memo_depth
-    return _log_ei(x, state)
-
-
-def eips(x, memo_depth, state: AcqState):
-    """EI per unit cost, ``EI * E[1/C]``, no cooling (Snoek et al. 2012)."""
-    del memo_depth
-    return _log_ei(x, state) + _log_inv_cost(x, 0, state)
-
-
-def carbo(x, memo_depth, state: AcqState):
-    """Cost-cooled EI per cost, ``EI * E[1/C]^eta`` (Lee et al. 2020)."""
-    del memo_depth
-    return _log_ei(x, state) + state.eta * _log_inv_cost(x, 0, state)
-
-
-def ms_carbo(x, memo_depth, state: AcqState):
-    """Stage-wise cost GPs + cooling, without memoization (the authors' ablation)."""
-    del memo_depth
-    return _log_ei(x, state) + state.eta * _log_inv_cost(x, 0, state)
-
-
-def eeipu(x, memo_depth, state: AcqState):
-    """EEIPU: ``EI * E[1/C_j]^eta`` with the first ``j`` stages priced at epsilon
-    (arXiv 2411.03731)."""
-    return _log_ei(x, state) + state.eta * _log_inv_cost(x, memo_depth, state)
-
-
-def pbgi(x, memo_depth, state: AcqState):
-    """Memoization-aware Pandora's-box Gittins index: the ``g`` with
-    ``EI(x; g) = lambda * E[C_j(x)] / c_bar`` (Xie et al. 2024, arXiv
-    2406.20062), ``C_j`` pricing the first ``j`` stages at epsilon
-    (arXiv 2411.03731). ``state.extra`` is a :class:`GittinsParams`. An
-    objective level on the standardized scale (not a log value)."""
-    m, v = gplib.predict(state.obj, x)
+def log_expected_cost(x, memo_depth, state: AcqState):
+    """``ln E[C_j(x)]`` under the cost GPs (log-normal means, the first
+    ``memo_depth`` stages priced at ``epsilon``)."""
     mu, sigma = costlib.predict_log_cost(state.costs, state.cost_mean, state.cost_std, x)
-    log_c = costlib.log_expected_cost(mu, sigma, memo_depth, state.log_epsilon)
-    p = state.extra
-    return gittins_index(m, v, p.log_lambda + log_c - p.log_cost_scale)
+    return costlib.log_expected_cost(mu, sigma, memo_depth, state.log_epsilon)
 
 
-def ucb(x, memo_depth, state: AcqState):
-    """Upper confidence bound ``mu + sqrt(beta) * sigma`` on the standardized
-    scale (``state.extra`` holds beta). Not a log value; only compared with
-    itself."""
-    del memo_depth
-    m, v = gplib.predict(state.obj, x)
-    return m + jnp.sqrt(state.extra * v)
-
-
-# ----------------------------------------------------------------- registry
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """A registered optimization method.
-
-    Attributes:
-        name: registry key.
-        score: the acquisition, ``score(x, memo_depth, AcqState) -> float``.
-        cost_model: ``"none"``, ``"total"`` (one GP on the summed cost),
-            ``"stages"`` (one GP per stage) or ``"prefix_objective"`` (no cost
-            GP; one objective GP per stage prefix, whose warm-start
-            parameters live in the state's cost-model slots; see
-            :mod:`eeipu_jax.msbo`).
-        memoize: whether the method proposes memoized-prefix candidates (and
-            the driver restores cached stages for it).
-        description: one line for ``--help`` and tables.
-        gittins: the acquisition is a Gittins index whose ``lambda`` lives in
-            the BO state (:class:`eeipu_jax.loop.GittinsState`): ``ask``
-            passes it in ``AcqState.extra`` as :class:`GittinsParams` and
-            decays it (PBGI-D).
-        propose: optional ``propose(key, state, config) -> (Proposal, state)``
-            (called with a ``pending=`` keyword, a
-            :class:`eeipu_jax.loop.Pending`, when the caller has running
-            trials) replacing the default BO step (fit surrogates, score one candidate
-            batch with ``score``, refine) for methods that search differently
-            (:mod:`eeipu_jax.lambo`, :mod:`eeipu_jax.msbo`). It runs inside the
-            jitted ``ask``, so it must be traceable with fixed shapes.
-    """
-
-    name: str
-    score: Callable
-    cost_model: str = "none"
-    memoize: bool = False
-    description: str = ""
-    propose: Callable | None = None
-    gittins: bool = False
-
-    def __post_init__(self):
-        if self.cost_model not in ("none", "total", "stages", "prefix_objective"):
-            raise ValueError(f"Method {self.name!r}: unknown cost_model {self.cost_model!r}")
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method, *, overwrite: bool = False) -> Method:
-    """Add a method to the registry (``overwrite=True`` to replace one)."""
-    key = method.name.lower()
-    if key in METHODS and not overwrite:
-        raise ValueError(f"method {method.name!r} is already registered")
-    METHODS[key] = method
-    return method
-
-
-#: A method name with this suffix is the registered method with memoization off.
-NOMEMO_SUFFIX = "_nomemo"
-
-
-def get_method(name: str) -> Method:
-    """Look a method up by (case-insensitive) name, with a clear error.
-
-    ``<name>_nomemo`` is the registered ``<name>`` with ``memoize=False``
-    (same acquisition, cost model and search; only the memoized-prefix
-    candidates are left out), named ``<name>_nomemo``.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"a method name must be a string, got {name!r}")
-    key = name.lower()
-    if key in METHODS:
-        return METHODS[key]
-    base = key.removesuffix(NOMEMO_SUFFIX)
-    if base != key and base in METHODS:
-        m = METHODS[base]
-        return dataclasses.replace(m, name=key, memoize=False,
-                                   description=f"{m.description}, memoization off" if m.memoize else m.description)
-    raise ValueError(
-        f"unknown method {name!r}; registered: {sorted(METHODS)} "
-        f"(add {NOMEMO_SUFFIX!r} to any of them to turn memoization off)"
-    )
-
-
-register(Method("ei", ei, "none", False, "expected improvement"))
-register(Method("eips", eips, "total", False, "EI per unit cost (one total-cost GP)"))
-register(Method("carbo", carbo, "total", False, "cost-cooled EI per cost (one total-cost GP)"))
-register(Method("ms_carbo", ms_carbo, "stages", False, "stage-wise cost GPs + cooling, no memoization"))
-register(Method("eeipu", eeipu, "stages", True, "memoization-aware EI per unit cost with cooling"))
-register(Method("pbgi", pbgi, "stages", True, "memoization-aware Pandora's-box Gittins index (decaying lambda)",
-                gittins=True))
+def upper_confidence_bound(mean, var, beta):
+    """``mean + sqrt(beta * var)`` (GP-UCB, Srinivas et al. 2010)."""
+    return mean + jnp.sqrt(beta * var)

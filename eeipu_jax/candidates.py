@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int
 
-from eeipu_jax.costs import _sobol_table
+from eeipu_jax.costs import sobol_table
 
 __all__ = [
     "Batch",
@@ -59,7 +59,7 @@ class Batch(NamedTuple):
 
 def quasi_random(key, n: int, d: int, dtype=jnp.float32) -> Float[Array, "n d"]:
     """``n`` Sobol points in ``[0, 1]^d`` with a random shift (mod 1)."""
-    table = jnp.asarray(_sobol_table(n, d), dtype)
+    table = jnp.asarray(sobol_table(n, d), dtype)
     return jnp.mod(table + jax.random.uniform(key, (d,), dtype), 1.0)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "stage_input_masks",
     "log_costs",
     "predict_log_cost",
+    "sobol_table",
     "normal_base_samples",
     "log_expected_inverse_cost",
     "log_expected_cost",
@@ -77,7 +78,9 @@ def predict_log_cost(posts, mean, std, x):
 
 
 @functools.lru_cache(maxsize=32)
-def _sobol_table(n: int, d: int) -> np.ndarray:
+def sobol_table(n: int, d: int) -> np.ndarray:
+    """``(n, d)`` unscrambled Sobol points in ``[0, 1)`` (float32, cached):
+    the base of every quasi-random draw (shifted per call)."""
     from scipy.stats import qmc
 
     # Unscrambled Sobol points; each ask applies its own random shift.
@@ -91,7 +94,7 @@ def normal_base_samples(key, n: int, k: int, dtype=jnp.float32) -> Float[Array, 
     through the normal quantile function: low-discrepancy like scrambled QMC,
     fixed shape, and jittable.
     """
-    table = jnp.asarray(_sobol_table(n, k), dtype)
+    table = jnp.asarray(sobol_table(n, k), dtype)
     shift = jax.random.uniform(key, (k,), dtype)
     u = jnp.mod(table + shift, 1.0)
     u = jnp.clip(u, 1e-6, 1.0 - 1e-6)

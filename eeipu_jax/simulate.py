@@ -1,17 +1,23 @@
 """Simulated BO runs on pipelines whose objective and stage costs are JAX functions.
 
-Two drivers over the same ``ask``/``tell`` core, for synthetic benchmarks:
+Drivers over the same pure step (:func:`sim_step`: ``ask``, the simulated
+run, ``tell``), for synthetic benchmarks:
 
-* :func:`run_python` -- a plain Python loop (the shape of a real tuning run);
-* :func:`run_jitted` -- the whole loop (ask, simulated run, tell, budget check)
-  under ``lax.while_loop``, over a batch of seeds (``vmap``-ed in lockstep, or
+* :func:`run_python` -- a Python loop over the jitted step (the shape of a
+  real tuning run);
+* :func:`run_jitted` -- the whole loop (the step and the budget check) under
+  ``lax.while_loop``, over a batch of seeds (``vmap``-ed in lockstep, or
   ``lax.map``-ped one after the other on CPU). The data grow in capacity
   buckets (16, 32, 64, ...); each bucket is one jitted segment, so a run
-  compiles once per (problem, method, capacity), never per iteration.
+  compiles once per (problem, method, capacity), never per iteration;
+* :func:`run_async` -- ``W`` workers at once, event-driven by the simulated
+  stage costs, through the host ``ask``/``tell`` with pending rows.
 
-Both consume keys identically and ask at the same capacities, so for the same
-key they produce the same trajectory (up to float rounding of batched vs
-unbatched kernels, which the tests bound).
+The first two consume keys identically and ask at the same capacities, so for
+the same key they produce the same trajectory (up to float rounding of
+batched vs unbatched kernels, which the tests bound). Every driver takes the
+run's :class:`~eeipu_jax.config.Params` (``params``; default: the method's
+defaults), the numbers a sweep varies without compiling anew.
 
 A *problem* is any hashable object with ``objective(u)``, ``stage_costs(u)``
 (``(K,)``), ``to_raw(u)`` and ``total_cost(u)`` on unit-cube points, e.g.
@@ -41,12 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eeipu_jax import candidates as candlib
 from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
-__all__ = ["RunResult", "AsyncResult", "warmup_design", "run_python", "run_jitted", "run_async", "resolve_batching",
-           "is_cached"]
+__all__ = ["RunResult", "AsyncResult", "warmup_design", "sim_step", "run_python", "run_jitted", "run_async",
+           "resolve_batching", "is_cached", "check_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +126,7 @@ def is_cached(state: loop.BOState, config: loop.BOConfig, policy: str, x, depth)
     restores nothing (``False``).
     """
     check_policy(policy)
-    masks = jnp.asarray(candlib.prefix_masks_array(config.stage_of_column, config.n_stages))
-    mask = masks[depth]
+    mask = jnp.asarray(config.prefix_masks)[depth]
     same = jnp.all(jnp.where(mask[None, :], state.X == x[None, :], True), axis=1)  # (N,)
     if policy == "all":
         N = state.X.shape[0]
@@ -142,25 +146,40 @@ def _simulate(state, prop, problem, config, policy):
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "config", "kind", "capacity"))
-def _init_run(key, budget, epsilon, problem, config, kind, capacity):
+def _init_run(key, budget, params, problem, config, kind, capacity):
+    """The state after the warm-up design is told, and the key of the BO loop
+    (``budget`` and ``params`` traced: one compile for every setting)."""
     k_design, k_loop = jax.random.split(key)
     X0 = warmup_design(k_design, problem, config, kind)
-    state = _empty_state(config, budget, epsilon, loop.capacity_for(config.n_warmup + 1, capacity))
+    state = loop.empty(config, budget, params, loop.capacity_for(config.n_warmup + 1, capacity))
 
     def body(i, s):
         x = X0[i]
-        return loop._tell(s, x, problem.objective(x), problem.stage_costs(x), 0, 0.0, False)
+        return loop.tell_traced(s, x, problem.objective(x), problem.stage_costs(x), 0)
 
     state = jax.lax.fori_loop(0, config.n_warmup, body, state)
     return state, k_loop
 
 
-def _empty_state(config, budget, epsilon, capacity):
-    # ``loop.init`` validates Python floats; here budget/epsilon may be traced.
-    s = loop.init(config, 1.0, capacity=capacity)
-    return s._replace(
-        budget=jnp.asarray(budget, jnp.float32), epsilon=jnp.asarray(epsilon, jnp.float32)
-    )
+def _params(config, params):
+    """The run's params, validated, as float32 arrays (host side)."""
+    p = loop.default_params(config) if params is None else loop.check_params(params, config.method_def)
+    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p)
+
+
+def sim_step(key, state, problem, config, policy):
+    """One BO iteration on a simulated pipeline, pure and traceable: ask, run
+    the proposal (:func:`is_cached` decides what it restores), tell.
+
+    Returns:
+        ``(state, proposal)``.
+    """
+    prop, state = loop.ask_traced(key, state, config)
+    y, costs, depth = _simulate(state, prop, problem, config, policy)
+    return loop.tell_traced(state, prop.x, y, costs, depth), prop
+
+
+_sim_step = jax.jit(sim_step, static_argnames=("problem", "config", "policy"))
 
 
 def _done(state, max_trials):
@@ -174,21 +193,22 @@ def run_python(
     config: loop.BOConfig,
     budget: float | None = None,
     *,
-    epsilon: float = 0.1,
+    params: loop.Params | None = None,
     cache_policy: str = "top_q",
     warmup: str = "cost_aware",
     max_trials: int = 1000,
     capacity: int = 32,
     callback=None,
 ) -> RunResult:
-    """One simulated run with a Python ask/tell loop.
+    """One simulated run with a Python loop over the jitted :func:`sim_step`.
 
     Args:
         key: PRNG key of the run (the warm-up design and every ask derive from it).
         problem: the simulated pipeline.
         config: BO settings (method, warm-up size, ...).
         budget: total budget (default ``problem.budget``).
-        epsilon: price of a memoized stage.
+        params: the run's numbers (default: the method's defaults); a
+            memoized stage is charged ``params.epsilon``.
         cache_policy: ``"top_q"`` or ``"all"``.
         warmup: ``"cost_aware"`` or ``"random"`` initial design.
         max_trials: hard cap on trials (warm-up included).
@@ -201,15 +221,12 @@ def run_python(
     """
     budget = float(problem.budget if budget is None else budget)
     check_policy(cache_policy)
-    state, key = _init_run(key, budget, epsilon, problem, config, warmup, capacity)
+    state, key = _init_run(key, budget, _params(config, params), problem, config, warmup, capacity)
     trace = [(np.nan, -1.0)] * config.n_warmup  # (eta, proposed memo depth) per trial
-    evaluate = _evaluate_fn(problem, config, cache_policy)
     while not bool(_done(state, max_trials)):
         state = loop.ensure_capacity(state)
         key, sub = jax.random.split(key)
-        prop, state = loop.ask(sub, state, config)
-        y, costs, depth = evaluate(state, prop)
-        state = loop._tell(state, prop.x, y, costs, depth, 0.0, False)
+        state, prop = _sim_step(sub, state, problem, config, cache_policy)
         trace.append((float(prop.eta), float(prop.memo_depth)))
         if bool(prop.fallback):
             logger.warning(
@@ -219,11 +236,6 @@ def run_python(
         if callback is not None:
             callback(state, prop)
     return _result(state, np.asarray(trace), config.n_warmup)
-
-
-@functools.lru_cache(maxsize=None)
-def _evaluate_fn(problem, config, policy):
-    return jax.jit(lambda state, prop: _simulate(state, prop, problem, config, policy))
 
 
 def _result(state, trace, n_warmup) -> RunResult:
@@ -280,10 +292,9 @@ def _segment(state, key, trace, problem, config, policy, max_trials, batching):
             s = s._replace(n_fit=jnp.where(finished, s.n, s.n_fit),
                            n_refits=jnp.where(finished, jnp.ones_like(s.n_refits), s.n_refits))
             k, sub = jax.random.split(k)
-            prop, s = loop._ask(sub, s, config)
-            y, costs, depth = _simulate(s, prop, problem, config, policy)
-            e = e.at[s.n].set(jnp.stack([prop.eta, prop.memo_depth.astype(e.dtype)]))
-            s = loop._tell(s, prop.x, y, costs, depth, 0.0, False)
+            i = s.n
+            s, prop = sim_step(sub, s, problem, config, policy)
+            e = e.at[i].set(jnp.stack([prop.eta, prop.memo_depth.astype(e.dtype)]))
             return s, k, e
 
         return jax.lax.while_loop(cond, body, (state, key, trace))
@@ -308,7 +319,7 @@ def run_jitted(
     config: loop.BOConfig,
     budget: float | None = None,
     *,
-    epsilon: float = 0.1,
+    params: loop.Params | None = None,
     cache_policy: str = "top_q",
     warmup: str = "cost_aware",
     max_trials: int = 1000,
@@ -336,7 +347,8 @@ def run_jitted(
     if max_trials <= config.n_warmup:
         raise ValueError(f"max_trials ({max_trials}) must exceed n_warmup ({config.n_warmup})")
     batching = resolve_batching(batching)
-    state, keys = jax.vmap(lambda k: _init_run(k, budget, epsilon, problem, config, warmup, capacity))(keys)
+    p = _params(config, params)
+    state, keys = jax.vmap(lambda k: _init_run(k, budget, p, problem, config, warmup, capacity))(keys)
     S, N = state.X.shape[:2]
     check_policy(cache_policy)
     trace = jnp.full((S, N, 2), jnp.nan, jnp.float32)  # (eta, proposed memo depth) per trial
@@ -405,7 +417,7 @@ def run_async(
     budget: float | None = None,
     workers: int = 2,
     *,
-    epsilon: float = 0.1,
+    params: loop.Params | None = None,
     cache_policy: str = "top_q",
     warmup: str = "cost_aware",
     max_trials: int = 1000,
@@ -433,7 +445,9 @@ def run_async(
         config: BO settings.
         budget: summed-cost budget (default ``problem.budget``).
         workers: concurrent trials ``W >= 1``.
-        epsilon: price (and simulated duration) of a restored stage.
+        params: the run's numbers (default: the method's defaults);
+            ``params.epsilon`` is the price and simulated duration of a
+            restored stage.
         cache_policy: simulated cache of told trials, ``"top_q"`` or ``"all"``.
         warmup: ``"cost_aware"`` or ``"random"`` initial design.
         max_trials: hard cap on trials started (warm-up included).
@@ -453,7 +467,9 @@ def run_async(
     K, d = config.n_stages, config.dim
     k_design, key = jax.random.split(key)
     design = list(np.asarray(warmup_design(k_design, problem, config, warmup)))
-    state = loop.init(config, budget, capacity=capacity, epsilon=epsilon)
+    params = loop.default_params(config) if params is None else params
+    state = loop.init(config, budget, params, capacity=capacity)
+    epsilon = float(params.epsilon)
     trials = []  # dicts, in start order
     running = {}  # worker -> trial index
     slots = [None] * workers  # pending slot -> trial index (a trial keeps its slot while it runs)

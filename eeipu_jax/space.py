@@ -290,6 +290,12 @@ class SearchSpace:
     def stage_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages)
 
+    @property
+    def bins(self) -> tuple[int, ...]:
+        """Per column: 0 for a continuous column, else the number of equal bins
+        (integers, categoricals) that proposals are snapped to."""
+        return tuple(p.n_values if isinstance(p, (Int, Categorical)) else 0 for p in self.params)
+
     def prefix_mask(self, depth: int) -> np.ndarray:
         """Boolean ``(d,)`` mask of the columns of stages ``0 .. depth-1``."""
         if not 0 <= depth <= self.n_stages:

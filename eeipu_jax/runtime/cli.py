@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from eeipu_jax import acquisition as acqlib
+from eeipu_jax import methods as methodlib
 from eeipu_jax.runtime.cache import parse_bytes
 from eeipu_jax.runtime.registry import available_pipelines
 from eeipu_jax.runtime.settings import ConfigError
@@ -57,7 +57,7 @@ def default_jax_cache_dir() -> str | None:
 
 def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     """The options of a tuning run."""
-    methods = ", ".join(f"{m.name} ({m.description})" for m in acqlib.METHODS.values())
+    methods = ", ".join(f"{m.name} ({m.description})" for m in map(methodlib.get_method, methodlib.registered()))
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -98,7 +98,7 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
       help="charge the optimizer's seconds (each trial's ask, and the tell before it) to the budget too; "
            "they are recorded either way (ask_seconds in trials.jsonl, optimizer_fraction in summary.json)")
     p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
-      help="set another BOConfig field, e.g. --bo n_random=256 --bo top_q=5 (repeatable)")
+      help="set another BO setting (a BOConfig field, a float param or the method's own), e.g. --bo n_random=256 --bo refine_lr=0.1 (repeatable)")
     p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
     p("--workers", type=int, default=1,
       help="trials run at once, on Ray actors when more than 1 (pip install 'eeipu-jax[ray]'); 1: this "

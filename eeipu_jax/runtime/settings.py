@@ -10,7 +10,6 @@ name (``--bo NAME=VALUE`` or a config's ``bo`` dict).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import tempfile
@@ -72,8 +71,14 @@ def check_writable_dir(path: Any, what: str, error: type[Exception] = ConfigErro
     return path
 
 
-def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where: str = "bo.") -> Any:
-    """A :class:`~eeipu_jax.loop.BOConfig` field's value (text or a config's value) as the field's type.
+def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where: str = "bo.",
+                     method: str = "eeipu") -> Any:
+    """A BO setting's value (text or a config's value) as the setting's type.
+
+    The settings are those :func:`eeipu_jax.config.configure` takes for
+    ``method``: :class:`~eeipu_jax.loop.BOConfig` fields,
+    :class:`~eeipu_jax.config.Params` floats, ``cooling`` and the method's
+    own params (:func:`eeipu_jax.config.setting_defaults`).
 
     Ints must fit int32, floats must be finite, bools and strings must be
     what they say; the core checks ranges when the config is built, except
@@ -85,13 +90,13 @@ def coerce_bo_option(name: str, value: Any, reserved: Sequence[str] = (), where:
         ConfigError: not a settable field (``reserved`` ones included), or a
             value of the wrong type.
     """
-    from eeipu_jax import loop
+    from eeipu_jax.config import setting_defaults
 
-    fields = {f.name: f for f in dataclasses.fields(loop.BOConfig)}
-    if name not in fields or name in reserved or name in ("stage_of_column", "bins", "method", "gp"):
-        allowed = sorted(set(fields) - set(reserved) - {"stage_of_column", "bins", "method", "gp"})
-        raise ConfigError(f"{where}{name}: not a settable BOConfig field; choose from {allowed}")
-    default = fields[name].default
+    defaults = setting_defaults(method)
+    if name not in defaults or name in reserved:
+        allowed = sorted(set(defaults) - set(reserved))
+        raise ConfigError(f"{where}{name}: not a setting of method {method!r}; choose from {allowed}")
+    default = defaults[name]
     kind = type(default).__name__
     what = {"float": "a finite float", "int": f"an int of at most {INT32_MAX}"}.get(kind, f"a {kind}")
     if isinstance(value, str) and not isinstance(default, str):

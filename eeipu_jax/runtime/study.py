@@ -67,8 +67,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from eeipu_jax import acquisition as acqlib
 from eeipu_jax import loop as bo
+from eeipu_jax import methods as methodlib
 from eeipu_jax.runtime import rundir
 from eeipu_jax.runtime.cache import CachePolicy, StageCache, parse_bytes
 from eeipu_jax.runtime.pipeline import Pipeline
@@ -133,7 +133,7 @@ class StudySettings:
     Attributes:
         pipeline: a :class:`~eeipu_jax.runtime.Pipeline`, a registered name or
             ``"module:attribute"``.
-        method: registered method (:data:`eeipu_jax.acquisition.METHODS`; a
+        method: registered method (:func:`eeipu_jax.methods.registered`; a
             ``_nomemo`` suffix turns memoization off, e.g. ``eeipu_nomemo``).
         budget: wall seconds of trials to spend.
         seed: seeds both the optimizer's key and the pipeline's stage keys.
@@ -188,8 +188,9 @@ class StudySettings:
 class _Plan:
     settings: StudySettings
     pipeline: Pipeline
-    method: acqlib.Method
+    method: methodlib.Method
     config: bo.BOConfig
+    params: bo.Params
     policy: CachePolicy
     cache_dir: str
     write: bool
@@ -243,7 +244,7 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
     if not isinstance(s.method, str):
         bad("method", f"must be a registered method name, got {s.method!r}")
     try:
-        method = acqlib.get_method(s.method)
+        method = methodlib.get_method(s.method)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{s.name('method')}: {e}") from None
     try:
@@ -260,7 +261,7 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
     for item in s.bo_options:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
             raise ConfigError(f"{where.strip()}: expected (name, value) pairs, got {item!r}")
-        bo_options[item[0]] = coerce_bo_option(*item, reserved=_BO_RESERVED, where=where)
+        bo_options[item[0]] = coerce_bo_option(*item, reserved=_BO_RESERVED, where=where, method=method.name)
     for stage in pipeline.stages:
         for p in stage.params:
             for choice in getattr(p, "choices", ()):
@@ -270,7 +271,8 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
                     bad("pipeline", f"stage {stage.name!r} parameter {p.name!r} has choice {choice!r}; "
                                     "cache keys need finite bool/int/float, str or None choices")
     try:
-        config = bo.BOConfig.from_space(pipeline.space, method=method.name, n_warmup=s.n_warmup, **bo_options)
+        config, params = bo.configure(pipeline.space, method.name, n_warmup=s.n_warmup, epsilon=s.epsilon,
+                                      **bo_options)
     except Exception as e:
         raise ConfigError(f"{s.name('n_warmup')}/{where.strip()}: {type(e).__name__}: {e}") from None
     write = {"auto": method.memoize, "always": True, "never": False}[s.cache_writes]
@@ -300,12 +302,12 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"the study's settings cannot be recorded in config.json: {e}") from None
     if not disk:
-        return _Plan(s, pipeline, method, config, policy, "", write, doc)
+        return _Plan(s, pipeline, method, config, params, policy, "", write, doc)
     out = check_writable_dir(s.out, s.name("out"))
     cache_dir = check_writable_dir(s.cache_dir or os.path.join(out, "cache"), s.name("cache_dir"))
     if s.jax_cache_dir is not None:
         check_writable_dir(s.jax_cache_dir, s.name("jax_cache_dir"))
-    return _Plan(s, pipeline, method, config, policy, cache_dir, write, doc)
+    return _Plan(s, pipeline, method, config, params, policy, cache_dir, write, doc)
 
 
 def _settings_from_options(out_dir, pipeline, method, budget, seed, options: Mapping, cli: bool) -> StudySettings:
@@ -738,7 +740,7 @@ class Study:
         plan = self._plan
         _read_config(self.out_dir, "Study.optimize")
         trials_path = os.path.join(self.out_dir, "trials.jsonl")
-        fresh = bo.init(plan.config, plan.settings.budget, epsilon=plan.settings.epsilon)
+        fresh = bo.init(plan.config, plan.settings.budget, plan.params)
         records = read_trials(trials_path, repair=True)
         got = rundir.restore_checkpoint(self.out_dir, fresh)
         state, key = got if got is not None else (fresh, jax.random.key(plan.settings.seed))

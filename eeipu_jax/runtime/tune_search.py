@@ -73,7 +73,7 @@ class EEIPUSearcher(Searcher):
         pipeline: the :class:`~eeipu_jax.runtime.Pipeline` (its search space
             is the Tune search space; do not pass ``param_space`` to the Tuner).
         seed: seeds the optimizer's PRNG key.
-        method: a registered method (:data:`eeipu_jax.acquisition.METHODS`).
+        method: a registered method (:func:`eeipu_jax.methods.registered`).
         metric: the reported metric to optimize (default ``"objective"``, what
             :func:`pipeline_trainable` reports).
         mode: ``"max"`` or ``"min"``.
@@ -82,7 +82,7 @@ class EEIPUSearcher(Searcher):
             summed charged seconds Tune will spend).
         n_warmup: random initial trials.
         epsilon: price of a memoized stage.
-        bo_options: other :class:`~eeipu_jax.loop.BOConfig` fields.
+        bo_options: other settings (:func:`eeipu_jax.loop.configure`).
     """
 
     def __init__(self, pipeline: Pipeline, *, seed: int, method: str = "eeipu", metric: str = "objective",
@@ -93,14 +93,12 @@ class EEIPUSearcher(Searcher):
         if not (isinstance(max_concurrent, int) and max_concurrent >= 1):
             raise ValueError(f"max_concurrent must be a positive integer, got {max_concurrent!r}")
         super().__init__(metric=metric, mode=mode)
-        from eeipu_jax import acquisition as acqlib
-
         self.pipeline = pipeline
         self.space = pipeline.space
-        self.config = bo.BOConfig.from_space(self.space, method=acqlib.get_method(method).name,
-                                             n_warmup=n_warmup, **dict(bo_options or {}))
+        self.config, params = bo.configure(self.space, method, n_warmup=n_warmup, epsilon=epsilon,
+                                           **dict(bo_options or {}))
         self.max_concurrent = max_concurrent
-        self.state = bo.init(self.config, budget, epsilon=epsilon)
+        self.state = bo.init(self.config, budget, params)
         self.key = jax.random.key(seed)
         self.live: dict[str, dict] = {}  # trial id -> {"x", "params", "depth"}
         self.told: list[dict] = []  # row -> {"trial_id", "params"}

@@ -25,8 +25,9 @@ as the EEIPU paper's baselines were. Differences from the EEIPU authors' code,
 on purpose: their "MS_BO" fitted one GP on the last stage's columns and drew
 every earlier stage uniformly at random (with the same draw for every trial of
 an iteration); this module is the cascade algorithm the paper names. Everything
-is jittable with fixed shapes, so MS_BO runs under both drivers
-(:func:`eeipu_jax.simulate.run_python` and ``run_jitted``).
+is jittable with fixed shapes, so MS_BO runs under every driver. This module
+uses only the public method protocol (:mod:`eeipu_jax.methods`) and the
+public surrogate functions.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ import numpy as np
 
 from eeipu_jax import acquisition as acqlib
 from eeipu_jax import candidates as candlib
-from eeipu_jax import costs as costlib
 from eeipu_jax import gp as gplib
+from eeipu_jax.methods import Method, register
+from eeipu_jax.state import Proposal, effective_objective
+from eeipu_jax.surrogates import committed_cost, cooling, fantasize, surrogates
 
-__all__ = ["prefix_input_masks", "fit_prefix_gps", "propose"]
+__all__ = ["prefix_input_masks", "fit_prefix_gps", "propose", "METHOD"]
 
 
 def prefix_input_masks(stage_of_column, n_stages: int) -> np.ndarray:
@@ -50,7 +53,7 @@ def prefix_input_masks(stage_of_column, n_stages: int) -> np.ndarray:
 
 
 def fit_prefix_gps(key, state, config, pending=None):
-    """Fit (on the schedule of :func:`eeipu_jax.loop.surrogates`) and condition
+    """Fit (on the schedule of :func:`eeipu_jax.surrogates.surrogates`) and condition
     the ``K`` prefix GPs of the objective.
 
     Returns:
@@ -58,32 +61,29 @@ def fit_prefix_gps(key, state, config, pending=None):
         its standardized scale (the largest posterior mean at an observed
         prefix: for ``k < K - 1`` the GP averages over the later stages, so
         the best raw observation would be an over-optimistic target), and the
-        state with the hyperparameters (in the cost-model slots) and factors
-        updated. With ``pending`` (:class:`eeipu_jax.loop.Pending`), every
-        prefix GP is the kriging-believer fantasy
-        (:func:`eeipu_jax.loop.fantasize`) and the incumbents include the
-        pending points' means.
+        state with the hyperparameters and factors updated. With ``pending``
+        (:class:`eeipu_jax.state.Pending`), every prefix GP is the
+        kriging-believer fantasy (:func:`eeipu_jax.surrogates.fantasize`) and
+        the incumbents include the pending points' means.
     """
-    from eeipu_jax import loop
-
     K = config.n_stages
-    valid, y_eff = loop.effective_objective(state)
+    valid, y_eff = effective_objective(state)
     targets = jnp.tile(y_eff[:, None], (1, K))
     masks = jnp.tile(valid[:, None], (1, K))
     input_masks = jnp.asarray(prefix_input_masks(config.stage_of_column, K), state.X.dtype)
-    params, posts, mean, std, state = loop.surrogates(key, state, config, state.cost_params, targets, masks,
-                                                      input_masks, y_eff)
+    params, posts, mean, std, state = surrogates(key, state, config, state.gp_params, targets, masks,
+                                                 input_masks, y_eff)
     X, rows = state.X, valid
     if pending is not None:
-        posts, _ = loop.fantasize(params, posts, state.chol, state.X, targets, masks, input_masks, mean, std,
-                                  config.gp, pending)
+        posts, _ = fantasize(params, posts, state.chol, state.X, targets, masks, input_masks, mean, std,
+                             config.gp, pending)
         X, rows = jnp.concatenate([X, pending.x.astype(X.dtype)]), jnp.concatenate([valid, pending.mask])
 
     def incumbent(post):  # best posterior mean at an observed prefix (the noisy-EI plug-in)
         m, _ = jax.vmap(lambda x: gplib.predict(post, x))(X)
         return jnp.max(jnp.where(rows, m, -jnp.inf))
 
-    return posts, jax.vmap(incumbent)(posts), state._replace(cost_params=params)
+    return posts, jax.vmap(incumbent)(posts), state._replace(gp_params=params)
 
 
 def propose(key, state, config, pending=None):
@@ -93,13 +93,11 @@ def propose(key, state, config, pending=None):
     fantasies (:func:`fit_prefix_gps`) and the reported cooling ``eta``
     counts their expected cost as spent; MS_BO never memoizes.
     """
-    from eeipu_jax import loop
-
     K, d = config.n_stages, config.dim
     soc = np.asarray(config.stage_of_column)
     k_fit, k_cand, k_loc = jax.random.split(key, 3)
     posts, best, new_state = fit_prefix_gps(k_fit, state, config, pending)
-    valid, y_eff = loop.effective_objective(state)
+    valid, y_eff = effective_objective(state)
     incumbent = state.X[jnp.argmax(jnp.where(valid, y_eff, -jnp.inf))]
     x = incumbent
     score = jnp.asarray(-jnp.inf, state.X.dtype)
@@ -121,20 +119,25 @@ def propose(key, state, config, pending=None):
         vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
         i = jnp.argmax(vals)
         x, score = cand[i], vals[i]
-    spent = state.spent if pending is None else state.spent + loop.committed_cost(state, config, pending)
-    prop = loop.Proposal(
+    spent = state.spent if pending is None else state.spent + committed_cost(state, config, pending)
+    prop = Proposal(
         x=x,
         memo_depth=jnp.asarray(0, jnp.int32),
         source=jnp.asarray(-1, jnp.int32),
         score=score,
-        eta=costlib.cooling_eta(state.budget, spent, state.b0),
+        eta=cooling(state, spent),
         fallback=jnp.asarray(False),
     )
     return prop, new_state._replace(n_bo=state.n_bo + 1)
 
 
-acqlib.register(acqlib.Method(
-    "ms_bo", acqlib.ei, "prefix_objective", False,
-    "cascade BO: stage-by-stage choice, each stage by EI of a GP on the hyperparameter prefix",
-    propose=propose,
+def n_prefix_gps(config) -> int:
+    """The GPs MS_BO keeps in the state: one per stage prefix."""
+    return config.n_stages
+
+
+METHOD = register(Method(
+    "ms_bo", None, "none", False,
+    description="cascade BO: stage-by-stage choice, each stage by EI of a GP on the hyperparameter prefix",
+    propose=propose, surrogates=n_prefix_gps,
 ))

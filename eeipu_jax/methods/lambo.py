@@ -26,7 +26,8 @@ loss 1; the objective enters on the scale-free scale of
 indifferent). The whole bandit state is a deterministic function of the trials in
 order, so it is replayed inside ``ask`` from the observations (a
 ``fori_loop`` over the fixed-capacity arrays): it needs no extra state and
-survives checkpoints and ``--resume`` unchanged. ``lr = 1``, ``gamma = 0.1``.
+survives checkpoints and ``--resume`` unchanged. ``lr = 1``, ``gamma = 0.1``
+(the method's params ``"lr"`` and ``"gamma"``).
 
 **Lazy switching.** As in the slowly-moving bandit LaMBO builds on (and the
 authors' implementation of it), signs ``sigma_h in {-1, +1}`` are drawn
@@ -42,14 +43,15 @@ full box), snapped to representable points (a split column with an odd
 number of bins has its middle bin centre at 0.5, in the upper half, so a
 snapped value that left its half is moved to the nearest bin centre inside
 it: the proposal always lies in the chosen leaf) and scored by GP-UCB with
-``beta = BOConfig.ucb_beta`` (0.2, the value in the authors' runs). The authors' code computed the leaf box but then
+``beta = params["beta"]`` (0.2, the value in the authors' runs). The authors' code computed the leaf box but then
 searched the whole box (their LaMBO reduces to GP-UCB); here the leaf
 constrains the search, as the paper describes. The switching cost LaMBO
 trades off is not modelled separately: every trial is charged in full and
 nothing is memoized, as for the EEIPU paper's baselines.
 
 Everything is jittable with fixed shapes (``n_leaves = 2^(K-1)``), so LaMBO
-runs under both drivers.
+runs under every driver. This module uses only the public method protocol
+(:mod:`eeipu_jax.methods`) and the public surrogate functions.
 """
 
 from __future__ import annotations
@@ -60,12 +62,17 @@ import numpy as np
 
 from eeipu_jax import acquisition as acqlib
 from eeipu_jax import candidates as candlib
+from eeipu_jax import gp as gplib
+from eeipu_jax.methods import Method, register
+from eeipu_jax.state import Proposal, scaled_objective
+from eeipu_jax.surrogates import acquisition_state
 
 __all__ = ["split_columns", "leaf_of", "leaf_bits", "bandit_probabilities", "switch_depth", "leaf_candidates",
-           "propose", "LEARNING_RATE", "GAMMA"]
+           "propose", "PARAMS", "METHOD"]
 
-LEARNING_RATE = 1.0
-GAMMA = 0.1
+#: LaMBO's params: GP-UCB's beta (the authors' 0.2), the bandit's learning
+#: rate and uniform mixing.
+PARAMS = {"beta": 0.2, "lr": 1.0, "gamma": 0.1}
 
 
 def split_columns(stage_of_column) -> np.ndarray:
@@ -88,7 +95,7 @@ def leaf_of(x, split_cols) -> jax.Array:
     return jnp.sum(bits * (2 ** (H - 1 - jnp.arange(H))), axis=-1)
 
 
-def bandit_probabilities(leaves, y, use, n_leaves: int, lr: float = LEARNING_RATE, gamma: float = GAMMA):
+def bandit_probabilities(leaves, y, use, n_leaves: int, lr=PARAMS["lr"], gamma=PARAMS["gamma"]):
     """Replay the EXP3 bandit over the trials in order.
 
     Args:
@@ -156,42 +163,55 @@ def leaf_candidates(key, arm, config, dtype=jnp.float32):
 def propose(key, state, config, pending=None):
     """One LaMBO step (the ``propose`` hook of the registered method).
 
-    With ``pending`` (running trials, :class:`eeipu_jax.loop.Pending`), the
+    With ``pending`` (running trials, :class:`eeipu_jax.state.Pending`), the
     GP-UCB inside the leaf uses the kriging-believer fantasy of the
-    objective (:func:`eeipu_jax.loop.acquisition_state`), so the leaf's
+    objective (:func:`eeipu_jax.surrogates.acquisition_state`), so the leaf's
     proposal moves away from running points; the bandit counts told trials
     only, and LaMBO never memoizes.
     """
-    from eeipu_jax import loop
-
+    params = state.params.method
     split_cols = split_columns(config.stage_of_column)
     H = len(split_cols)
     n_leaves = 2**H
     bits = jnp.asarray(leaf_bits(H))
     k_fit, k_depth, k_arm, k_cand = jax.random.split(key, 4)
-    acq, new_state, _ = loop.acquisition_state(k_fit, state, config, pending)
+    acq, new_state, _ = acquisition_state(k_fit, state, config, pending)
 
     N = state.X.shape[0]
     rows = jnp.arange(N)
     valid = rows < state.n
     leaves = leaf_of(state.X, split_cols)
-    p = bandit_probabilities(leaves, loop.scaled_objective(state), valid & ~state.warmup, n_leaves)
+    p = bandit_probabilities(leaves, scaled_objective(state), valid & ~state.warmup, n_leaves, params["lr"],
+                             params["gamma"])
     prev = leaves[jnp.maximum(state.n - 1, 0)]
     h = switch_depth(k_depth, H)
     same_top = jnp.all((bits == bits[prev][None, :]) | (jnp.arange(H)[None, :] >= h), axis=1)
     arm = jax.random.categorical(k_arm, jnp.where(same_top, jnp.log(p), -jnp.inf))
 
     cand = leaf_candidates(k_cand, arm, config, state.X.dtype)
-    vals = jax.vmap(lambda x: acqlib.ucb(x, 0, acq))(cand)
+    def ucb(x):
+        m, v = gplib.predict(acq.obj, x)
+        return acqlib.upper_confidence_bound(m, v, params["beta"])
+
+    vals = jax.vmap(ucb)(cand)
     vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
     i = jnp.argmax(vals)
-    prop = loop.Proposal(x=cand[i], memo_depth=jnp.asarray(0, jnp.int32), source=jnp.asarray(-1, jnp.int32),
+    prop = Proposal(x=cand[i], memo_depth=jnp.asarray(0, jnp.int32), source=jnp.asarray(-1, jnp.int32),
                          score=vals[i], eta=acq.eta, fallback=jnp.asarray(False))
     return prop, new_state._replace(n_bo=state.n_bo + 1)
 
 
-acqlib.register(acqlib.Method(
-    "lambo", acqlib.ucb, "none", False,
-    "lazy modular BO: EXP3 bandit over a tree of early-stage regions, lazy switching, GP-UCB in the leaf",
-    propose=propose,
+def _check(params) -> None:
+    if not params["beta"] >= 0:
+        raise ValueError(f"lambo: beta must be >= 0, got {params['beta']!r}")
+    if not params["lr"] > 0:
+        raise ValueError(f"lambo: lr must be > 0, got {params['lr']!r}")
+    if not 0 < params["gamma"] <= 1:
+        raise ValueError(f"lambo: gamma must be in (0, 1], got {params['gamma']!r}")
+
+
+METHOD = register(Method(
+    "lambo", None, "none", False, params=dict(PARAMS),
+    description="lazy modular BO: EXP3 bandit over a tree of early-stage regions, lazy switching, GP-UCB in the leaf",
+    propose=propose, check=_check,
 ))
