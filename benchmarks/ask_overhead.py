@@ -49,7 +49,7 @@ from eeipu_jax import loop  # noqa: E402
 
 def _compiled_asks() -> int:
     """Number of compiled variants of the jitted ask (its compilation cache size)."""
-    return loop._ask._cache_size()
+    return loop.compiled_asks()
 
 
 def _timed_ask(key, state, cfg):
@@ -138,7 +138,7 @@ def main():
 
     info = machine()
     title = (f"ask overhead: method={args.method}, d={space.dim}, K={space.n_stages}, {args.repeats} ask/tell rounds "
-             f"per size after the first ask, refit_growth={cfg.refit_growth}, refit_every={cfg.refit_every} "
+             f"per size after the first ask, refit_growth={loop.default_params(cfg).refit_growth}, refit_every={cfg.refit_every} "
              f"(every refit_every-th refit is cold), fit_rows={cfg.fit_rows}")
     lines = table(rows)
     bucket_lines, study = buckets_of_study(rows, args.study, cfg)
@@ -150,7 +150,7 @@ def main():
     print("\n".join(lines))
     print(study_line)
     write_results(args.out, dict(method=args.method, d=space.dim, K=space.n_stages, repeats=args.repeats,
-                                 refit_growth=cfg.refit_growth, refit_every=cfg.refit_every, fit_rows=cfg.fit_rows,
+                                 refit_growth=loop.default_params(cfg).refit_growth, refit_every=cfg.refit_every, fit_rows=cfg.fit_rows,
                                  machine=info, rows=rows, study=dict(trials=args.study, **study)),
                   "ask overhead", [f"{title}.", "", f"{machine_line(info)}.", "", *lines, "", study_line])
 

@@ -12,7 +12,7 @@ of ``loop.ask`` is jitted on its own, at the same shapes, with the same inputs
   Adam steps from the last fit; cold, every ``refit_every``-th refit:
   ``cold_steps`` from fresh starts); also the objective GP alone and the 3
   cost GPs alone (not part of the sum). Only the asks that refit pay these
-  (``loop.BOConfig.refit_growth`` sets when).
+  (``loop.Params.refit_growth`` sets when).
 * ``condition``: ``gp.posterior_stacked`` (4 covariance matrices + Cholesky:
   what a refit ask pays after its fit; an ask between refits appends the new
   rows to the kept factors instead).
@@ -80,7 +80,7 @@ from bo_step_problem import (arg_parser, filled_state, machine, machine_line, ma
                              refit_due, stage_costs, write_results)
 from eeipu_jax import candidates as candlib  # noqa: E402
 from eeipu_jax import gp as gplib  # noqa: E402
-from eeipu_jax import loop  # noqa: E402
+from eeipu_jax import loop, surrogates  # noqa: E402
 
 
 # ------------------------------------------------------------------ phases
@@ -88,11 +88,11 @@ def fit_inputs(state: loop.BOState, cfg: loop.BOConfig):
     """``(init, targets, masks, input_masks, y_eff, valid)`` as ``loop.acquisition_state``
     assembles them for the stacked fit (objective GP first, then the stage-cost GPs)."""
     valid, y_eff = loop.effective_objective(state)
-    log_c, cmasks, cinput = loop._cost_data(state, cfg, valid)
+    log_c, cmasks, cinput = surrogates.cost_data(state, cfg, valid)
     targets = jnp.concatenate([y_eff[:, None], log_c], axis=1)
     masks = jnp.concatenate([valid[:, None], cmasks], axis=1)
     input_masks = jnp.concatenate([jnp.ones((1, cfg.dim), state.X.dtype), cinput], axis=0)
-    init = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state.obj_params, state.cost_params)
+    init = state.gp_params
     return init, targets, masks, input_masks, y_eff, valid
 
 
@@ -100,7 +100,9 @@ def make_phases(cfg: loop.BOConfig):
     """The jitted phases of one ask for ``cfg`` (each compiled once per capacity)."""
     method = cfg.method_def
     gcfg = cfg.gp
-    pmasks = jnp.asarray(candlib.prefix_masks_array(cfg.stage_of_column, cfg.n_stages))
+    pmasks = jnp.asarray(cfg.prefix_masks)
+    mparams = loop.default_params(cfg).method
+    refine_lr = loop.default_params(cfg).refine_lr
 
     @jax.jit
     def fit(key, init, X, targets, masks, input_masks, cold, valid, priority):
@@ -122,7 +124,7 @@ def make_phases(cfg: loop.BOConfig):
 
     @jax.jit
     def score(acq, b):
-        vals = jax.vmap(lambda x, j: method.score(x, j, acq))(b.x, b.depth)
+        vals = jax.vmap(lambda x, j: method.score(x, j, acq, mparams))(b.x, b.depth)
         return jnp.where(b.valid & jnp.isfinite(vals), vals, -jnp.inf)
 
     @jax.jit
@@ -130,8 +132,8 @@ def make_phases(cfg: loop.BOConfig):
         groups = cfg.n_stages if method.memoize else 1
         top, _ = candlib.top_per_depth(vals, b.depth, groups, cfg.n_refine)
         x0, d0 = b.x[top], b.depth[top]
-        return jax.vmap(lambda x, j, f: candlib.refine(lambda z: method.score(z, j, acq), x, f,
-                                                       cfg.refine_steps, cfg.refine_lr))(x0, d0, ~pmasks[d0])
+        return jax.vmap(lambda x, j, f: candlib.refine(lambda z: method.score(z, j, acq, mparams), x, f,
+                                                       cfg.refine_steps, refine_lr))(x0, d0, ~pmasks[d0])
 
     acq_state = jax.jit(functools.partial(loop.acquisition_state, config=cfg))
     return dict(fit=fit, condition=condition, batch=batch, score=score, refine=refine, acq_state=acq_state)
@@ -244,7 +246,8 @@ def profile(cfg: loop.BOConfig, space, n: int, repeats: int, peak: float) -> dic
     t["tell"] = median_time(lambda: loop.tell(s1, x, 0.0, np.ones(cfg.n_stages), 0), repeats)
     t["one-off: grow to 2N"] = median_time(lambda: loop.grow(state, 2 * N), repeats)
     t0 = time.perf_counter()  # compilation only (lower + compile), no call: a cold ask at 2N is slow
-    loop._ask.lower(key, loop.canonicalize(loop.grow(state, 2 * N)), config=cfg).compile()
+    jax.jit(loop.ask_traced, static_argnames=("config",)).lower(
+        key, loop.canonicalize(loop.grow(state, 2 * N)), config=cfg).compile()
     t["one-off: compile ask at 2N"] = time.perf_counter() - t0
 
     flops = flop_model(cfg, N)

@@ -210,7 +210,7 @@ def main():
         state = filled_state(cfg, space, n)
         X, y, c = observations(space, n)
         eta = float(costlib.cooling_eta(state.budget, state.spent, state.b0))
-        log_eps = math.log(float(state.epsilon))
+        log_eps = math.log(float(state.params.epsilon))
         jfirst, jcold, jwarm, jheld, jprop = time_ask_kinds(cfg, state, args.repeats)
         jdepth = int(jprop.memo_depth)
         data = (X, y, c, soc)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eeipu_jax import _checks
+from eeipu_jax import checks
 from eeipu_jax import candidates as candlib
 from eeipu_jax import costs as costlib
 from eeipu_jax import gp as gplib
@@ -122,7 +122,7 @@ class BOConfig:
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
         for name in ("n_warmup", "n_random", "n_per_prefix", "n_local", "top_q", "n_refine",
                      "refine_steps", "mc_samples", "refit_every", "refit_hold_from", "fit_rows"):
-            object.__setattr__(self, name, _checks.integer(getattr(self, name), f"BOConfig.{name}"))
+            object.__setattr__(self, name, checks.integer(getattr(self, name), f"BOConfig.{name}"))
         soc = self.stage_of_column
         if not soc:
             raise ValueError("BOConfig.stage_of_column is empty")
@@ -140,7 +140,7 @@ class BOConfig:
         if not isinstance(self.method, str):
             raise ValueError(f"BOConfig.method must be a registered method name, got {self.method!r}")
         object.__setattr__(self, "method", get_method(self.method).name)  # raises on unknown names
-        checks = {
+        conditions = {
             "n_warmup": self.n_warmup >= 2,
             "n_random": self.n_random >= 1,
             "n_per_prefix": self.n_per_prefix >= 0,
@@ -153,7 +153,7 @@ class BOConfig:
             "refit_hold_from": self.refit_hold_from >= 0,
             "fit_rows": self.fit_rows == 0 or self.fit_rows >= 8,
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [k for k, ok in conditions.items() if not ok]
         if bad:
             raise ValueError(f"BOConfig: invalid value for {bad}: {[getattr(self, k) for k in bad]}")
         if self.prefix_pool not in ("all", "post_warmup"):
@@ -254,7 +254,7 @@ def check_params(p: Params, method: Method) -> Params:
         raise ValueError(f"params must be an eeipu_jax.config.Params, got {type(p).__name__}")
     floats = {}
     for name in PARAM_FIELDS:
-        floats[name] = _checks.finite_number(getattr(p, name), f"Params.{name}")
+        floats[name] = checks.finite_number(getattr(p, name), f"Params.{name}")
     if not floats["epsilon"] > 0:
         raise ValueError(f"Params.epsilon must be > 0, got {p.epsilon!r}")
     if not floats["refine_lr"] > 0:

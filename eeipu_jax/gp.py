@@ -65,7 +65,7 @@ import optax
 import tinygp
 from jaxtyping import Array, Bool, Float
 
-from eeipu_jax import _checks
+from eeipu_jax import checks
 
 __all__ = [
     "GPConfig",
@@ -146,22 +146,22 @@ class GPConfig:
                 )
             object.__setattr__(self, name, (a, b))
         for name in ("restarts", "steps", "cold_steps"):
-            object.__setattr__(self, name, _checks.integer(getattr(self, name), f"GPConfig.{name}"))
+            object.__setattr__(self, name, checks.integer(getattr(self, name), f"GPConfig.{name}"))
         if self.restarts < 1:
             raise ValueError(f"GPConfig.restarts must be >= 1, got {self.restarts}")
         if self.steps < 0 or self.cold_steps < 0:
             raise ValueError(
                 f"GPConfig.steps and cold_steps must be >= 0, got {self.steps}, {self.cold_steps}"
             )
-        lr = _checks.finite_number(self.learning_rate, "GPConfig.learning_rate", greater_than=0.0)
+        lr = checks.finite_number(self.learning_rate, "GPConfig.learning_rate", greater_than=0.0)
         object.__setattr__(self, "learning_rate", lr)
-        object.__setattr__(self, "jitter", _checks.finite_number(self.jitter, "GPConfig.jitter", at_least=0.0))
+        object.__setattr__(self, "jitter", checks.finite_number(self.jitter, "GPConfig.jitter", at_least=0.0))
 
 
 def _float_pair(pair, name: str) -> tuple[float, float]:
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
         raise ValueError(f"{name} must be a pair of numbers, got {pair!r}")
-    return _checks.finite_number(pair[0], name), _checks.finite_number(pair[1], name)
+    return checks.finite_number(pair[0], name), checks.finite_number(pair[1], name)
 
 
 class GPParams(NamedTuple):

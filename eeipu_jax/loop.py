@@ -60,6 +60,8 @@ The pieces live in their own modules and are re-exported here, so
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -132,6 +134,7 @@ __all__ = [
     "cooling",
     "warmup_proposal",
     "generic_proposal",
+    "compiled_asks",
 ]
 
 
@@ -295,7 +298,30 @@ def ask_traced(key, state: BOState, config: BOConfig, pending: Pending | None = 
     )
 
 
-_ask = jax.jit(ask_traced, static_argnames=("config",))
+_TRACES = [0]
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
+    _TRACES[0] += 1  # runs only while jax traces a new program
+    return ask_traced(key, state, config, pending)
+
+
+def compiled_asks() -> int:
+    """How many programs of ``ask`` this process has traced, hence compiled or
+    loaded from the persistent compilation cache (one per config, state
+    capacity and pending capacity; benchmarks and tests count them)."""
+    return _TRACES[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _method_state_structure(config: BOConfig):
+    """The pytree structure of ``config``'s method state (for the host check)."""
+    method = config.method_def
+    if method.init is None:
+        return jax.tree.structure(None)
+    shape = jax.eval_shape(lambda: method.init(config, method.params))
+    return jax.tree.structure(shape)
 
 
 def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
@@ -336,6 +362,13 @@ def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
             f"state (d={state.X.shape[1]}, K={state.stage_costs.shape[1]}, {state.chol.shape[0]} GPs) was not "
             f"built for this config (d={config.dim}, K={config.n_stages}, method {config.method!r} with "
             f"{config.n_gps} GPs)"
+        )
+    method = config.method_def
+    if jax.tree.structure(state.method_state) != _method_state_structure(config) or \
+            jax.tree.structure(state.params.method) != jax.tree.structure(method.params):
+        raise ValueError(
+            f"state holds another method's state or params than {config.method!r} needs: build it with "
+            f"loop.init(config, ...) for this config"
         )
     if pending is not None:
         pending = check_pending(pending, config)

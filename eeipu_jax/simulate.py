@@ -50,7 +50,7 @@ import numpy as np
 from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
-__all__ = ["RunResult", "AsyncResult", "warmup_design", "sim_step", "run_python", "run_jitted", "run_async",
+__all__ = ["RunResult", "AsyncResult", "warmup_design", "initial_state", "sim_step", "run_python", "run_jitted", "run_async",
            "resolve_batching", "is_cached", "check_policy"]
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,15 @@ def _init_run(key, budget, params, problem, config, kind, capacity):
 
     state = jax.lax.fori_loop(0, config.n_warmup, body, state)
     return state, k_loop
+
+
+def initial_state(key, problem, config: loop.BOConfig, budget: float | None = None, *,
+                  params: loop.Params | None = None, warmup: str = "cost_aware", capacity: int = 32):
+    """``(state, key)``: the state once the warm-up design is told (every method
+    of a seed shares it: it depends on the key and the problem only), and the
+    key of the BO loop that follows. What every driver here starts from."""
+    budget = float(problem.budget if budget is None else budget)
+    return _init_run(key, budget, _params(config, params), problem, config, warmup, capacity)
 
 
 def _params(config, params):

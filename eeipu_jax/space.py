@@ -35,7 +35,7 @@ from typing import Any, Union
 import jax.numpy as jnp
 import numpy as np
 
-from eeipu_jax import _checks
+from eeipu_jax import checks
 
 __all__ = [
     "Float",
@@ -74,7 +74,7 @@ class Float:
         _check_name(self.name, "parameter")
         # Stored as Python floats, so the space hashes, prints and serializes plainly.
         for field in ("low", "high"):
-            value = _checks.finite_number(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
+            value = checks.finite_number(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
             object.__setattr__(self, field, value)
         if not self.low < self.high:
             raise SpaceError(
@@ -101,7 +101,7 @@ class Float:
         return xp.clip(u, 0.0, 1.0)
 
     def validate(self, value: Any) -> float:
-        v = _checks.number(value, f"parameter {self.name!r}: value", SpaceError)
+        v = checks.number(value, f"parameter {self.name!r}: value", SpaceError)
         if not (self.low <= v <= self.high):
             raise SpaceError(f"parameter {self.name!r}: {v} is outside [{self.low}, {self.high}]")
         return v
@@ -121,7 +121,7 @@ class Int:
     def __post_init__(self):
         _check_name(self.name, "parameter")
         for field in ("low", "high"):
-            value = _checks.integer(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
+            value = checks.integer(getattr(self, field), f"parameter {self.name!r}: {field}", SpaceError)
             object.__setattr__(self, field, value)
         if not self.low < self.high:
             raise SpaceError(
@@ -143,7 +143,7 @@ class Int:
         return self._to_unit(self._from_unit(u, xp), xp)
 
     def validate(self, value: Any) -> int:
-        v = _checks.number(value, f"parameter {self.name!r}: value (an integer)", SpaceError)
+        v = checks.number(value, f"parameter {self.name!r}: value (an integer)", SpaceError)
         if not math.isfinite(v) or v != round(v):
             raise SpaceError(f"parameter {self.name!r}: expected an integer, got {value!r}")
         v = int(round(v))

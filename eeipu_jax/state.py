@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from eeipu_jax import _checks
+from eeipu_jax import checks
 from eeipu_jax import candidates as candlib
 from eeipu_jax import gp as gplib
 from eeipu_jax.config import BOConfig, Params, as_arrays, check_params, default_params
@@ -165,8 +165,8 @@ def pending_from(xs, memo_depths, capacity: int, d: int) -> Pending:
     Raises:
         ValueError: on a bad shape, value or ``n > capacity``.
     """
-    capacity = _checks.integer(capacity, "capacity")
-    d = _checks.integer(d, "d")
+    capacity = checks.integer(capacity, "capacity")
+    d = checks.integer(d, "d")
     if capacity < 1 or d < 1:
         raise ValueError(f"pending capacity and d must be >= 1, got capacity={capacity}, d={d}")
     try:
@@ -255,11 +255,11 @@ def init(config: BOConfig, budget: float, params: Params | None = None, *, capac
         capacity: preallocated rows (grown on demand by :func:`tell`; at
             least ``n_warmup + 1``).
     """
-    budget = _checks.number(budget, "budget")
+    budget = checks.number(budget, "budget")
     if not (math.isfinite(budget) and budget > 0):
         raise ValueError(f"budget must be a positive finite number, got {budget!r}")
     params = default_params(config) if params is None else check_params(params, config.method_def)
-    capacity = _checks.integer(capacity, "capacity")
+    capacity = checks.integer(capacity, "capacity")
     return empty(config, budget, params, capacity)
 
 
@@ -390,7 +390,7 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
 
     if y is None:
         raise ValueError("y is None: tell a failed trial with y=float('nan')")
-    y = _checks.number(y, "y")
+    y = checks.number(y, "y")
     if math.isfinite(y) and abs(y) > _F32_MAX:
         raise ValueError(
             f"y={y!r} is beyond the float32 range (|y| <= {_F32_MAX:.4g}) the optimizer stores; "
@@ -400,7 +400,7 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
     depth = memo_depth
     if isinstance(depth, (bool, np.bool_)):
         raise ValueError(f"memo_depth must be an integer in [0, {K - 1}], got {memo_depth!r}")
-    depth = _checks.number(depth, "memo_depth")
+    depth = checks.number(depth, "memo_depth")
     if not (depth == int(depth) and 0 <= depth <= K - 1):
         raise ValueError(
             f"memo_depth must be an integer in [0, {K - 1}] (stages restored from the cache; the last "
@@ -421,7 +421,7 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
         )
 
     if charged is not None:
-        charged = _checks.number(charged, "charged")
+        charged = checks.number(charged, "charged")
         if not (math.isfinite(charged) and charged >= 0):
             raise ValueError(f"charged must be None or a finite number >= 0, got {charged!r}")
 

@@ -48,6 +48,7 @@ __all__ = [
     "check_names",
     "check_writable_dir",
     "coerce_bo_option",
+    "method_settings",
     "load_checked_config",
     "load_config",
     "apply_overrides",
@@ -70,6 +71,37 @@ def check_int(value: Any, name: str, lo: int, hi: int = INT32_MAX) -> int:
     if not (is_int(value) and lo <= value <= hi):
         raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
     return int(value)
+
+
+def method_settings(method: str, bo, reserved: Sequence[str] = ()) -> dict:
+    """The BO settings of ``bo`` (a config's ``bo`` dict) for one ``method``, coerced.
+
+    Flat entries are settings every method of a comparison takes (BOConfig
+    fields and float params: ``n_random``, ``refine_lr``, ...). An entry named
+    after a registered method holds that method's own params
+    (``bo.pbgi = {"lambda0": 0.1}``; on a command line ``--set
+    bo.pbgi.lambda0=0.2``) and applies to that method only (and to its
+    ``_nomemo`` variant).
+
+    Raises:
+        ConfigError: an unknown setting or a value of the wrong type.
+    """
+    from eeipu_jax.methods import get_method, registered
+
+    if not hasattr(bo, "items"):
+        raise ConfigError(f"bo must be a dict of BO settings, got {bo!r}")
+    base = get_method(method).name.removesuffix("_nomemo")
+    out = {}
+    for k, v in bo.items():
+        if k in registered():
+            if not hasattr(v, "items"):
+                raise ConfigError(f"bo.{k} must be a dict of method {k!r}'s params, got {v!r}")
+            if k == base:
+                out.update({kk: coerce_bo_option(kk, vv, reserved, where=f"bo.{k}.", method=method)
+                            for kk, vv in v.items()})
+            continue
+        out[k] = coerce_bo_option(k, v, reserved, method=method)
+    return out
 
 
 def check_positive(value: Any, name: str, *, allow_none: bool = False, none_means: str = "") -> float | None:

@@ -137,7 +137,7 @@ def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> 
     budget = _budget(cfg, pipeline_name)
     t0 = time.perf_counter()
     study = Study.create(run_dir, pipeline_name, method, budget, int(seed), load_if_exists=True,
-                         jax_cache_dir=default_jax_cache_dir(), **_study_options(cfg))
+                         jax_cache_dir=default_jax_cache_dir(), **_study_options(cfg, method))
     summary = study.optimize(cfg.get("max_trials"))
     seconds = time.perf_counter() - t0
     trials_to_run(
@@ -149,11 +149,12 @@ def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> 
                 n_trials=summary["n_trials"], best=(summary["best"] or {}).get("y"))
 
 
-def _study_options(cfg: dict) -> dict:
-    """The :meth:`eeipu_jax.Study.create` options of a config (every job shares them)."""
+def _study_options(cfg: dict, method: str) -> dict:
+    """The :meth:`eeipu_jax.Study.create` options of a config for one method's jobs."""
     return dict(cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=_cache_max_bytes(cfg),
                 n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
-                bo=dict(cfg.get("bo") or {}), charge_optimizer=cfg.get("charge_optimizer", False))
+                bo=common.method_settings(method, cfg.get("bo") or {}, reserved=("n_warmup",)),
+                charge_optimizer=cfg.get("charge_optimizer", False))
 
 
 def prepare_pipeline(pipeline_name: str, jax_cache_dir: str | None = None) -> dict:
@@ -202,7 +203,7 @@ def check_config(cfg) -> None:
         experiments.common.ConfigError: the first wrong field, named.
     """
     from eeipu_jax import Study
-    from eeipu_jax.acquisition import get_method
+    from eeipu_jax.methods import get_method
     from eeipu_jax.runtime.runner import MAX_SEED
     from pipelines.registry import available_pipelines
 
@@ -235,17 +236,14 @@ def check_config(cfg) -> None:
         _cache_max_bytes(cfg)
     except ValueError as e:
         raise common.ConfigError(f"cache_max_bytes: {e}") from None
-    bo = cfg.get("bo") or {}
-    if not hasattr(bo, "items"):
-        raise common.ConfigError(f"bo must be a dict of BOConfig fields, got {bo!r}")
-    for k, v in bo.items():
-        common.coerce_bo_option(k, v, reserved=("n_warmup",))
+    for m in methods:
+        common.method_settings(m, cfg.get("bo") or {}, reserved=("n_warmup",))
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     known = set(available_pipelines())
     for p in (p for p in pipelines if p in known or ":" in p):
         for m in methods:
             try:
-                Study.check(p, m, _budget(cfg_dict, p), offset, **_study_options(cfg_dict))
+                Study.check(p, m, _budget(cfg_dict, p), offset, **_study_options(cfg_dict, m))
             except common.ConfigError as e:
                 raise common.ConfigError(f"{p}/{m}: {e}") from None
 

@@ -37,10 +37,11 @@ __all__ = ["run_job", "check_config", "main"]
 
 
 def _bo_config(pipe, method: str, cfg):
+    """``(config, params)`` of one method: the config's ``bo`` settings and ``epsilon``."""
     from eeipu_jax import loop
 
-    kw = {k: common.coerce_bo_option(k, v) for k, v in (cfg.get("bo") or {}).items()}
-    return loop.BOConfig.from_space(pipe.space, method=method, **kw)
+    kw = common.method_settings(method, cfg.get("bo") or {})
+    return loop.configure(pipe.space, method, epsilon=cfg["epsilon"], **kw)
 
 
 def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, driver: str,
@@ -58,12 +59,12 @@ def run_job(pipeline_name: str, method: str, cfg_dict: dict, out_dir: str, drive
     enable_compilation_cache()
     pipe = get_pipeline(pipeline_name)
     budget = float(pipe.budget if cfg_dict.get("budget") is None else cfg_dict["budget"])
-    bo = _bo_config(pipe, method, cfg_dict)
+    bo, params = _bo_config(pipe, method, cfg_dict)
     seeds = list(range(cfg_dict["seed_offset"], cfg_dict["seed_offset"] + cfg_dict["seeds"]))
     # Every method of a seed shares the warm-up: the key depends on the seed only.
     keys = jax.numpy.stack([jax.random.key(s) for s in seeds])
     kw = dict(
-        epsilon=cfg_dict["epsilon"],
+        params=params,
         cache_policy=cfg_dict["cache_policy"],
         warmup=cfg_dict["warmup"],
         max_trials=cfg_dict["max_trials"],
@@ -100,15 +101,14 @@ def check_config(cfg) -> None:
 
     ``budget`` is a finite number > 0 or ``None`` (each pipeline's own
     budget); seeds fit :data:`eeipu_jax.runtime.runner.MAX_SEED`; ``bo`` holds
-    :class:`~eeipu_jax.loop.BOConfig` fields of the right types, and the
-    config they make is built for every pipeline and method;
+    settings of the right types (:func:`experiments.common.method_settings`),
+    and the config they make is built for every pipeline and method;
     ``max_trials`` exceeds the warm-up.
 
     Raises:
         experiments.common.ConfigError: the first wrong field, named.
     """
-    from eeipu_jax import loop
-    from eeipu_jax.acquisition import get_method
+    from eeipu_jax.methods import get_method
     from eeipu_jax.runtime.runner import MAX_SEED
     from pipelines.synthetic import get_pipeline
 
@@ -130,16 +130,14 @@ def check_config(cfg) -> None:
             raise common.ConfigError(f"{name} must be one of {list(allowed)}, got {fields[name]!r}")
     max_trials = common.check_int(fields["max_trials"], "max_trials", 1)
     common.check_int(fields["capacity"], "capacity", 1)
-    bo = cfg.get("bo") or {}
-    if not hasattr(bo, "items"):
-        raise common.ConfigError(f"bo must be a dict of BOConfig fields, got {bo!r}")
-    kw = {k: common.coerce_bo_option(k, v) for k, v in bo.items()}
     for p in pipelines:
         for m in methods:
             try:
-                config = loop.BOConfig.from_space(get_pipeline(p).space, method=m, **kw)
+                config, _ = _bo_config(get_pipeline(p), m, fields | {"bo": cfg.get("bo") or {}})
+            except common.ConfigError:
+                raise
             except Exception as e:
-                raise common.ConfigError(f"bo {dict(kw)} for {p}/{m}: {type(e).__name__}: {e}") from None
+                raise common.ConfigError(f"bo {dict(cfg.get('bo') or {})} for {p}/{m}: {type(e).__name__}: {e}") from None
             if max_trials <= config.n_warmup:
                 raise common.ConfigError(f"max_trials ({max_trials}) must exceed the warm-up (n_warmup {config.n_warmup})")
 

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from eeipu_jax import acquisition as acq
+from eeipu_jax import methods
 from eeipu_jax import costs
 
 
@@ -134,7 +135,7 @@ def _fitted(method, budget_fraction_left):
 
     cfg = loop.BOConfig(stage_of_column=SOC, bins=(0,) * 5, method=method, n_warmup=4, mc_samples=4096)
     X, y, costs, depth = _observations()
-    state = loop.init(cfg, budget=1e3, epsilon=EPS)
+    state = loop.init(cfg, budget=1e3, params=loop.default_params(cfg, epsilon=EPS))
     for u, v, c, j in zip(X, y, costs, depth):
         state = loop.tell(state, u, v, c, int(j))
     # put the spend where linear cooling gives eta = budget_fraction_left
@@ -142,7 +143,8 @@ def _fitted(method, budget_fraction_left):
     state = loop.canonicalize(state._replace(spent=jnp.asarray(spent, jnp.float32)))
     acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
     acq, fitted, _ = acq_fn(jax.random.key(0), state, cfg)
-    obj_params, cost_params = fitted.obj_params, fitted.cost_params
+    obj_params = jax.tree.map(lambda a: a[0], fitted.gp_params)
+    cost_params = jax.tree.map(lambda a: a[1:], fitted.gp_params)
     return cfg, state, acq, obj_params, cost_params
 
 
@@ -177,10 +179,10 @@ POINTS = [np.array([0.3, 0.7, 0.45, 0.2, 0.9]), np.array([0.85, 0.1, 0.6, 0.5, 0
 def test_stagewise_acquisitions_match_numpy_gp_and_monte_carlo(stagewise, method):
     cfg, state, acqs, obj_params, cost_params = stagewise
     assert float(acqs.eta) == pytest.approx(0.6, abs=1e-5)
-    fn = jax.jit(acq.get_method(method).score)
+    fn = jax.jit(methods.get_method(method).score)
     for x in POINTS:
         for depth in (0, 1, 2):
-            got = float(fn(jnp.asarray(x, jnp.float32), depth, acqs))
+            got = float(fn(jnp.asarray(x, jnp.float32), depth, acqs, None))
             want = _reference(method, cfg, state, obj_params, cost_params, x, depth, 0.6)
             assert got == pytest.approx(want, abs=2e-3), (method, x, depth)
             if method != "ei":
@@ -188,20 +190,20 @@ def test_stagewise_acquisitions_match_numpy_gp_and_monte_carlo(stagewise, method
                 other = _reference(method, cfg, state, obj_params, cost_params, x, depth, 1.0)
                 assert abs(other - want) > 5e-2
     if method == "eeipu":  # memoized stages are priced at epsilon: deeper is cheaper
-        vals = [float(fn(jnp.asarray(POINTS[0], jnp.float32), j, acqs)) for j in range(3)]
+        vals = [float(fn(jnp.asarray(POINTS[0], jnp.float32), j, acqs, None)) for j in range(3)]
         assert vals[0] < vals[1] < vals[2]
 
 
 @pytest.mark.parametrize("method", ["eips", "carbo"])
 def test_total_cost_acquisitions_match_the_lognormal_closed_form(total, method):
     cfg, state, acqs, obj_params, cost_params = total
-    fn = jax.jit(acq.get_method(method).score)
+    fn = jax.jit(methods.get_method(method).score)
     for x in POINTS:
-        got = float(fn(jnp.asarray(x, jnp.float32), 0, acqs))
+        got = float(fn(jnp.asarray(x, jnp.float32), 0, acqs, None))
         want = _reference(method, cfg, state, obj_params, cost_params, x, 0, 0.6)
         assert got == pytest.approx(want, abs=2e-3), (method, x)
         # the memo depth means nothing to a non-memoizing method
-        assert float(fn(jnp.asarray(x, jnp.float32), 2, acqs)) == pytest.approx(got, abs=1e-6)
+        assert float(fn(jnp.asarray(x, jnp.float32), 2, acqs, None)) == pytest.approx(got, abs=1e-6)
     # the one cost GP was fitted on ln(total cost) of the trials whose stages all ran
     from tests import reference as ref
 
@@ -220,14 +222,22 @@ def test_total_cost_acquisitions_match_the_lognormal_closed_form(total, method):
 
 
 def test_registry():
-    assert {"ei", "eips", "carbo", "ms_carbo", "eeipu"} <= set(acq.METHODS)
-    assert acq.get_method("EEIPU").memoize and not acq.get_method("ei").memoize
+    from eeipu_jax.methods import ei_family
+
+    assert {"ei", "eips", "carbo", "ms_carbo", "eeipu", "pbgi", "lambo", "ms_bo"} <= set(methods.registered())
+    assert methods.get_method("EEIPU").memoize and not methods.get_method("ei").memoize
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        acq.get_method("nope")
+        methods.get_method("nope")
     with pytest.raises(ValueError, match="already registered"):
-        acq.register(acq.Method("ei", acq.ei))
+        methods.register(methods.Method("ei", ei_family.ei))
     with pytest.raises(ValueError, match="cost_model"):
-        acq.Method("x", acq.ei, cost_model="sum")
+        methods.Method("x", ei_family.ei, cost_model="sum")
+    with pytest.raises(ValueError, match="reserved"):
+        methods.register(methods.Method("mine_nomemo", ei_family.ei))
+    with pytest.raises(ValueError, match="score"):
+        methods.Method("x")
+    with pytest.raises(ValueError, match="finite"):
+        methods.Method("x", ei_family.ei, params={"beta": float("nan")})
 
 
 # ------------------------------------------------------------ Gittins index
@@ -278,7 +288,8 @@ def test_log_expected_cost_is_the_lognormal_closed_form():
     assert float(costs.log_expected_cost(mu[:2], sigma[:2], 0, 0.0)) == pytest.approx(np.log(mc), abs=3e-3)
 
 
-def test_pbgi_is_registered_as_a_memoizing_gittins_method():
-    m = acq.get_method("pbgi")
-    assert m.memoize and m.gittins and m.cost_model == "stages"
-    assert not acq.get_method("eeipu").gittins
+def test_pbgi_is_registered_as_a_memoizing_method_with_state_and_params():
+    m = methods.get_method("pbgi")
+    assert m.memoize and m.cost_model == "stages" and m.init is not None and m.prepare is not None
+    assert m.params == {"lambda0": 0.1, "decay": 2.0}
+    assert methods.get_method("eeipu").init is None

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eeipu_jax import acquisition as acqlib
 from eeipu_jax import costs as costlib
-from eeipu_jax import gp, loop
+from eeipu_jax import gp, loop, methods
+from eeipu_jax.methods import ei_family
 from eeipu_jax.space import Float, Int, SearchSpace, StageSpace
 from tests import reference as ref
 
@@ -49,19 +49,19 @@ def test_integer_proposals_are_chosen_on_snapped_scores(data_seed):
         # proposal is the best point of the space.
         acq, _, _ = acq_fn(jax.random.key(99), loop.canonicalize(state), cfg)
         grid = INT_SPACE.to_unit_array(np.array([[a, b] for a in range(4) for b in range(4)], np.float64))
-        vals = np.asarray(jax.vmap(lambda z: acqlib.ei(z, 0, acq))(jnp.asarray(grid, jnp.float32)))
+        vals = np.asarray(jax.vmap(lambda z: ei_family.ei(z, 0, acq, None))(jnp.asarray(grid, jnp.float32)))
         assert float(prop.score) == pytest.approx(vals.max(), abs=1e-5)
         np.testing.assert_allclose(x, grid[np.argmax(vals)], atol=1e-6)
 
 
 # ----------------------------------------------------------- fallback
-def _nan_score(x, memo_depth, state):
-    del memo_depth, state
+def _nan_score(x, memo_depth, state, params):
+    del memo_depth, state, params
     return jnp.nan * jnp.sum(x)
 
 
-acqlib.register(acqlib.Method("test_nan_scores", _nan_score, "none", False, "every score NaN (tests only)"),
-                overwrite=True)
+methods.register(methods.Method("test_nan_scores", _nan_score, "none", False,
+                                description="every score NaN (tests only)"), overwrite=True)
 
 SPACE = SearchSpace(
     [
@@ -146,12 +146,13 @@ def test_before_any_success_the_objective_is_a_standardized_constant():
 def test_cooling_modes_set_eta_and_its_weight_in_the_score(cooling, eta):
     """Halfway through the budget: linear cooling gives eta = 0.5, constant 1,
     none 0; the EEIPU score is log EI + eta * log E[1/C_j] (NumPy reference)."""
-    cfg = dataclasses.replace(CFG, cooling=cooling)
-    state = filled(cfg, n=10)
+    cfg = CFG
+    state = loop.set_params(filled(cfg, n=10), cfg, cooling=cooling)
     half = float(state.b0) + 0.5 * (float(state.budget) - float(state.b0))
     state = loop.canonicalize(state._replace(spent=jnp.asarray(half, jnp.float32)))
     acq, fitted, _ = acquisition_state(jax.random.key(3), state, cfg)
-    obj_params, cost_params = fitted.obj_params, fitted.cost_params
+    obj_params = jax.tree.map(lambda a: a[0], fitted.gp_params)
+    cost_params = jax.tree.map(lambda a: a[1:], fitted.gp_params)
     assert float(acq.eta) == pytest.approx(eta, abs=1e-5)
     n = int(state.n)
     kw = dict(X=np.asarray(state.X[:n]), y=loop.objective_values(state), failed=np.asarray(state.failed[:n]),
@@ -162,7 +163,7 @@ def test_cooling_modes_set_eta_and_its_weight_in_the_score(cooling, eta):
     x = np.array([0.3, 0.6, 0.2, 0.8, 0.5])
     for j in (0, 1):
         want = ref.acquisition("eeipu", x, j, eta=eta, **kw)
-        assert float(acqlib.eeipu(jnp.asarray(x, jnp.float32), j, acq)) == pytest.approx(want, abs=5e-3)
+        assert float(ei_family.eeipu(jnp.asarray(x, jnp.float32), j, acq, None)) == pytest.approx(want, abs=5e-3)
     if cooling == "none":  # the cost term drops out: EEIPU is EI, whatever the memo depth
         assert want == pytest.approx(ref.acquisition("ei", x, 1, eta=eta, **kw), abs=1e-12)
     else:  # and it matters otherwise
@@ -185,8 +186,8 @@ def test_total_cost_methods_through_ask(method):
     want = ref.acquisition(
         method, np.asarray(prop.x), 0, X=np.asarray(state.X[:n]), y=loop.objective_values(state),
         failed=np.asarray(state.failed[:n]), stage_costs=np.asarray(state.stage_costs[:n]),
-        soc=SPACE.stage_of_column, obj=ref.hyper(new.obj_params, cfg.gp),
-        costs=[ref.hyper(jax.tree.map(lambda a: a[0], new.cost_params), cfg.gp)], eta=0.5, epsilon=0.1,
+        soc=SPACE.stage_of_column, obj=ref.hyper(jax.tree.map(lambda a: a[0], new.gp_params), cfg.gp),
+        costs=[ref.hyper(jax.tree.map(lambda a: a[1], new.gp_params), cfg.gp)], eta=0.5, epsilon=0.1,
         cost_inputs="prefix", jitter=cfg.gp.jitter)
     assert float(prop.score) == pytest.approx(want, abs=5e-3)
     assert float(prop.eta) == pytest.approx(0.5, abs=1e-5)  # reported; EIPS's score ignores it
@@ -225,16 +226,15 @@ def test_with_refit_growth_0_every_ask_refits_and_every_refit_every_th_is_cold()
     runs 50 steps from the default point. With ``refit_growth = 0`` every ask
     refits, so the objective GP's parameters may only change on asks
     n_bo = 0, 3, 6 (refit_every = 3)."""
-    cfg = dataclasses.replace(CFG, method="ei", refit_growth=0.0, refit_every=3,
-                              gp=gp.GPConfig(steps=0, cold_steps=50))
-    state = filled(cfg, n=4)
+    cfg = dataclasses.replace(CFG, method="ei", refit_every=3, gp=gp.GPConfig(steps=0, cold_steps=50))
+    state = loop.set_params(filled(cfg, n=4), cfg, refit_growth=0.0)
     key = jax.random.key(0)
     changed = []
     for i in range(8):
         key, sub = jax.random.split(key)
-        before = state.obj_params
+        before = state.gp_params
         prop, state = loop.ask(sub, state, cfg)
-        changed.append(_params_changed(before, state.obj_params))
+        changed.append(_params_changed(before, state.gp_params))
         x = np.asarray(prop.x)
         state = loop.tell(state, x, objective(x), stage_costs(x))
         assert int(state.n_bo) == i + 1 and int(state.n_refits) == i + 1
@@ -250,9 +250,9 @@ def test_refits_follow_the_growth_schedule_and_cold_ones_every_refit_every_th(ho
     with hold_from = 8 also at 6 (then 7, 9, ...). With 0 warm steps only the
     cold ones may move the parameters, and an ask twice at the same n refits
     at most once."""
-    cfg = dataclasses.replace(CFG, method="ei", refit_growth=0.25, refit_every=3, refit_hold_from=hold_from,
+    cfg = dataclasses.replace(CFG, method="ei", refit_every=3, refit_hold_from=hold_from,
                               gp=gp.GPConfig(steps=0, cold_steps=50))
-    state = filled(cfg, n=4)
+    state = loop.set_params(filled(cfg, n=4), cfg, refit_growth=0.25)
     key = jax.random.key(1)
     expected_refits, n_fit, count = [], 0, 0
     for n in range(4, 21):
@@ -264,13 +264,13 @@ def test_refits_follow_the_growth_schedule_and_cold_ones_every_refit_every_th(ho
     seen = []
     for n in range(4, 21):
         key, k1, k2 = jax.random.split(key, 3)
-        before = state.obj_params
+        before = state.gp_params
         refits_before = int(state.n_refits)
         prop, state = loop.ask(k1, state, cfg)
         _, again = loop.ask(k2, state, cfg)  # same n: nothing more is due
         assert int(again.n_refits) == int(state.n_refits)
         due = int(state.n_refits) > refits_before
-        seen.append((n, due, _params_changed(before, state.obj_params)))
+        seen.append((n, due, _params_changed(before, state.gp_params)))
         assert int(state.n_fit) == max(m for m, d, _ in expected_refits[: n - 3] if d)
         assert int(state.n_chol) == n
         x = np.asarray(prop.x)

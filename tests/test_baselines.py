@@ -8,16 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eeipu_jax import acquisition, gp, lambo, loop, msbo, simulate
+from eeipu_jax import gp, loop, methods, simulate
+from eeipu_jax.methods import lambo, msbo
 from tests.test_gp import reference_posterior
 
 SOC = (0, 0, 1, 1, 1, 2, 3, 3)  # K = 4 stages: 3 tree levels, 8 leaves
 
 
 def test_methods_are_registered():
-    assert {"lambo", "ms_bo"} <= set(acquisition.METHODS)
-    assert acquisition.get_method("ms_bo").propose is msbo.propose
-    assert loop.BOConfig(stage_of_column=SOC, bins=(0,) * 8, method="ms_bo").n_cost_models == 4
+    assert {"lambo", "ms_bo"} <= set(methods.registered())
+    assert methods.get_method("ms_bo").propose is msbo.propose
+    cfg = loop.BOConfig(stage_of_column=SOC, bins=(0,) * 8, method="ms_bo")
+    assert cfg.n_cost_models == 0 and cfg.n_gps == 4  # no cost GP; one prefix GP per stage, kept in the state
 
 
 def test_leaf_membership_against_a_loop_over_leaf_boxes():
@@ -50,7 +52,7 @@ def test_bandit_replay_against_a_numpy_exp3_loop():
     # Reference: plain Python EXP3 with uniform mixing.
     L = np.zeros(n_leaves)
     lo, hi = np.inf, -np.inf
-    lr, gamma = lambo.LEARNING_RATE, lambo.GAMMA
+    lr, gamma = lambo.PARAMS["lr"], lambo.PARAMS["gamma"]
 
     def probs(L):
         w = np.exp(-lr * (L - L.min()))
@@ -90,7 +92,7 @@ def test_prefix_gps_match_numpy_posteriors_on_their_prefixes():
     for x, v in zip(X, y):
         state = loop.tell(state, x, float(v), np.ones(3, np.float32))
     posts, best, fitted = jax.jit(msbo.fit_prefix_gps, static_argnums=2)(jax.random.key(0), state, cfg)
-    params = fitted.cost_params  # the prefix GPs' hyperparameters, in the cost-model slots
+    params = fitted.gp_params  # the prefix GPs' hyperparameters (the state keeps K GPs for MS_BO)
     masks = msbo.prefix_input_masks(cfg.stage_of_column, 3)
     assert masks.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     ystd = (y - y.mean()) / y.std(ddof=1)

@@ -150,7 +150,7 @@ def test_memoizing_ask_reaches_the_brute_force_maximum_of_its_acquisition():
     maximum, and come from the same memo depth when the depths' maxima are apart."""
     from scipy.optimize import minimize
 
-    from eeipu_jax import acquisition as acqlib
+    from eeipu_jax.methods import ei_family
     from eeipu_jax import loop
 
     soc = (0, 0, 1, 2)
@@ -163,7 +163,7 @@ def test_memoizing_ask_reaches_the_brute_force_maximum_of_its_acquisition():
         state = loop.tell(state, x, y, np.array([1.0 + 3 * x[0], 0.5 + 2 * x[1] + x[2], 0.2 + x[3]]))
     prop, _ = loop.ask(jax.random.key(7), state, cfg)
     acq, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(7), state, cfg)
-    score = jax.jit(jax.vmap(lambda x, j: acqlib.eeipu(x, j, acq), in_axes=(0, None)), static_argnums=1)
+    score = jax.jit(jax.vmap(lambda x, j: ei_family.eeipu(x, j, acq, None), in_axes=(0, None)), static_argnums=1)
 
     X = np.asarray(state.X[:10], np.float64)
     y = np.asarray(state.y[:10], np.float64)

@@ -152,23 +152,21 @@ def test_checkpoint_round_trip_gives_the_same_proposal(warm_state, tmp_path):
     assert int(a.memo_depth) == int(b.memo_depth) and int(a.source) == int(b.source)
 
 
-def test_checkpoints_from_before_the_hi_lo_objective_restore(warm_state, tmp_path):
-    """A state saved without ``y_lo`` / ``n_fallback`` (older checkpoints) restores
-    with those fields empty and proposes what the live state proposes (up to the
-    float32 rounding of the objectives that the missing ``y_lo`` held)."""
+def test_a_checkpoint_of_another_state_layout_is_refused(warm_state, tmp_path):
+    """A checkpoint written by another version of the state (here: one field
+    missing) is refused with a clear error, never restored half-filled (a study
+    then rebuilds its state from trials.jsonl: test_study)."""
     import collections
 
-    newer = ("y_lo", "n_fallback", "gittins")
-    Old = collections.namedtuple("BOState", [f for f in loop.BOState._fields if f not in newer])
+    Old = collections.namedtuple("BOState", [f for f in loop.BOState._fields if f != "n_observed"])
     checkpoint.save_state(tmp_path / "old", Old(**{f: getattr(warm_state, f) for f in Old._fields}))
-    restored = checkpoint.restore_state(tmp_path / "old", loop.init(CFG, 1.0, capacity=32))
-    assert isinstance(restored, loop.BOState) and int(restored.n_fallback) == 0
-    np.testing.assert_array_equal(np.asarray(restored.y_lo), 0.0)
-    assert float(restored.gittins.lam) == pytest.approx(CFG.pbgi_lambda0)  # the template's initial lambda
-    a, _ = loop.ask(jax.random.key(8), warm_state, CFG)
-    b, _ = loop.ask(jax.random.key(8), restored, CFG)
-    np.testing.assert_allclose(np.asarray(a.x), np.asarray(b.x), atol=1e-5)
-    assert int(a.memo_depth) == int(b.memo_depth)
+    with pytest.raises(ValueError, match="another version of the state"):
+        checkpoint.restore_state(tmp_path / "old", loop.init(CFG, 1.0, capacity=32))
+    # the same fields, another method state inside (an eeipu state into a pbgi template)
+    checkpoint.save_state(tmp_path / "eeipu", warm_state)
+    pbgi = dataclasses.replace(CFG, method="pbgi")
+    with pytest.raises(ValueError, match="structure"):
+        checkpoint.restore_state(tmp_path / "eeipu", loop.init(pbgi, 1.0, capacity=32))
 
 
 class _Acq(NamedTuple):
@@ -177,35 +175,41 @@ class _Acq(NamedTuple):
 
 @pytest.mark.parametrize("last_scale", [2.0, 4.0])
 def test_pbgi_decay_rule(last_scale):
-    """PBGI-D: lambda is divided by ``pbgi_decay`` iff the last proposal's index
+    """PBGI-D: lambda is divided by ``decay`` iff the last proposal's index
     fell below the best observed value (which includes that proposal's own
     observation), the index kept on its own ask's scale."""
-    cfg = dataclasses.replace(CFG, method="pbgi", pbgi_lambda0=0.1, pbgi_decay=3.0)
-    state = loop.init(cfg, 100.0, capacity=8)
+    from eeipu_jax.methods import pbgi
+
+    cfg = dataclasses.replace(CFG, method="pbgi")
+    state = loop.init(cfg, 100.0, loop.default_params(cfg, lambda0=0.1, decay=3.0), capacity=8)
     for i, yv in enumerate([1.0, 3.0, 2.0]):  # anchor 1, current scale 2, best 3
         state = loop.tell(state, np.full(SPACE.dim, 0.1 * i), yv, np.array([1.0, 2.0, 3.0]), 0)
     for index_y, pending, fires in [(2.9, True, True), (3.1, True, False), (2.9, False, False)]:
         # the index in the previous ask's scale-free units: (g - anchor) / last_scale
-        g = state.gittins._replace(last_index=jnp.float32((index_y - 1.0) / last_scale),
-                                   last_scale=jnp.float32(last_scale), pending=jnp.asarray(pending))
-        _, g2 = loop._gittins_params(_Acq(), state._replace(gittins=g), cfg)
+        g = state.method_state._replace(last_index=jnp.float32((index_y - 1.0) / last_scale),
+                                        last_scale=jnp.float32(last_scale), pending=jnp.asarray(pending))
+        _, g2 = pbgi.prepare(_Acq(), state._replace(method_state=g), cfg)
         assert float(g2.lam) == pytest.approx(0.1 / 3.0 if fires else 0.1)
         assert int(g2.n_decays) == int(fires) and not bool(g2.pending)
     # the cost scale is the mean observed full-trial cost (6 here)
-    acq2, _ = loop._gittins_params(_Acq(), state, cfg)
+    acq2, _ = pbgi.prepare(_Acq(), state, cfg)
     assert float(acq2.extra.log_cost_scale) == pytest.approx(np.log(6.0), rel=1e-6)
     assert float(acq2.extra.log_lambda) == pytest.approx(np.log(0.1), rel=1e-6)
 
 
 def test_pbgi_ask_records_its_index_and_keeps_lambda_in_the_state(warm_state):
     cfg = dataclasses.replace(CFG, method="pbgi")
+    with pytest.raises(ValueError, match="another method's state"):  # warm_state was built for eeipu
+        loop.ask(jax.random.key(3), warm_state, cfg)
+    fresh = loop.init(cfg, 1.0)
+    warm_state = warm_state._replace(method_state=fresh.method_state, params=fresh.params)
     prop, state = loop.ask(jax.random.key(3), warm_state, cfg)
-    assert np.isfinite(float(prop.score)) and bool(state.gittins.pending)
+    assert np.isfinite(float(prop.score)) and bool(state.method_state.pending)
     # the recorded index is the proposal's score brought from the standardized scale to y's scale-free one
     valid, y_eff = loop.effective_objective(warm_state)
     ye = np.asarray(y_eff)[np.asarray(valid)]
     want = ye.mean() + ye.std(ddof=1) * float(prop.score)
-    assert float(state.gittins.last_index) == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert float(state.method_state.last_index) == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
 def test_tell_grows_capacity():
@@ -226,11 +230,18 @@ def test_tell_grows_capacity():
         (dict(cooling="fast"), "cooling"),
         (dict(cost_inputs="all"), "cost_inputs"),
         (dict(n_refine=10_000), "n_refine"),
+        (dict(epsilon=0.0), "epsilon"),
+        (dict(refine_lr=float("nan")), "refine_lr"),
+        (dict(eta_start=-1.0), "eta_start"),
+        (dict(method="pbgi", decay=0.5), "decay"),
+        (dict(method="lambo", beta="high"), "real numbers"),
+        (dict(lambda0=0.1), r"unknown param\(s\) \['lambda0'\] for method 'eeipu'"),
+        (dict(ucb_beta=0.2), "unknown param"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        loop.BOConfig.from_space(SPACE, **kwargs)
+        loop.configure(SPACE, **kwargs)
 
 
 def test_init_rejects_bad_budget():
@@ -282,12 +293,12 @@ def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
         y = loop.objective_values(state)
         failed = np.isnan(y)
         sc = np.asarray(state.stage_costs[:n], np.float64)
-        gps = [(state.obj_params, np.ones(n, bool), ref.objective_targets(y, failed), np.ones(5), acq.obj, 0)]
+        gps = [(jax.tree.map(lambda a: a[0], state.gp_params), np.ones(n, bool), ref.objective_targets(y, failed), np.ones(5), acq.obj, 0)]
         for k in range(3):
             ok = np.isfinite(sc[:, k])
             t = np.full(n, np.nan)
             t[ok] = ref.standardize(np.log(sc[ok, k]))[0]
-            gps.append((jax.tree.map(lambda a: a[k], state.cost_params), ok, t, masks[k].astype(float),
+            gps.append((jax.tree.map(lambda a: a[k + 1], state.gp_params), ok, t, masks[k].astype(float),
                         jax.tree.map(lambda a: a[k], acq.costs), k + 1))
         for params, used, target, im, post, m in gps:
             ls, amp, noise, mean = ref.hyper(params, CFG.gp)

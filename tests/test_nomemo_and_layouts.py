@@ -7,23 +7,23 @@ import jax
 import numpy as np
 import pytest
 
-from eeipu_jax import acquisition as acqlib
-from eeipu_jax import loop, simulate
+from eeipu_jax import loop, methods, simulate
 from pipelines.synthetic import FUNCTIONS, PIPELINES, get_pipeline, parse_layout
 
 SMALL = dict(n_random=64, mc_samples=64, n_refine=2, refine_steps=5, n_per_prefix=8)
 
 
 def test_nomemo_resolves_to_the_same_method_without_memoization():
-    for name in acqlib.METHODS:
-        base, off = acqlib.get_method(name), acqlib.get_method(f"{name}_NoMemo")
+    for name in methods.registered():
+        base, off = methods.get_method(name), methods.get_method(f"{name}_NoMemo")
         assert off.name == f"{name}_nomemo" and not off.memoize
-        assert (off.score, off.cost_model, off.propose) == (base.score, base.cost_model, base.propose)
-    assert acqlib.get_method("eeipu").memoize  # the registry entry itself is untouched
+        assert (off.score, off.cost_model, off.propose, off.init, off.params) == (
+            base.score, base.cost_model, base.propose, base.init, base.params)
+    assert methods.get_method("eeipu").memoize  # the registry entry itself is untouched
     with pytest.raises(ValueError, match="_nomemo"):
-        acqlib.get_method("eeipu_nomemo_nomemo")
+        methods.get_method("eeipu_nomemo_nomemo")
     with pytest.raises(ValueError, match="unknown method"):
-        acqlib.get_method("nope_nomemo")
+        methods.get_method("nope_nomemo")
 
 
 @pytest.mark.slow  # two full synthetic runs compiled (~45 s); test_study covers _nomemo through a Study

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from eeipu_jax import acquisition as acqlib
 from eeipu_jax import costs as costlib
+from eeipu_jax import gp as gplib
 from eeipu_jax import loop
+from eeipu_jax.methods import ei_family
 from tests import reference as ref
 from tests.test_ask import CFG, SPACE, filled, objective, stage_costs
 
@@ -50,39 +51,39 @@ def test_kriging_believer_collapses_the_variance_at_pending_points_only():
     prior the fitted noise is near its floor and the std at a pending x is ~0;
     in general it falls to the noise level, what telling that trial leaves
     (the pending row enters the factor exactly as its tell will)."""
-    cfg = dataclasses.replace(CFG, gp=loop.gplib.GPConfig(noise_prior=None))
+    cfg = dataclasses.replace(CFG, gp=gplib.GPConfig(noise_prior=None))
     state = filled(cfg, n=10)
     xp = np.array([[0.35, 0.35, 0.35, 0.35, 0.35], [0.8, 0.2, 0.6, 0.1, 0.9]])
     pend = _pending(xp, [0, 0])
     acq0, fitted, _ = acquisition_state(jax.random.key(3), loop.canonicalize(state), cfg)
     acq, fitted_p, y_aug = acquisition_state(jax.random.key(3), loop.canonicalize(state), cfg, pend)
     # the same hyperparameters: pending rows never refit anything
-    for a, b in zip(jax.tree.leaves(fitted.obj_params), jax.tree.leaves(fitted_p.obj_params)):
+    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda a: a[0], fitted.gp_params)), jax.tree.leaves(jax.tree.map(lambda a: a[0], fitted_p.gp_params))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    m_told, v_told = _objective_reference(state, cfg, fitted.obj_params, xp)
+    m_told, v_told = _objective_reference(state, cfg, jax.tree.map(lambda a: a[0], fitted.gp_params), xp)
     # believed values: the told-rows posterior mean at each pending x
-    m_fant, v_fant = _objective_reference(state, cfg, fitted.obj_params, xp, extra_X=xp, extra_y=m_told)
+    m_fant, v_fant = _objective_reference(state, cfg, jax.tree.map(lambda a: a[0], fitted.gp_params), xp, extra_X=xp, extra_y=m_told)
     Xq = np.concatenate([xp, SPACE.sample(np.random.default_rng(7), 6)])
-    mq_ref, vq_ref = _objective_reference(state, cfg, fitted.obj_params, Xq, extra_X=xp, extra_y=m_told)
-    pred = jax.vmap(lambda x: loop.gplib.predict(acq.obj, x))(jnp.asarray(Xq, jnp.float32))
-    pred0 = jax.vmap(lambda x: loop.gplib.predict(acq0.obj, x))(jnp.asarray(Xq, jnp.float32))
+    mq_ref, vq_ref = _objective_reference(state, cfg, jax.tree.map(lambda a: a[0], fitted.gp_params), Xq, extra_X=xp, extra_y=m_told)
+    pred = jax.vmap(lambda x: gplib.predict(acq.obj, x))(jnp.asarray(Xq, jnp.float32))
+    pred0 = jax.vmap(lambda x: gplib.predict(acq0.obj, x))(jnp.asarray(Xq, jnp.float32))
     np.testing.assert_allclose(np.asarray(pred[0]), mq_ref, atol=2e-3)
     np.testing.assert_allclose(np.asarray(pred[1]), np.maximum(vq_ref, 1e-12), atol=2e-3)
     np.testing.assert_allclose(np.asarray(pred[0]), np.asarray(pred0[0]), atol=2e-3)  # mean unchanged
-    _, amp, noise, _ = ref.hyper(fitted.obj_params, cfg.gp)
+    _, amp, noise, _ = ref.hyper(jax.tree.map(lambda a: a[0], fitted.gp_params), cfg.gp)
     sd_pending = np.sqrt(np.asarray(pred[1])[:2])
     assert noise < 1e-3 and np.all(sd_pending <= 1.5 * np.sqrt(noise) + 1e-3), (sd_pending, noise)
     assert np.all(sd_pending < 0.1 * np.sqrt(np.asarray(v_told))), (sd_pending, v_told)
     np.testing.assert_allclose(m_fant, m_told, atol=1e-6)
     # the fantasized values (on y_eff's scale) follow the told rows
-    _, mean_s, std_s = loop.gplib.standardize(y_aug[:16], jnp.arange(16) < 10)
+    _, mean_s, std_s = gplib.standardize(y_aug[:16], jnp.arange(16) < 10)
     np.testing.assert_allclose((np.asarray(y_aug[16:18]) - float(mean_s)) / float(std_s), m_told, atol=2e-3)
     # EI at a pending x: ~0 (incumbent includes the believed values), and far below EI before
     best = max(float(acq0.best), float(np.max(m_told)))
     assert float(acq.best) == pytest.approx(best, abs=2e-3)
     for i in range(2):
-        before = float(acqlib.ei(jnp.asarray(xp[i], jnp.float32), 0, acq0))
-        after = float(acqlib.ei(jnp.asarray(xp[i], jnp.float32), 0, acq))
+        before = float(ei_family.ei(jnp.asarray(xp[i], jnp.float32), 0, acq0, None))
+        after = float(ei_family.ei(jnp.asarray(xp[i], jnp.float32), 0, acq, None))
         sd = np.sqrt(max(v_fant[i], 1e-12))
         u = (m_told[i] - best) / sd
         want = sd * (stats.norm.pdf(u) + u * stats.norm.cdf(u))  # closed-form EI, float64
@@ -134,7 +135,7 @@ def test_committed_budget_with_stage_cost_gps_is_the_lognormal_mean_of_the_stage
     in_masks = costlib.stage_input_masks(SPACE.stage_of_column, K, "prefix")
     expected = np.zeros((2, K))
     for k in range(K):
-        ls, amp, noise, gmean = ref.hyper(jax.tree.map(lambda a: a[k], fitted.cost_params), CFG.gp)
+        ls, amp, noise, gmean = ref.hyper(jax.tree.map(lambda a: a[k + 1], fitted.gp_params), CFG.gp)
         z, mu_c, sd_c = ref.standardize(np.log(C[:, k]))
         m, v = ref.posterior(X, z, xp, ls, amp, noise, gmean, jitter=CFG.gp.jitter, input_mask=in_masks[k])
         mu, sigma = mu_c + sd_c * m, sd_c * np.sqrt(np.maximum(v, 1e-12))
@@ -199,10 +200,10 @@ def test_pending_asks_compile_once_per_pending_capacity(caplog):
     with jax.log_compiles():
         for live in range(P + 1):
             loop.ask(jax.random.key(live), state, CFG, _pending(xs[:live], [live % 2] * live, capacity=P))
-        once = [r for r in caplog.records if "Compiling jit(_ask_pending)" in r.getMessage()]
+        once = [r for r in caplog.records if "Compiling jit(_ask)" in r.getMessage()]
         caplog.clear()
         loop.ask(jax.random.key(0), state, CFG, _pending(xs[:1], [0], capacity=P + 1))
-        again = [r for r in caplog.records if "Compiling jit(_ask_pending)" in r.getMessage()]
+        again = [r for r in caplog.records if "Compiling jit(_ask)" in r.getMessage()]
     assert len(once) == 1, [r.getMessage()[:80] for r in once]
     assert len(again) == 1
 

@@ -72,8 +72,8 @@ def test_unknown_batching_is_refused():
 
 def test_warmup_is_shared_across_methods():
     cfg_ei = loop.BOConfig.from_space(PIPE.space, method="ei", n_warmup=5)
-    a, _ = simulate._init_run(jax.random.key(3), 50.0, 0.1, PIPE, CFG, "cost_aware", 16)
-    b, _ = simulate._init_run(jax.random.key(3), 50.0, 0.1, PIPE, cfg_ei, "cost_aware", 16)
+    a, _ = simulate.initial_state(jax.random.key(3), PIPE, CFG, 50.0, capacity=16)
+    b, _ = simulate.initial_state(jax.random.key(3), PIPE, cfg_ei, 50.0, capacity=16)
     np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
     assert float(a.b0) == pytest.approx(float(b.b0)) and float(a.b0) > 0
 

@@ -282,7 +282,7 @@ def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, method, p
     from eeipu_jax.runtime.cache import CachePolicy, StageCache
     from eeipu_jax.runtime.study import pool_keys
 
-    state, _ = rundir.restore_checkpoint(study.out_dir, bo.init(study.config, 1e6, epsilon=1e-6))
+    state, _ = rundir.restore_checkpoint(study.out_dir, bo.init(study.config, 1e6, bo.default_params(study.config, epsilon=1e-6)))
     records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
     assert int(state.n) == len(records)
     keep = pool_keys(state, study.config, records)

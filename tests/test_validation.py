@@ -93,15 +93,15 @@ def test_tell_clips_rounding_slack_and_charges_what_it_was_told(state):
 
 def test_init_accepts_numpy_scalars_and_rejects_bad_numbers():
     for budget in (np.float32(5), np.int64(5), np.array(5.0), jnp.asarray(5.0), 5):
-        s = loop.init(CFG, budget=budget, epsilon=np.float32(0.1))
-        assert float(s.budget) == 5.0 and float(s.epsilon) == pytest.approx(0.1)
+        s = loop.init(CFG, budget=budget, params=loop.default_params(CFG, epsilon=np.float32(0.1)))
+        assert float(s.budget) == 5.0 and float(s.params.epsilon) == pytest.approx(0.1)
     for budget, match in [(-1.0, "positive"), (NAN, "positive"), (INF, "positive"), (True, "number"),
                           ("5", "number"), (np.array([5.0]), "scalar")]:
         with pytest.raises(ValueError, match=f"budget.*{match}"):
             loop.init(CFG, budget=budget)
     for eps in (0.0, NAN, -0.1):
         with pytest.raises(ValueError, match="epsilon"):
-            loop.init(CFG, budget=1.0, epsilon=eps)
+            loop.init(CFG, budget=1.0, params=loop.Params(epsilon=eps))
 
 
 def test_space_accepts_numpy_bounds_and_rejects_self_unequal_choices():
@@ -129,12 +129,12 @@ def test_space_accepts_numpy_bounds_and_rejects_self_unequal_choices():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(refine_lr=NAN), r"BOConfig.refine_lr must be a finite number.*got nan"),
-        (dict(refine_lr=INF), r"BOConfig.refine_lr"),
-        (dict(refine_lr=0.0), r"BOConfig.refine_lr"),
-        (dict(refine_lr="0.1"), r"BOConfig.refine_lr must be a number"),
-        (dict(ucb_beta=-0.1), r"BOConfig.ucb_beta must be a finite number >= 0"),
-        (dict(ucb_beta=NAN), r"BOConfig.ucb_beta"),
+        (dict(refine_lr=NAN), r"Params.refine_lr must be a finite number.*got nan"),
+        (dict(refine_lr=INF), r"Params.refine_lr"),
+        (dict(refine_lr=0.0), r"Params.refine_lr"),
+        (dict(refine_lr="0.1"), r"Params.refine_lr must be a number"),
+        (dict(method="lambo", beta=-0.1), r"lambo: beta must be >= 0"),
+        (dict(method="lambo", beta=NAN), r"method 'lambo': params must be finite"),
         (dict(n_random=10.5), r"BOConfig.n_random must be an integer"),
         (dict(n_refine=True), r"BOConfig.n_refine must be an integer"),
         (dict(gp=dict(steps=3)), r"BOConfig.gp must be a GPConfig"),
@@ -142,7 +142,7 @@ def test_space_accepts_numpy_bounds_and_rejects_self_unequal_choices():
 )
 def test_bo_config_float_and_int_fields_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        loop.BOConfig.from_space(SPACE, **kwargs)
+        loop.configure(SPACE, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -166,10 +166,10 @@ def test_gp_config_floats_must_be_finite_and_in_range(kwargs, match):
 
 
 def test_configs_store_plain_floats_so_they_serialize():
-    cfg = loop.BOConfig.from_space(SPACE, refine_lr=np.float32(0.05), ucb_beta=np.float64(0.2),
-                                   gp=gp.GPConfig(learning_rate=np.float32(0.05), jitter=np.float32(1e-6),
-                                                  noise_prior=(np.float32(1.1), 0.05)))
-    assert type(cfg.refine_lr) is float and type(cfg.gp.learning_rate) is float
+    cfg, params = loop.configure(SPACE, "lambo", refine_lr=np.float32(0.05), beta=np.float64(0.2),
+                                 gp=gp.GPConfig(learning_rate=np.float32(0.05), jitter=np.float32(1e-6),
+                                                noise_prior=(np.float32(1.1), 0.05)))
+    assert type(params.refine_lr) is float and type(cfg.gp.learning_rate) is float
     json.dumps({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "gp"})
     json.dumps(dataclasses.asdict(cfg.gp))
     hash(cfg)

@@ -4,6 +4,8 @@ the references. Each lever is the same config with one ``bo`` field or method ch
 (the exact ``--set`` of each is in docs/lock_in.md). Validation seeds (100 onward) are
 never used here."""
 
+import ml_collections
+
 from experiments.configs import real_cpu
 
 
@@ -13,9 +15,9 @@ def get_config():
     c.methods = ["ei", "eeipu"]
     c.seeds = 3
     c.seed_offset = 0
-    # Defaults of BOConfig, listed so that each can be overridden with --set bo.<field>=...
+    # Defaults, listed so that each can be overridden with --set bo.<field>=... (and PBGI's own
+    # params with --set bo.pbgi.<param>=...)
     c.bo.prefix_pool = "all"
     c.bo.prefix_select = "top_trials"
-    c.bo.pbgi_lambda0 = 0.1
-    c.bo.pbgi_decay = 2.0
+    c.bo.pbgi = ml_collections.ConfigDict(dict(lambda0=0.1, decay=2.0))
     return c

@@ -4,6 +4,8 @@ lever is this config with one ``bo`` field changed on the command line (``--set
 bo.prefix_select=top_prefixes``, ``--set bo.prefix_pool=post_warmup``, ...; the exact
 commands are in docs/lock_in.md). Validation seeds (100 onward) are never used here."""
 
+import ml_collections
+
 from experiments.configs import synthetic_paper
 
 
@@ -13,9 +15,9 @@ def get_config():
     c.methods = ["eeipu", "pbgi"]
     c.seeds = 5
     c.seed_offset = 0
-    # Defaults of BOConfig, listed so that each can be overridden with --set bo.<field>=...
+    # Defaults, listed so that each can be overridden with --set bo.<field>=... (and PBGI's own
+    # params with --set bo.pbgi.<param>=...)
     c.bo.prefix_pool = "all"
     c.bo.prefix_select = "top_trials"
-    c.bo.pbgi_lambda0 = 0.1
-    c.bo.pbgi_decay = 2.0
+    c.bo.pbgi = ml_collections.ConfigDict(dict(lambda0=0.1, decay=2.0))
     return c
