@@ -102,7 +102,7 @@ def _pipeline(name: str):
 
 
 def _trial(pipe, config: dict, seed: int) -> dict:
-    from pipelines.runner import Runner
+    from eeipu_jax.runtime.runner import Runner
 
     runner = Runner(pipe, seed=seed)
     runner.data()  # prepare (memoized across runners) outside the timing

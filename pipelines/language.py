@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 from eeipu_jax.space import Float, Int
-from pipelines.base import Pipeline, Stage
+from eeipu_jax.runtime.pipeline import Pipeline, Stage
 from pipelines.t5 import BOS, EOS, OFFSET, PAD, SENTINEL, T5, T5Config, decode_ids, encode_texts, greedy_decode, shift_right
 
 __all__ = [
@@ -353,7 +353,7 @@ def precompile_stages(data: dict, sz: LangSize, batch_sizes=None) -> float:
     Returns:
         The seconds spent.
     """
-    from pipelines.base import stage_key
+    from eeipu_jax.runtime.pipeline import stage_key
     from pipelines.compile import precompile
 
     tc, sc = sz.teacher, sz.student
@@ -402,7 +402,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
         name: pipeline name (default ``"language"``, ``"language-<size>"`` otherwise).
 
     Returns:
-        A five-stage :class:`~pipelines.base.Pipeline`.
+        A five-stage :class:`~eeipu_jax.runtime.pipeline.Pipeline`.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")

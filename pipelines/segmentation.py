@@ -59,7 +59,7 @@ import numpy as np
 import optax
 
 from eeipu_jax.space import Float, Int
-from pipelines.base import Pipeline, Stage
+from eeipu_jax.runtime.pipeline import Pipeline, Stage
 
 __all__ = [
     "SegSize", "SIZES", "N_CLASSES", "CRF_ITERS", "Conv3x3", "UNet", "one_cycle", "train_unet", "init_unet",
@@ -435,7 +435,7 @@ def precompile_stages(data: dict, sz: SegSize, batch_sizes=None) -> float:
     produces (or for ``batch_sizes``), and :func:`normalize_and_augment` and
     :func:`evaluate` once, for the shapes of ``data`` (``prepare``'s output).
     Returns the seconds spent."""
-    from pipelines.base import stage_key
+    from eeipu_jax.runtime.pipeline import stage_key
     from pipelines.compile import precompile
 
     f32 = jax.ShapeDtypeStruct((), jnp.float32)
@@ -487,7 +487,7 @@ def make_pipeline(size: str = "cpu", *, data_dir: str | None = None, name: str |
         name: pipeline name (default ``"segmentation"``, ``"segmentation-<size>"`` otherwise).
 
     Returns:
-        A three-stage :class:`~pipelines.base.Pipeline`.
+        A three-stage :class:`~eeipu_jax.runtime.pipeline.Pipeline`.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")

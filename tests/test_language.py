@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from eeipu_jax import Study
-from pipelines.base import Stage
+from eeipu_jax.runtime.cache import CachePolicy, StageCache
+from eeipu_jax.runtime.pipeline import Stage
+from eeipu_jax.runtime.runner import Runner
 from tests.pipelines_for_tests import fail_on_call
-from pipelines.cache import CachePolicy, StageCache
 from pipelines.language import SIZES, denoising_pairs, distill_loss, lcs_length, make_tiny, rouge_l_f1
 from pipelines.registry import get_pipeline
-from pipelines.runner import Runner
 from pipelines.t5 import EOS, OFFSET, SENTINEL, T5Config, decode_ids, encode_texts
 
 SMALL_BO = (("n_random", 64), ("mc_samples", 64), ("n_refine", 0), ("n_per_prefix", 8))

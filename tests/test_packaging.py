@@ -1,15 +1,19 @@
 """What is installed and how modules depend on each other: the wheel holds eeipu_jax only,
-its console script points into it, and imports run one way
+its console script points into it, it requires exactly what eeipu_jax imports (no package of
+the pipelines), and imports run one way
 (eeipu_jax <- eeipu_jax.runtime <- pipelines <- experiments <- paper_figures)."""
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
+
+import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +69,10 @@ def test_the_pure_core_does_no_io():
             assert "eeipu_jax.runtime" not in f.read(), name
 
 
-def test_the_wheel_holds_eeipu_jax_only(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The wheel `pip wheel .` builds (offline) from a copy of the repository."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "output", "results", ".venv*", "*.egg-info", "build")
     src.mkdir()
@@ -81,7 +88,11 @@ def test_the_wheel_holds_eeipu_jax_only(tmp_path):
         cwd=src, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (wheel,) = out.glob("eeipu_jax-*.whl")
+    (path,) = out.glob("eeipu_jax-*.whl")
+    return path
+
+
+def test_the_wheel_holds_eeipu_jax_only(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
@@ -89,6 +100,39 @@ def test_the_wheel_holds_eeipu_jax_only(tmp_path):
     assert top == {"eeipu_jax", next(t for t in top if t.endswith(".dist-info"))}, sorted(top)
     assert "eeipu_jax/runtime/cache/store.py" in names and "eeipu_jax/runtime/study.py" in names
     assert "eeipu = eeipu_jax.runtime.cli:main" in entry_points
+
+
+# The distribution that provides each third-party name eeipu_jax imports, where the two differ.
+_DISTRIBUTION = {"orbax": "orbax-checkpoint"}
+# Imported by eeipu_jax for optional features only: not requirements of the library.
+_OPTIONAL = {"ray", "pandas"}
+# What only this repository's pipelines, experiments and figures use.
+_PIPELINES_ONLY = {"flax", "tensorflow-datasets", "array-record", "importlib-resources", "scikit-learn", "ml-collections"}
+
+
+def _requirements(wheel):
+    """{distribution name: set of extras that require it ("" for the library itself)} from METADATA."""
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    found = {}
+    for line in metadata.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        spec, _, marker = line.split(":", 1)[1].partition(";")
+        name = re.match(r"\s*([A-Za-z0-9._-]+)", spec).group(1).lower().replace("_", "-")
+        extra = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", marker)
+        found.setdefault(name, set()).add(extra.group(1) if extra else "")
+    return found
+
+
+def test_the_library_requires_what_it_imports_and_no_pipeline_packages(wheel):
+    requires = _requirements(wheel)
+    library = {name for name, extras in requires.items() if "" in extras}
+    assert not library & _PIPELINES_ONLY, sorted(library & _PIPELINES_ONLY)
+    assert _PIPELINES_ONLY <= {name for name, extras in requires.items() if "pipelines" in extras}
+    imported = set().union(*(_imported_packages(path) for path in _modules("eeipu_jax")))
+    third_party = imported - set(sys.stdlib_module_names) - {"eeipu_jax", "__future__"} - _OPTIONAL
+    assert library - {"jaxlib"} == {_DISTRIBUTION.get(name, name) for name in third_party}
 
 
 def test_console_script_runs_from_the_installed_modules(tmp_path):

@@ -14,9 +14,9 @@ import re
 import jax
 import pytest
 
+from eeipu_jax.runtime.cache import CachePolicy, StageCache
+from eeipu_jax.runtime.pipeline import stage_key
 from pipelines import language, segmentation
-from pipelines.base import stage_key
-from pipelines.cache import CachePolicy, StageCache
 
 pytestmark = pytest.mark.usefixtures("module_data_dir")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from eeipu_jax import Study
+from eeipu_jax.runtime.cache import CachePolicy, StageCache
+from eeipu_jax.runtime.runner import Runner
 from tests.pipelines_for_tests import fail_on_call
-from pipelines.cache import CachePolicy, StageCache
 from pipelines.registry import get_pipeline
-from pipelines.runner import Runner
 from pipelines.segmentation import Conv3x3, augment_copies, make_tiny, mean_field_step, mean_iou, one_cycle
 
 SMALL_BO = (("n_random", 64), ("mc_samples", 64), ("n_refine", 0), ("n_per_prefix", 8))

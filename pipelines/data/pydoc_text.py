@@ -27,6 +27,7 @@ import importlib
 import inspect
 import re
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -87,7 +88,10 @@ def docstring_pairs(modules=MODULES, max_source_chars: int = 1024) -> list[dict]
         except ImportError:  # e.g. a Python built without sqlite3
             continue
         for qualname, obj in _members(module):
-            doc = inspect.getdoc(obj) if not isinstance(obj, str) else None
+            with warnings.catch_warnings():
+                # typing.io and typing.re (Python < 3.12) warn when their docstring is read; neither makes a pair.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = inspect.getdoc(obj) if not isinstance(obj, str) else None
             if not doc or not isinstance(doc, str):
                 continue
             source, target = _clean(doc), first_sentence(doc)
