@@ -102,8 +102,9 @@ print("RESULT " + json.dumps(out))
 _RAY = r"""
 import json, sys, tempfile
 import ray
-from eeipu_jax.runtime import Study
-from eeipu_jax.runtime.parallel import TrialWorker, connect
+from eeipu_jax.runtime import CachePolicy, Study
+from eeipu_jax.runtime.driver import TrialWorker
+from eeipu_jax.runtime.parallel import connect
 import pipelines.registry
 gpus = float(sys.argv[1])
 connect(num_cpus=4)
@@ -114,7 +115,7 @@ with tempfile.TemporaryDirectory() as d:
     out["study"] = {"n_trials": s["n_trials"], "n_failed": s["n_failed"], "parallel": s["parallel"]}
     actor = ray.remote(TrialWorker).options(num_cpus=1, num_gpus=gpus)
     p = study.pipeline
-    workers = [actor.remote(p, 0, d + "/cache", study._plan.policy, True, True, None) for _ in range(2)]
+    workers = [actor.remote(p, 0, d + "/cache", CachePolicy("top_q"), True, True, None) for _ in range(2)]
     out["worker_devices"] = ray.get([w.devices.remote() for w in workers])
 print("RESULT " + json.dumps(out))
 """

@@ -15,7 +15,7 @@ Reported per (method, W):
 * ``trials/s``: trials per wall second of the run (from the first trial's
   start to the last trial's end), and the speed-up against W = 1;
 * ``dup``: duplicated stage computations
-  (:func:`eeipu_jax.runtime.parallel.duplicate_computations`; target 0);
+  (:func:`eeipu_jax.runtime.driver.duplicate_computations`; target 0);
 * ``best@wall``: the best objective found within the wall time the largest W
   took (equal wall time: does more workers find better points sooner?);
 * ``best@budget``: the best objective once the summed-seconds budget is spent
@@ -65,7 +65,7 @@ def _best_until(records: list[dict], t0: float, wall: float) -> float:
 def run_one(method: str, workers: int, seed: int, budget: float, scale: float, n_warmup: int, root: str,
             warm_trials: int, layout: str) -> dict:
     from eeipu_jax.runtime import Study
-    from eeipu_jax.runtime.parallel import duplicate_computations
+    from eeipu_jax.runtime.driver import duplicate_computations
     from eeipu_jax.runtime.records import read_trials
     from pipelines.sleepy import sleepy
 

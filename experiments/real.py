@@ -151,7 +151,7 @@ def run_job(pipeline_name: str, method: str, seed: int, cfg: dict, out: str) -> 
 
 def _study_options(cfg: dict, method: str) -> dict:
     """The :meth:`eeipu_jax.Study.create` options of a config for one method's jobs."""
-    return dict(cache_policy=cfg["cache_policy"], cache_q=int(cfg["cache_q"]), cache_max_bytes=_cache_max_bytes(cfg),
+    return dict(cache_policy=cfg["cache_policy"], cache_max_bytes=_cache_max_bytes(cfg),
                 n_warmup=int(cfg["n_warmup"]), stage_timeout=cfg.get("stage_timeout"), epsilon=float(cfg["epsilon"]),
                 bo=common.method_settings(method, cfg.get("bo") or {}, reserved=("n_warmup",)),
                 charge_optimizer=cfg.get("charge_optimizer", False))
@@ -209,7 +209,7 @@ def check_config(cfg) -> None:
 
     try:
         c = {k: cfg[k] for k in ("pipelines", "methods", "seeds", "seed_offset", "budget", "n_warmup", "epsilon",
-                                 "cache_policy", "cache_q")}
+                                 "cache_policy")}
     except (KeyError, AttributeError) as e:
         raise common.ConfigError(f"the config has no field {e.args[0]!r}") from None
     pipelines = common.check_names(c["pipelines"], "pipelines", lambda p: None)
@@ -228,7 +228,6 @@ def check_config(cfg) -> None:
     common.check_positive(c["epsilon"], "epsilon")
     if c["cache_policy"] not in ("top_q", "all"):
         raise common.ConfigError(f"cache_policy must be one of ['top_q', 'all'], got {c['cache_policy']!r}")
-    common.check_int(c["cache_q"], "cache_q", 1)
     common.check_positive(cfg.get("stage_timeout"), "stage_timeout", allow_none=True, none_means="no limit")
     if cfg.get("max_trials") is not None:
         common.check_int(cfg.get("max_trials"), "max_trials", 1)

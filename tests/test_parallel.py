@@ -1,5 +1,6 @@
-"""Parallel studies on Ray: records, single flight, faults (worker and driver killed), localhost bind, CLI,
-and a Ray Tune experiment with EEIPUSearcher.
+"""Parallel studies on Ray: records, single flight, faults (worker and driver killed), counters across a resume,
+placement (more workers than CPUs; a time limit with a clear error), localhost bind, CLI, and a Ray Tune
+experiment with EEIPUSearcher.
 
 One local Ray (2 CPUs, no dashboard) serves the module; pipelines are
 :func:`tests.pipelines_for_tests.sleepy_small` (synthetic3 whose stages sleep
@@ -25,7 +26,7 @@ psutil = pytest.importorskip("psutil")
 
 from eeipu_jax import loop as bo  # noqa: E402
 from eeipu_jax.checkpoint import restore_state  # noqa: E402
-from eeipu_jax.runtime import Study, parallel, rundir  # noqa: E402
+from eeipu_jax.runtime import Study, driver, parallel, rundir  # noqa: E402
 from eeipu_jax.runtime.records import read_trials  # noqa: E402
 from eeipu_jax.runtime.settings import ConfigError  # noqa: E402
 from pipelines import synthetic  # noqa: E402
@@ -76,18 +77,18 @@ def _reuse_the_first_pending_prefix(monkeypatch, asks) -> dict:
     """Make the driver's asks number ``asks`` (1-based) propose restoring stage 0 of pending row 0
     (the first trial in flight). Returns the calls: ``n`` asks so far, ``pending`` live pending
     rows seen by each."""
-    real_ask = parallel._ask
+    real_ask = bo.ask
     calls = {"n": 0, "pending": []}
 
-    def ask(key, state, config, pending):
-        prop, new_state = real_ask(key, state, config, pending)
+    def ask(key, state, config, pending=None):
+        prop, new_state = real_ask(key, state, config, pending=pending)
         calls["n"] += 1
         calls["pending"].append(int(np.asarray(pending.mask).sum()))
         if calls["n"] in asks:
             prop = prop._replace(memo_depth=np.int32(1), source=np.int32(int(state.X.shape[0])))
         return prop, new_state
 
-    monkeypatch.setattr(parallel, "_ask", ask)
+    monkeypatch.setattr(bo, "ask", ask)  # the driver asks through eeipu_jax.loop.ask
     return calls
 
 
@@ -101,24 +102,43 @@ def test_duplicate_computations_counts_stage_outputs_computed_twice():
         {"status": "failed", "memo_depth": 0, "failed_stage": 1, "cache_keys": ["a", "ad"]},  # a again: 1
         {"status": "failed", "memo_depth": 0, "failed_stage": None, "cache_keys": ["a", "ae"]},  # died: none
     ]
-    assert parallel.duplicate_computations(recs, K) == 3
+    assert driver.duplicate_computations(recs, K) == 3
+
+
+def test_run_counters_count_from_the_records_including_older_ones():
+    """waited_for_prefix: records with wait_seconds > 0; worker_restarts: records with worker_replaced
+    (records of an older version have neither field, and count as neither)."""
+    recs = [
+        {"status": "ok", "memo_depth": 0, "cache_keys": ["a"], "wait_seconds": 0.0, "worker_replaced": False},
+        {"status": "ok", "memo_depth": 1, "cache_keys": ["a"], "wait_seconds": 0.4, "worker_replaced": False},
+        {"status": "failed", "memo_depth": 0, "cache_keys": ["b"], "wait_seconds": 0.0, "worker_replaced": True},
+        {"status": "ok", "memo_depth": 0, "cache_keys": ["c"]},  # a serial (or older) record
+    ]
+    assert driver.run_counters(recs, 2) == {"duplicate_stage_computations": 0, "waited_for_prefix": 1,
+                                            "worker_restarts": 1}
 
 
 def test_a_prefix_counts_as_written_when_its_trial_restored_or_saved_it():
     rec = dict(status="ok", memo_depth=1, cache_keys=["a", "b", "c"], saved_keys=["b"])
-    assert parallel._prefix_written(rec, 1)  # restored
-    assert parallel._prefix_written(rec, 2)  # saved
-    assert not parallel._prefix_written(rec, 3)  # neither
+    assert driver.prefix_written(rec, 1)  # restored
+    assert driver.prefix_written(rec, 2)  # saved
+    assert not driver.prefix_written(rec, 3)  # neither
     died = dict(status="failed", memo_depth=0, cache_keys=["a", "b", "c"], saved_keys=[])
-    assert not parallel._prefix_written(died, 1)  # its waiters compute the prefix, one of them at a time
-    assert parallel._prefix_written(dict(died, saved_keys=["a"]), 1)  # failed after writing stage 0
+    assert not driver.prefix_written(died, 1)  # its waiters compute the prefix, one of them at a time
+    assert driver.prefix_written(dict(died, saved_keys=["a"]), 1)  # failed after writing stage 0
 
 
-def test_trial_resources_are_checked():
-    assert parallel.TrialResources.of({"num_gpus": 1}) == parallel.TrialResources(1.0, 1.0)
-    for bad in ({"num_cpus": -1}, {"num_gpu": 1}, "two"):
+def test_trial_resources_are_checked_and_default_to_a_share_of_a_local_rays_cpus():
+    assert parallel.TrialResources.of({"num_gpus": 1}) == parallel.TrialResources(None, 1.0)
+    for bad in ({"num_cpus": -1}, {"num_gpu": 1}, "two", {"num_cpus": float("nan")}):
         with pytest.raises(ValueError):
             parallel.TrialResources.of(bad)
+    auto = parallel.TrialResources()
+    assert auto.resolved(2, 2.0, local=True).num_cpus == 1.0  # never more than one CPU a trial
+    three = auto.resolved(3, 2.0, local=True).num_cpus  # rounded down to Ray's 1e-4, so three fit in two
+    assert three == 0.6666 and 3 * three <= 2.0
+    assert auto.resolved(8, 2.0, local=False).num_cpus == 1.0  # a cluster joined by address: one each
+    assert parallel.TrialResources(2.0).resolved(8, 2.0, local=True).num_cpus == 2.0  # asked for: kept
 
 
 def test_missing_ray_names_the_extra(monkeypatch, tmp_path):
@@ -139,6 +159,10 @@ def test_bad_parallel_settings_are_refused(tmp_path):
         study.optimize(2, workers=2, resources={"num_cpus": -1})
     with pytest.raises(ConfigError, match="resources"):
         study.optimize(2, resources={"num_cpus": 1})
+    with pytest.raises(ConfigError, match="placement_timeout"):
+        study.optimize(2, placement_timeout=5.0)  # nothing to place without Ray workers
+    with pytest.raises(ConfigError, match="placement_timeout"):
+        study.optimize(2, workers=2, placement_timeout=0.0)
 
 
 # ------------------------------------------------------------------- runs
@@ -159,6 +183,25 @@ def test_two_workers_run_a_study_recording_every_trial_once(local_ray, tmp_path)
     # Asks after the first saw the other worker's trial in flight.
     assert any(r["pending"] == 1 for r in records)
     assert json.load(open(os.path.join(study.out_dir, "summary.json")))["parallel"]["workers"] == 2
+
+
+def test_workers_that_cannot_be_placed_stop_the_study_with_what_was_asked_and_what_there_is(local_ray, tmp_path):
+    """A GPU per trial on the CPU-only local Ray: the study stops after the placement time-out with one
+    error naming the resources asked for and the cluster's, runs no trial and leaves no reservation."""
+    study = _create(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(parallel.PlacementError) as e:
+        study.optimize(2, workers=2, resources={"num_gpus": 1}, placement_timeout=1.0)
+    assert time.monotonic() - t0 < 60  # stopped, not hung (the guard is generous: Ray may be slow to answer)
+    message = str(e.value)
+    assert "2 trial workers of {'num_cpus': 1.0, 'num_gpus': 1.0} each (2 CPU, 2 GPU in all) within 1 s" in message
+    assert "the Ray cluster has 2 CPU, 0 GPU" in message and "--worker-gpus" in message
+    assert isinstance(e.value, ConfigError)  # a command line prints it on one line and exits 2
+    assert read_trials(os.path.join(study.out_dir, "trials.jsonl")) == []
+    from ray.util import placement_group_table
+
+    assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
+    assert local_ray.available_resources().get("CPU") == 2  # nothing left reserved
 
 
 def test_a_prefix_in_flight_is_waited_for_and_restored_not_recomputed(local_ray, tmp_path, monkeypatch):
@@ -245,6 +288,14 @@ def test_trials_held_for_a_killed_workers_prefix_compute_it_once(local_ray, tmp_
     assert second["memo_depth"] == 1 and second["source"] == first["index"]  # restored it
     assert summary["parallel"]["duplicate_stage_computations"] == 0
     assert summary["parallel"]["worker_restarts"] == 1
+    assert summary["parallel"]["waited_for_prefix"] == 2
+
+    # Reopened, the run's counters go on from the records (they were once per optimize call)
+    again = Study.load(study.out_dir, study.pipeline).optimize(1, workers=2)
+    _check_records(study, 5)
+    assert again["parallel"]["worker_restarts"] == 1
+    assert again["parallel"]["waited_for_prefix"] >= 2
+    assert again["parallel"]["duplicate_stage_computations"] == 0
 
 
 _DRIVER = """
@@ -305,17 +356,24 @@ def test_a_local_ray_listens_on_localhost_only(local_ray):
 
 
 # -------------------------------------------------------------------- CLI
-def test_cli_workers_runs_a_parallel_study(local_ray, tmp_path, capsys):
+def test_cli_runs_more_workers_than_the_local_rays_cpus(local_ray, tmp_path, capsys):
+    """The README's `--workers N` on a machine with fewer cores: three workers on the 2-CPU local Ray
+    each reserve a share of its CPUs by default, and every trial is recorded (the command once
+    started no trial and said nothing: each actor waited for a whole CPU)."""
     from experiments.run import main
 
+    assert local_ray.cluster_resources()["CPU"] == 2
     out = tmp_path / "cli"
     args = ["--pipeline", PIPELINE, "--budget", "1e6", "--out", str(out), "--n-warmup", str(N_WARMUP),
-            "--max-trials", "5", "--workers", "2", "--no-progress", "--jax-cache-dir", str(tmp_path / "xla")]
+            "--max-trials", "6", "--workers", "3", "--no-progress", "--jax-cache-dir", str(tmp_path / "xla")]
     args += [a for k, v in SMALL_BO.items() for a in ("--bo", f"{k}={v}")]
     assert main(args) == 0
-    assert "2 workers: 0 duplicated stage computations" in capsys.readouterr().out
+    assert "3 workers: 0 duplicated stage computations" in capsys.readouterr().out
     records = read_trials(str(out / "trials.jsonl"))
-    assert [r["index"] for r in records] == list(range(5)) and {r["worker"] for r in records} == {0, 1}
+    assert [r["index"] for r in records] == list(range(6)) and {r["worker"] for r in records} == {0, 1, 2}
+    assert all(r["status"] == "ok" for r in records)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["parallel"]["resources"] == {"num_cpus": 0.6666, "num_gpus": 0.0}
 
 
 # ------------------------------------------------------------------- Tune

@@ -86,7 +86,7 @@ def test_real_comparison_end_to_end_and_resume(tmp_path, capsys):
         (["--set", "max_trials=0"], "max_trials"),
         (["--set", "stage_timeout=0"], "stage_timeout"),
         (["--set", "epsilon=1e999"], "epsilon"),
-        (["--set", "cache_q=0"], "cache_q"),
+        (["--set", "cache_q=5"], "unknown config key 'cache_q'"),  # removed: bo.top_q is the one top_q
         (["--set", "cache_policy='lru'"], "cache_policy"),
         (["--set", "cache_max_bytes='9 parsecs'"], "cache_max_bytes"),
         (["--set", "bo={'refine_lr': 1e999}"], "bo.refine_lr"),

@@ -60,7 +60,8 @@ def _latest_state(run_dir, study):
         (["--n-warmup", "1"], "n_warmup"),
         (["--bo", "bogus=1"], "--bo bogus"),
         (["--bo", "n_random=many"], "--bo n_random"),
-        (["--cache-q", "0"], "cache q"),
+        (["--placement-timeout", "0", "--workers", "2"], "--placement-timeout"),
+        (["--placement-timeout", "5"], "--placement-timeout"),  # without --workers: nothing to place
         (["--stage-timeout", "0"], "--stage-timeout"),
         (["--resume"], "--resume"),
         # Each of these gave a traceback, some after writing into --out.
@@ -110,7 +111,9 @@ def test_resume_of_an_unreadable_config_is_refused(tmp_path, capsys):
 
 def test_argparse_rejects_unknown_choices_and_sizes(tmp_path, capsys):
     base = ["--pipeline", "toy-small", "--budget", "10", "--out", str(tmp_path / "r")]
-    for extra, field in ((["--cache-policy", "lru"], "--cache-policy"), (["--cache-max-bytes", "9 parsecs"], "--cache-max-bytes")):
+    # --cache-q is gone: a study's top_q cache keeps the optimizer's prefix pool (--bo top_q=...)
+    for extra, field in ((["--cache-policy", "lru"], "--cache-policy"), (["--cache-max-bytes", "9 parsecs"], "--cache-max-bytes"),
+                         (["--cache-q", "5"], "--cache-q")):
         with pytest.raises(SystemExit) as e:
             main(base + extra)
         assert e.value.code == 2 and field in capsys.readouterr().err
@@ -134,7 +137,8 @@ def test_help_explains_the_options(capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0
     for option in ("--pipeline", "--method", "--budget", "--seed", "--out", "--cache-dir", "--cache-policy",
-                   "--cache-q", "--cache-max-bytes", "--resume", "toy-small", "eeipu"):
+                   "--cache-max-bytes", "--resume", "--workers", "--worker-cpus", "--placement-timeout", "toy-small",
+                   "eeipu"):
         assert option in out
 
 

@@ -153,6 +153,7 @@ def test_registered_name_is_reresolved_through_its_recorded_path(tmp_path):
         (dict(bo={"bogus": 1}), "bo.bogus"),
         (dict(cache_max_bytes="9 parsecs"), "cache_max_bytes"),
         (dict(nonsense=1), "unknown option"),
+        (dict(cache_q=5), "unknown option"),  # gone: a study's top_q cache keeps the optimizer's pool
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, kw, message):
@@ -163,6 +164,23 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, kw, messa
     with pytest.raises(ConfigError, match=message):
         Study.check(args["pipeline"], args["method"], args["budget"], args["seed"], **kw)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_recorded_with_cache_q_still_loads_and_resumes(tmp_path):
+    """Runs of earlier versions have cache_q in config.json (a setting that changed nothing in a
+    study); it is ignored: the run loads, resumes and reopens with the same settings."""
+    study = _create(tmp_path)
+    study.optimize(2)
+    path = os.path.join(study.out_dir, "config.json")
+    doc = json.load(open(path))
+    assert "cache_q" not in doc
+    doc["cache_q"] = 5
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    Study.load(study.out_dir).optimize(1)
+    _create(tmp_path, load_if_exists=True).optimize(1)  # the same settings: reopened, not refused
+    assert [t.index for t in Study.load(study.out_dir).trials] == [0, 1, 2, 3]
+    assert Study.load(study.out_dir).summary()["n_trials"] == 4
 
 
 def test_eeipu_is_lazy_and_the_engine_is_importable_from_the_package():
@@ -280,7 +298,7 @@ def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, method, p
     assert misses == []
     # every prefix of the final pool is on disk (the next ask may propose any of them)
     from eeipu_jax.runtime.cache import CachePolicy, StageCache
-    from eeipu_jax.runtime.study import pool_keys
+    from eeipu_jax.runtime.driver import pool_keys
 
     state, _ = rundir.restore_checkpoint(study.out_dir, bo.init(study.config, 1e6, bo.default_params(study.config, epsilon=1e-6)))
     records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))

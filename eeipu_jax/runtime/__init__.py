@@ -14,11 +14,15 @@ where the library touches the disk and the clock. One job per module:
   :class:`Trial`;
 * :mod:`~eeipu_jax.runtime.rundir` -- a run directory's lock and optimizer
   checkpoints;
-* :mod:`~eeipu_jax.runtime.study` -- the :class:`Study` (the tuning loop);
-* :mod:`~eeipu_jax.runtime.parallel` -- W trials of a study at once on Ray
+* :mod:`~eeipu_jax.runtime.driver` -- the one trial driver: ask with pending
+  rows, prefix copy, run through an executor, tell, record, cache keep-set,
+  checkpoints, resume (a serial study is its one-worker case);
+* :mod:`~eeipu_jax.runtime.study` -- the :class:`Study`: its settings,
+  ``config.json`` and records, over the driver;
+* :mod:`~eeipu_jax.runtime.parallel` -- Ray placement of a study's workers
   (optional; imported only by a parallel study);
-* :mod:`~eeipu_jax.runtime.tune_search` -- EEIPU as a Ray Tune searcher
-  (imports Ray; imported only by its users);
+* :mod:`~eeipu_jax.runtime.tune_search` -- EEIPU as a Ray Tune searcher over
+  the driver's pieces (imports Ray; imported only by its users);
 * :mod:`~eeipu_jax.runtime.settings` -- checks of settings;
 * :mod:`~eeipu_jax.runtime.cli` -- the ``eeipu`` command.
 """

@@ -82,8 +82,8 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     p("--out", required=True, help="run directory (trials.jsonl, checkpoints, config.json, summary.json)")
     p("--cache-dir", default=None, help="stage cache directory, shareable between runs (default: <out>/cache)")
     p("--cache-policy", default="top_q", choices=["top_q", "all"],
-      help="top_q: keep the stage outputs of the Q best trials' prefixes; all: keep every output (default: %(default)s)")
-    p("--cache-q", type=int, default=5, help="Q of --cache-policy top_q (default: %(default)s)")
+      help="top_q: keep exactly the prefixes the optimizer may propose (its BOConfig.top_q best per memo depth); "
+           "all: keep every output (default: %(default)s)")
     p("--cache-max-bytes", type=_byte_size, default=None,
       help="size limit of the cache, e.g. 500MB or 2GiB; least recently used entries are evicted (default: none)")
     p("--cache-writes", default="auto", choices=list(CACHE_WRITES),
@@ -106,9 +106,14 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     p("--address", default=None,
       help="join the Ray cluster at this address (e.g. auto or HEAD_IP:6379); default: start a local Ray "
            "bound to localhost when --workers > 1")
-    p("--worker-cpus", type=float, default=1.0, help="logical CPUs each parallel trial reserves (default: %(default)s)")
+    p("--worker-cpus", type=float, default=None,
+      help="logical CPUs each parallel trial reserves (default: min(1, CPUs / workers) on a local Ray, so more "
+           "workers than cores can run; 1 with --address)")
     p("--worker-gpus", type=float, default=0.0,
       help="GPUs each parallel trial reserves; 1 runs one trial per GPU (default: %(default)s)")
+    p("--placement-timeout", type=float, default=None,
+      help="seconds to wait for Ray to place the workers before stopping with an error that names the "
+           "resources asked for and those the cluster has (default: 120)")
     p("--jax-cache-dir", default=None,
       help="JAX persistent compilation cache directory (a resumed run skips recompiling); default "
            "$EEIPU_JAX_XLA_CACHE or ~/.cache/eeipu_jax/xla ('off' in that variable disables it)")
@@ -141,7 +146,6 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         out=args.out,
         cache_dir=args.cache_dir,
         cache_policy=args.cache_policy,
-        cache_q=args.cache_q,
         cache_max_bytes=args.cache_max_bytes,
         cache_writes=args.cache_writes,
         n_warmup=args.n_warmup,
@@ -155,11 +159,19 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
     try:
         if args.max_trials is not None and args.max_trials < 1:
             raise ConfigError(f"--max-trials: must be an integer of at least 1, got {args.max_trials!r}")
-        study = Study._open(settings, "resume" if args.resume else "create")
         parallel = args.workers != 1 or args.address is not None
-        resources = {"num_cpus": args.worker_cpus, "num_gpus": args.worker_gpus} if parallel else None
+        if args.placement_timeout is not None and not (parallel and 0 < args.placement_timeout < float("inf")):
+            raise ConfigError(f"--placement-timeout: positive seconds, with --workers > 1 or --address; got "
+                              f"{args.placement_timeout!r}" + ("" if parallel else " without them"))
+        study = Study.open(settings, "resume" if args.resume else "create")
+        resources = None
+        if parallel:
+            resources = {"num_gpus": args.worker_gpus}
+            if args.worker_cpus is not None:
+                resources["num_cpus"] = args.worker_cpus
         summary = study.optimize(args.max_trials, progress=not args.no_progress, workers=args.workers,
-                                 address=args.address, resources=resources)
+                                 address=args.address, resources=resources,
+                                 placement_timeout=args.placement_timeout)
     except (ConfigError, ImportError) as e:  # ImportError: --workers without the ray extra
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

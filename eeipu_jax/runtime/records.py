@@ -23,7 +23,8 @@ import numpy as np
 
 from eeipu_jax.runtime.settings import ConfigError
 
-__all__ = ["Trial", "jsonable", "atomic_write_json", "append_line", "read_trials", "optimizer_seconds"]
+__all__ = ["Trial", "jsonable", "atomic_write_json", "append_line", "read_trials", "optimizer_seconds",
+           "float_or_nan", "best_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,17 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, np.bool_):
         return bool(v)
     return v
+
+
+def float_or_nan(v: Any) -> float:
+    """A recorded number as a float: ``None`` (how strict JSON writes NaN) -> NaN."""
+    return math.nan if v is None else float(v)
+
+
+def best_record(records: list[dict]) -> dict | None:
+    """The ``ok`` record with the highest objective (the first of equals); ``None`` if none is ok."""
+    ok = [r for r in records if r["status"] == "ok"]
+    return max(ok, key=lambda r: r["y"]) if ok else None
 
 
 def optimizer_seconds(records: list[dict]) -> tuple[float, float]:

@@ -220,7 +220,24 @@ class Runner:
             self._prepared = True
         return self._data
 
-    def _save(self, j: int, output: Any, params: Mapping, keys, stage_costs) -> tuple[str | None, float]:
+    def save_output(self, j: int, output: Any, params: Mapping, keys, stage_costs) -> tuple[str | None, float]:
+        """Write stage ``j``'s output to the cache under ``keys[j]``, with its metadata.
+
+        A failed write is logged and counted (``cache.stats.save_errors``),
+        never raised: the trial's result stands, only its caching is lost.
+
+        Args:
+            j: the stage (``0 .. K-2``; the last stage is never cached).
+            output: the stage's output.
+            params: the trial's nested parameters (stages ``0 .. j`` are recorded).
+            keys: the trial's prefix keys (:func:`~eeipu_jax.runtime.cache.prefix_keys`).
+            stage_costs: the trial's compute seconds per stage (stages
+                ``0 .. j`` are recorded: a restore reports them as its costs).
+
+        Returns:
+            ``(key, seconds)``: the key written (``None`` when nothing was)
+            and the wall seconds the write took.
+        """
         names = [s.name for s in self.pipeline.stages]
         meta = {
             "pipeline": self.pipeline.name,
@@ -251,8 +268,10 @@ class Runner:
             admit: optional ``objective -> bool`` deciding, under a lazy
                 (``"top_q"``) policy, whether the finished trial's outputs are
                 written (default: the cache's own :meth:`StageCache.admits`);
-                a :class:`~eeipu_jax.runtime.study.Study` passes whether the
-                trial enters its optimizer's prefix pool.
+                a study's :class:`~eeipu_jax.runtime.driver.TrialWorker`
+                passes ``lambda y: False`` and keeps the outputs
+                (``keep_outputs``) until its driver decides whether the trial
+                enters the optimizer's prefix pool.
 
         Returns:
             A :class:`TrialResult` (failures are results, not exceptions).
@@ -317,7 +336,7 @@ class Runner:
                 outputs[j] = out
             if j < K - 1 and self.write:
                 if eager:
-                    key, secs = self._save(j, out, params, keys, stage_costs)
+                    key, secs = self.save_output(j, out, params, keys, stage_costs)
                     save_seconds += secs
                     saved += [key] if key else []
                 else:
@@ -337,7 +356,7 @@ class Runner:
                     objective = math.nan
         if error is None and pending and (self.cache.admits if admit is None else admit)(objective):
             for j, o in pending:
-                key, secs = self._save(j, o, params, keys, stage_costs)
+                key, secs = self.save_output(j, o, params, keys, stage_costs)
                 save_seconds += secs
                 saved += [key] if key else []
         del pending

@@ -8,8 +8,13 @@ Usage::
     study = Study.load("runs/rff", pipeline)   # another process, after a crash
     study.optimize(max_trials=20)          # continues where the run stopped
 
-This module owns the Python driver loop of a tuning run on a real pipeline.
-One iteration: split the PRNG key, ``ask`` for a candidate, run it
+This module owns a study's settings (checked before anything is written),
+its run directory's ``config.json``, and reading its records back. Its
+trials run through the one trial driver
+(:class:`~eeipu_jax.runtime.driver.TrialDriver`), in this process
+(:class:`~eeipu_jax.runtime.driver.InProcess`) or on Ray workers
+(:class:`~eeipu_jax.runtime.parallel.RayExecutor`). One serial iteration:
+split the PRNG key, ``ask`` for a candidate, run it
 (:class:`~eeipu_jax.runtime.runner.Runner`: longest cached prefix restored for
 memoizing methods, remaining stages timed), ``tell`` the result, append one
 line to ``trials.jsonl`` (flushed and fsynced), then checkpoint the BO state
@@ -17,9 +22,10 @@ and key with orbax. The budget is wall seconds of trials (restore, stages,
 cache writes); the optimizer's own time is not charged, as in the paper
 (arXiv 2411.03731), unless ``charge_optimizer`` is set. Either way each trial
 records its optimizer seconds (``ask_seconds``: the wall seconds of the
-``tell`` of the previous trial in this process plus the ``ask`` that
-proposed this one, each timed to ``block_until_ready``: all the optimizer
-did between the end of one trial and the start of the next) and its own
+``tell`` of the previous trial in this process (and the check of whether its
+outputs enter the cache) plus the ``ask`` that proposed this one, each timed
+to ``block_until_ready``: all the optimizer did between the end of one trial
+and the start of the next) and its own
 seconds (``trial_seconds``); the summary gives ``optimizer_seconds`` and
 ``optimizer_fraction``, their share of optimizer plus trial seconds. With
 ``charge_optimizer`` the budget is charged ``trial_seconds + ask_seconds``
@@ -55,26 +61,23 @@ observed so far, and the run continues.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from eeipu_jax import loop as bo
 from eeipu_jax import methods as methodlib
-from eeipu_jax.runtime import rundir
-from eeipu_jax.runtime.cache import CachePolicy, StageCache, parse_bytes
+from eeipu_jax.runtime import driver, rundir
+from eeipu_jax.runtime.cache import CachePolicy, parse_bytes
 from eeipu_jax.runtime.pipeline import Pipeline
-from eeipu_jax.runtime.records import Trial, append_line, atomic_write_json, jsonable, optimizer_seconds, read_trials
+from eeipu_jax.runtime.records import Trial, atomic_write_json, best_record, read_trials
 from eeipu_jax.runtime.registry import get_pipeline, target_of
-from eeipu_jax.runtime.runner import Runner, check_seed
+from eeipu_jax.runtime.runner import check_seed
 from eeipu_jax.runtime.settings import INT32_MAX, ConfigError, check_writable_dir, coerce_bo_option, is_int, is_real
 from eeipu_jax.utils import enable_compilation_cache
 
@@ -89,41 +92,12 @@ _BO_RESERVED = ("n_warmup",)
 # The fields of config.json that make a run what it is: reopening a run with
 # explicit settings (a command line's --resume) must match them.
 _IDENTITY = ("format", "pipeline", "pipeline_name", "pipeline_version", "method", "budget", "seed", "n_warmup",
-             "epsilon", "cache_policy", "cache_q", "cache_writes", "bo_options", "charge_optimizer")
+             "epsilon", "cache_policy", "cache_writes", "bo_options", "charge_optimizer")
 # Options of Study.create beyond (pipeline, method, budget, seed), with their defaults.
-_OPTIONS = dict(cache_dir=None, cache_policy="top_q", cache_q=5, cache_max_bytes=None, cache_writes="auto",
+_OPTIONS = dict(cache_dir=None, cache_policy="top_q", cache_max_bytes=None, cache_writes="auto",
                 n_warmup=10, stage_timeout=None, epsilon=0.1, bo=None, jax_cache_dir=None, charge_optimizer=False)
 # Options that may differ when a run is reopened (where it runs, not what it is).
 _RUNTIME = ("cache_dir", "cache_max_bytes", "stage_timeout", "jax_cache_dir")
-
-
-# ------------------------------------------------- one definition of cached
-_prefix_pool = jax.jit(bo.prefix_pool, static_argnums=1)
-
-
-def pool_keys(state, config: bo.BOConfig, records) -> set[str]:
-    """Cache keys of the optimizer's prefix pool (:func:`eeipu_jax.loop.prefix_pool`).
-
-    Under ``"top_q"`` the stage cache keeps exactly these: the depth-``j``
-    prefix key of each pool entry of depth ``j``, i.e. exactly the prefixes the
-    next ``ask`` may propose, so a memoized proposal is never a cache miss.
-    ``records[i]`` is trial ``i`` (row ``i`` of ``state``).
-    """
-    pool = _prefix_pool(state, config)
-    src, ok = np.asarray(pool.source), np.asarray(pool.ok)
-    return {records[int(r)]["cache_keys"][j] for j in range(src.shape[0]) for r in src[j][ok[j]]}
-
-
-def enters_pool(state, config: bo.BOConfig, x, objective: float) -> bool:
-    """Whether trial ``state.n`` at ``x`` with ``objective`` would be in the prefix pool
-    once told (only the ranks matter, so its costs are placeholders): the runner
-    writes its stage outputs only then."""
-    if not math.isfinite(objective):
-        return False
-    i = int(state.n)
-    told = bo.tell(state, x, objective, np.ones(config.n_stages), 0)
-    pool = _prefix_pool(told, config)
-    return bool(np.any(np.asarray(pool.ok) & (np.asarray(pool.source) == i)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,11 +114,10 @@ class StudySettings:
         out: run directory.
         cache_dir: stage cache directory (default ``<out>/cache``); may be
             shared between runs and workers.
-        cache_policy: ``"top_q"`` or ``"all"``.
-        cache_q: trials whose prefixes a ``"top_q"`` cache keeps when used
-            without a study; a study's ``"top_q"`` cache keeps exactly the
-            optimizer's prefix pool (:func:`pool_keys`, ``BOConfig.top_q``
-            prefixes per depth), so every memoized proposal is a hit.
+        cache_policy: ``"top_q"``: the cache keeps exactly the optimizer's
+            prefix pool (``BOConfig.top_q`` prefixes per memo depth:
+            :func:`~eeipu_jax.runtime.driver.pool_keys`), so every memoized
+            proposal is a hit; ``"all"``: every stage output.
         cache_max_bytes: size limit of the cache (LRU eviction), ``None``: none.
         cache_writes: ``"auto"`` (write only for memoizing methods),
             ``"always"`` or ``"never"``.
@@ -168,7 +141,6 @@ class StudySettings:
     out: str
     cache_dir: str | None = None
     cache_policy: str = "top_q"
-    cache_q: int = 5
     cache_max_bytes: int | None = None
     cache_writes: str = "auto"
     n_warmup: int = 10
@@ -248,11 +220,6 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{s.name('method')}: {e}") from None
     try:
-        policy = CachePolicy(s.cache_policy, s.cache_q, s.cache_max_bytes)
-    except (ValueError, TypeError) as e:
-        names = "/".join(s.name(f) for f in ("cache_policy", "cache_q", "cache_max_bytes"))
-        raise ConfigError(f"{names}: {e}") from None
-    try:
         pipeline = _resolve_pipeline(s.pipeline)
     except Exception as e:  # a factory or space that raises is a bad pipeline, not a crash
         raise ConfigError(f"{s.name('pipeline')}: {e}") from None
@@ -271,10 +238,16 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
                     bad("pipeline", f"stage {stage.name!r} parameter {p.name!r} has choice {choice!r}; "
                                     "cache keys need finite bool/int/float, str or None choices")
     try:
-        config, params = bo.configure(pipeline.space, method.name, n_warmup=s.n_warmup, epsilon=s.epsilon,
-                                      **bo_options)
+        config, params = driver.optimizer_config(pipeline.space, method.name, s.n_warmup, s.epsilon, bo_options)
     except Exception as e:
         raise ConfigError(f"{s.name('n_warmup')}/{where.strip()}: {type(e).__name__}: {e}") from None
+    try:
+        # One top_q: a study's "top_q" cache keeps the optimizer's prefix pool (the driver sets its
+        # keep-set), so the policy's own q is the optimizer's, never a second setting.
+        policy = CachePolicy(s.cache_policy, config.top_q, s.cache_max_bytes)
+    except (ValueError, TypeError) as e:
+        names = "/".join(s.name(f) for f in ("cache_policy", "cache_max_bytes"))
+        raise ConfigError(f"{names}: {e}") from None
     write = {"auto": method.memoize, "always": True, "never": False}[s.cache_writes]
     doc = {
         "format": FORMAT,
@@ -287,7 +260,6 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
         "n_warmup": int(s.n_warmup),
         "epsilon": float(s.epsilon),
         "cache_policy": policy.kind,
-        "cache_q": int(policy.q),
         "cache_writes": s.cache_writes,
         "bo_options": {k: bo_options[k] for k in sorted(bo_options)},
         "charge_optimizer": s.charge_optimizer,
@@ -340,31 +312,14 @@ def _read_config(run_dir: str, what: str) -> dict:
         raise ConfigError(f"{what}: {path} is unreadable ({e}); the run directory was altered") from None
     # Runs recorded before the option existed charged trials only.
     saved.setdefault("charge_optimizer", False)
+    # Runs recorded before cache_q was removed have it: it never changed a study (a study's top_q
+    # cache keeps exactly the optimizer's prefix pool, BOConfig.top_q), so it is read and ignored.
+    saved.pop("cache_q", None)
     return saved
 
 
 def _has_run(run_dir: str) -> bool:
     return any(os.path.exists(os.path.join(run_dir, f)) for f in ("config.json", "trials.jsonl"))
-
-
-def _nan(v) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _tell_record(state, rec: dict):
-    return bo.tell(
-        state,
-        np.asarray(rec["x"], np.float32),
-        _nan(rec["y"]),
-        np.asarray([_nan(c) for c in rec["stage_costs"]]),
-        int(rec["memo_depth"]),
-        float(rec["charged"]),
-    )
-
-
-def _best(records: list[dict]) -> dict | None:
-    ok = [r for r in records if r["status"] == "ok"]
-    return max(ok, key=lambda r: r["y"]) if ok else None
 
 
 # ------------------------------------------------------------------ study
@@ -380,9 +335,9 @@ class Study:
     """
 
     def __init__(self, plan: _Plan):
-        """Use :meth:`create` or :meth:`load`."""
+        """Use :meth:`create`, :meth:`load` or :meth:`open`."""
         self._plan = plan
-        self._runner: Runner | None = None
+        self._worker: driver.TrialWorker | None = None  # in process: prepared once per study
         self.out_dir = os.path.abspath(plan.settings.out)
 
     # ------------------------------------------------------ construction
@@ -406,8 +361,7 @@ class Study:
             **options: ``n_warmup`` (10), ``epsilon`` (0.1), ``bo`` (a dict of
                 other :class:`~eeipu_jax.loop.BOConfig` fields),
                 ``cache_dir`` (``<out_dir>/cache``), ``cache_policy``
-                (``"top_q"`` or ``"all"``), ``cache_q`` (5),
-                ``cache_max_bytes`` (int or ``"500MB"``), ``cache_writes``
+                (``"top_q"`` or ``"all"``), ``cache_max_bytes`` (int or ``"500MB"``), ``cache_writes``
                 (``"auto"``: only memoizing methods write), ``stage_timeout``
                 (seconds), ``jax_cache_dir`` (turn on JAX's persistent
                 compilation cache there), ``charge_optimizer`` (False:
@@ -421,7 +375,7 @@ class Study:
         if budget is None:
             raise ConfigError("budget: required (wall seconds of trials to spend)")
         settings = _settings_from_options(out_dir, pipeline, method, budget, seed, options, cli=False)
-        return cls._open(settings, "create_or_resume" if load_if_exists else "create")
+        return cls.open(settings, "create_or_resume" if load_if_exists else "create")
 
     @classmethod
     def load(cls, out_dir: str, pipeline: Any = None, **runtime) -> "Study":
@@ -472,7 +426,7 @@ class Study:
         recorded.update(runtime)
         settings = StudySettings(
             pipeline=spec, method=saved["method"], budget=saved["budget"], seed=saved["seed"], out=run_dir,
-            cache_policy=saved["cache_policy"], cache_q=saved["cache_q"], cache_writes=saved["cache_writes"],
+            cache_policy=saved["cache_policy"], cache_writes=saved["cache_writes"],
             n_warmup=saved["n_warmup"], epsilon=saved["epsilon"], charge_optimizer=saved["charge_optimizer"],
             bo_options=tuple(sorted((saved["bo_options"] or {}).items())),
             cache_dir=recorded.get("cache_dir"), cache_max_bytes=recorded.get("cache_max_bytes"),
@@ -501,11 +455,20 @@ class Study:
         _validate(settings, disk=False)
 
     @classmethod
-    def _open(cls, settings: StudySettings, mode: str) -> "Study":
-        """Create (``"create"``), reopen with the same settings (``"resume"``) or either.
+    def open(cls, settings: StudySettings, mode: str = "create") -> "Study":
+        """A study from complete settings (what :meth:`create` and the ``eeipu tune`` command use).
 
-        A reopened run's identity fields in ``config.json`` must equal these
-        settings'; the differing fields are named otherwise.
+        Args:
+            settings: every setting of the study (:class:`StudySettings`).
+            mode: ``"create"`` (a new run; ``settings.out`` must not hold
+                one), ``"resume"`` (reopen the run there, whose
+                ``config.json`` must have these settings' identity fields)
+                or ``"create_or_resume"`` (either).
+
+        Raises:
+            ConfigError: a wrong setting (nothing is written), no run to
+                resume, a run already there for ``"create"``, or a run with
+                other settings (the differing fields are named).
         """
         if mode not in ("create", "resume", "create_or_resume"):
             raise ValueError(f"mode must be 'create', 'resume' or 'create_or_resume', got {mode!r}")
@@ -586,36 +549,14 @@ class Study:
     @property
     def best_trial(self) -> Trial | None:
         """The finished trial with the highest objective (``None`` before any succeeded)."""
-        best = _best(self._records())
+        best = best_record(self._records())
         return None if best is None else Trial.from_record(best)
 
     def summary(self) -> dict:
         """Trials, failures, memoized trials, spend, the best trial, the share of cache I/O and
         the optimizer's seconds and share (of optimizer plus trial seconds)."""
-        return self._summary(self._records())
-
-    def _summary(self, records: list[dict]) -> dict:
-        spent = float(records[-1]["spent"]) if records else 0.0
-        io = sum(r["restore_seconds"] + r["save_seconds"] for r in records)
-        optimizer, wall = optimizer_seconds(records)
-        best = _best(records)
-        return {
-            "pipeline": self.pipeline.name,
-            "method": self.method,
-            "seed": self.seed,
-            "budget": self.budget,
-            "spent": spent,
-            "n_trials": len(records),
-            "n_failed": sum(1 for r in records if r["status"] != "ok"),
-            "n_memoized": sum(1 for r in records if r["memo_depth"] > 0),
-            "n_fallback": sum(1 for r in records if r.get("fallback", False)),
-            "best": None if best is None else {k: best[k] for k in ("index", "y", "params", "metrics")},
-            "cache_io_seconds": io,
-            "cache_io_fraction": io / spent if spent > 0 else 0.0,
-            "charge_optimizer": self.charge_optimizer,
-            "optimizer_seconds": optimizer,
-            "optimizer_fraction": optimizer / wall if wall > 0 else 0.0,
-        }
+        return driver.summarize(self._records(), pipeline=self.pipeline.name, method=self.method, seed=self.seed,
+                                budget=self.budget, charge_optimizer=self.charge_optimizer)
 
     def trials_dataframe(self):
         """The trials as a ``pandas.DataFrame``: one row per trial, hyperparameters as
@@ -673,7 +614,8 @@ class Study:
 
     # ------------------------------------------------------------ running
     def optimize(self, max_trials: int | None = None, *, progress: bool = False, workers: int = 1,
-                 address: str | None = None, resources: Mapping | None = None) -> dict:
+                 address: str | None = None, resources: Mapping | None = None,
+                 placement_timeout: float | None = None) -> dict:
         """Run trials until the budget is spent, or ``max_trials`` more trials ran.
 
         Resumes from the directory's checkpoint and records first (see the
@@ -683,8 +625,9 @@ class Study:
         With ``workers > 1`` (or an ``address``) up to ``workers`` trials run
         at once on Ray actors (:mod:`eeipu_jax.runtime.parallel`: Ray is an
         optional dependency); this process stays the driver and keeps every
-        guarantee above. ``workers=1`` without an address is the
-        single-process loop, without Ray.
+        guarantee above. ``workers=1`` without an address runs the trials in
+        this process, without Ray. Both run the same trial driver
+        (:class:`~eeipu_jax.runtime.driver.TrialDriver`).
 
         Args:
             max_trials: stop after this many trials of this call (``None``:
@@ -693,16 +636,27 @@ class Study:
             workers: trials run at once (Ray actors when more than one).
             address: a Ray cluster to join (``None``: a local Ray bound to
                 localhost, started unless this process is connected already).
-            resources: what each trial reserves, ``{"num_cpus": 1,
-                "num_gpus": 0}`` by default (``num_gpus=1``: one trial per GPU).
+            resources: what each trial reserves, ``num_cpus`` and
+                ``num_gpus`` (default: no GPU, and ``min(1, CPUs / workers)``
+                CPUs on a local Ray, so more workers than cores can run; 1 CPU
+                on a cluster joined by address; ``num_gpus=1``: one trial per
+                GPU).
+            placement_timeout: seconds to wait for the workers to be placed
+                on Ray before stopping with an error that names what was
+                asked for and what the cluster has (default
+                :data:`~eeipu_jax.runtime.parallel.PLACEMENT_TIMEOUT`).
 
         Returns:
             The :meth:`summary`, plus the cache's statistics (also written to
-            ``summary.json``).
+            ``summary.json``) and, for a parallel study, a ``parallel`` entry
+            (workers, resources, duplicated stage computations, trials that
+            waited for a prefix, workers replaced: counted over the whole run).
 
         Raises:
-            ConfigError: a wrong ``max_trials``, another process holds the
-                directory, or the directory's records were altered.
+            ConfigError: a wrong ``max_trials`` or parallel setting, another
+                process holds the directory, the directory's records were
+                altered, or (:class:`~eeipu_jax.runtime.parallel.PlacementError`)
+                the workers could not be placed in time.
         """
         s = self._plan.settings
         if max_trials is not None and not (is_int(max_trials) and max_trials >= 1):
@@ -711,6 +665,10 @@ class Study:
             raise ConfigError(f"{s.name('workers')}: must be an integer from 1 to 4096, got {workers!r}")
         if address is not None and not (isinstance(address, str) and address):
             raise ConfigError(f"{s.name('address')}: must be a Ray cluster address, got {address!r}")
+        if placement_timeout is not None and not (
+            is_real(placement_timeout) and math.isfinite(placement_timeout) and placement_timeout > 0
+        ):
+            raise ConfigError(f"{s.name('placement_timeout')}: must be positive seconds, got {placement_timeout!r}")
         parallel = workers > 1 or address is not None
         if parallel:
             from eeipu_jax.runtime import parallel as par
@@ -720,180 +678,34 @@ class Study:
             except ValueError as e:
                 raise ConfigError(f"resources: {e}") from None
             par.require_ray()
-        elif resources is not None:
-            raise ConfigError("resources: only for parallel studies (workers > 1 or an address)")
+            executor = par.RayExecutor(workers, trial_resources, address,
+                                       par.PLACEMENT_TIMEOUT if placement_timeout is None else placement_timeout)
+        else:
+            for name, value in (("resources", resources), ("placement_timeout", placement_timeout)):
+                if value is not None:
+                    raise ConfigError(f"{s.name(name)}: only for parallel studies (workers > 1 or an address)")
         if s.jax_cache_dir is not None:
             try:
                 enable_compilation_cache(os.path.abspath(s.jax_cache_dir))
             except OSError as e:
                 raise ConfigError(f"{s.name('jax_cache_dir')}: cannot use the compilation cache: {e}") from None
         os.makedirs(self._plan.cache_dir, exist_ok=True)
+        spec = self._spec()
         with rundir.lock(self.out_dir):
-            state, key, records = self._restore()
-            if parallel:
-                return par.run_parallel(self, state, key, records, max_trials, progress, workers=workers,
-                                        resources=trial_resources, address=address)
-            return self._loop(state, key, records, max_trials, progress)
+            _read_config(self.out_dir, "Study.optimize")
+            state, key, records = driver.resume(spec)
+            if not parallel:
+                if self._worker is None:  # one per study, so prepare() runs once per process
+                    self._worker = driver.TrialWorker(**spec.worker_kwargs())
+                executor = driver.InProcess(self._worker)
+            return driver.TrialDriver(spec, executor, progress=progress).run(state, key, records, max_trials)
 
-    def _restore(self):
-        """``(state, key, records)``: the newest checkpoint plus every recorded trial re-told."""
+    def _spec(self) -> driver.RunSpec:
         plan = self._plan
-        _read_config(self.out_dir, "Study.optimize")
-        trials_path = os.path.join(self.out_dir, "trials.jsonl")
-        fresh = bo.init(plan.config, plan.settings.budget, plan.params)
-        records = read_trials(trials_path, repair=True)
-        got = rundir.restore_checkpoint(self.out_dir, fresh)
-        state, key = got if got is not None else (fresh, jax.random.key(plan.settings.seed))
-        n = int(state.n)
-        if len(records) < n:
-            raise ConfigError(
-                f"{trials_path} has {len(records)} trials but the checkpoint has {n}: the run directory was altered"
-            )
-        # Trials recorded after the last checkpoint: replay their asks (same key
-        # splits, same GP warm starts) and tell what was recorded; nothing reruns.
-        retold_parallel = False
-        for rec in records[n:]:
-            if "worker" in rec:  # a parallel run's trial: its ask saw other trials in flight; tell only
-                state = _tell_record(state, rec)
-                retold_parallel = True
-                continue
-            key, k_ask = jax.random.split(key)
-            prop, state = bo.ask(k_ask, state, plan.config)
-            if not np.allclose(np.asarray(prop.x), np.asarray(rec["x"], np.float32), atol=1e-6):
-                logger.warning("replayed proposal %d differs from the recorded one; telling the recorded trial",
-                               rec["index"])
-            state = _tell_record(state, rec)
-        if retold_parallel:
-            # the checkpoint's key was split again for the asks of those trials: derive a fresh one
-            key = jax.random.fold_in(key, len(records))
-        if len(records) > n:
-            logger.info("re-told %d trial(s) recorded after the last checkpoint", len(records) - n)
-            rundir.save_checkpoint(self.out_dir, state, key)
-        return state, key, records
-
-    def _make_runner(self, cache: StageCache) -> Runner:
-        plan = self._plan
-        if self._runner is None:  # one per study, so prepare() runs once per process
-            self._runner = Runner(plan.pipeline, seed=plan.settings.seed, cache=cache, restore=plan.method.memoize,
-                                  write=plan.write, stage_timeout=plan.settings.stage_timeout)
-        self._runner.cache = cache
-        return self._runner
-
-    def _loop(self, state, key, records: list[dict], max_trials: int | None, progress: bool) -> dict:
-        from tqdm.auto import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        plan = self._plan
-        config, pipeline, budget = plan.config, plan.pipeline, float(plan.settings.budget)
-        space = pipeline.space
-        trials_path = os.path.join(self.out_dir, "trials.jsonl")
-        cache = StageCache(plan.cache_dir, plan.policy)
-        for rec in records:
-            cache.record_trial(_nan(rec["y"]), rec["cache_keys"], prune=False)
-        cache.set_keep(pool_keys(state, config, records))
-        cache.prune()
-        runner = self._make_runner(cache)
-        stats_path = os.path.join(self.out_dir, "cache_stats.json")
-        hits = sum(1 for r in records if r["memo_depth"] > 0)
-        fails = sum(1 for r in records if r["status"] != "ok")
-        best = _best(records)
-        started = len(records)
-        bar = tqdm(
-            total=budget,
-            initial=min(float(state.spent), budget),
-            unit="s",
-            disable=not progress,
-            dynamic_ncols=True,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
-            desc=f"{pipeline.name}/{plan.method.name}",
+        s = plan.settings
+        return driver.RunSpec(
+            out_dir=self.out_dir, pipeline=plan.pipeline, method=plan.method.name, config=plan.config,
+            budget=float(s.budget), seed=int(s.seed), params=plan.params, memoize=plan.method.memoize,
+            write=plan.write, policy=plan.policy, cache_dir=plan.cache_dir, stage_timeout=s.stage_timeout,
+            charge_optimizer=s.charge_optimizer,
         )
-
-        def postfix():
-            bar.set_postfix(
-                trial=len(records),
-                spent=f"{float(state.spent):.1f}/{budget:g}s",
-                best=f"{best['y']:.4g}" if best else "-",
-                hits=hits,
-                failed=fails,
-                refresh=False,
-            )
-
-        postfix()
-        charge_optimizer = plan.settings.charge_optimizer
-        tell_seconds = 0.0  # the previous trial's tell (none before the first trial of this process)
-        with bar, logging_redirect_tqdm():
-            while float(state.spent) < budget and (max_trials is None or len(records) - started < max_trials):
-                i = int(state.n)
-                t0 = time.perf_counter()
-                key, k_ask = jax.random.split(key)
-                prop, state = bo.ask(k_ask, state, config)
-                jax.block_until_ready((prop, state))
-                ask_seconds = tell_seconds + (time.perf_counter() - t0)
-                x = np.array(prop.x, np.float32)
-                params = space.from_unit(x)
-                proposed_depth, source = int(prop.memo_depth), int(prop.source)
-                if proposed_depth > 0 and source >= 0:
-                    # Reuse the source trial's exact raw values so cache keys match bit for bit.
-                    for stage in pipeline.stages[:proposed_depth]:
-                        params[stage.name] = dict(records[source]["params"][stage.name])
-                    mask = space.prefix_mask(proposed_depth)
-                    x[mask] = np.asarray(state.X[source])[mask]
-                admit = None
-                if plan.policy.kind == "top_q":
-                    admit = functools.partial(enters_pool, state, config, x)
-                result = runner.run(params, admit=admit)
-                charged = result.charged + ask_seconds if charge_optimizer else result.charged
-                t0 = time.perf_counter()
-                state = bo.tell(state, x, result.objective, result.stage_costs, result.memo_depth, charged)
-                jax.block_until_ready(state)
-                tell_seconds = time.perf_counter() - t0
-                record = {
-                    "index": i,
-                    "status": result.status,
-                    "y": result.objective,
-                    "x": x.astype(float).tolist(),
-                    "params": params,
-                    "memo_depth": result.memo_depth,
-                    "proposed_depth": proposed_depth,
-                    "source": source,
-                    "stage_costs": result.stage_costs,
-                    "stage_seconds": result.stage_seconds,
-                    "charged": charged,
-                    "trial_seconds": result.charged,
-                    "ask_seconds": ask_seconds,
-                    "spent": float(state.spent),
-                    "restore_seconds": result.restore_seconds,
-                    "save_seconds": result.save_seconds,
-                    "metrics": result.metrics,
-                    "error": result.error,
-                    "failed_stage": result.failed_stage,
-                    "traceback": result.traceback,
-                    "cache_keys": list(result.cache_keys),
-                    "saved_keys": list(result.saved_keys),
-                    "eta": float(prop.eta),
-                    "score": float(prop.score),
-                    # every candidate scored non-finite: ask fell back to its documented choice
-                    "fallback": bool(prop.fallback),
-                    "warmup": i < config.n_warmup,
-                    "time": time.time(),
-                }
-                records.append(append_line(trials_path, record))
-                logger.info(
-                    "trial %d %s: y=%s memo_depth=%d charged=%.3fs spent=%.1f/%gs%s",
-                    i, result.status, f"{result.objective:.6g}", result.memo_depth, charged,
-                    float(state.spent), budget, f" ({result.error})" if result.error else "",
-                )
-                rundir.save_checkpoint(self.out_dir, state, key)
-                cache.set_keep(pool_keys(state, config, records))
-                cache.record_trial(result.objective, result.cache_keys)
-                atomic_write_json(stats_path, cache.stats.to_dict())  # counters only: no directory scan per trial
-                hits += result.memo_depth > 0
-                fails += not result.ok
-                best = _best(records)
-                postfix()
-                bar.update(max(0.0, min(charged, bar.total - bar.n)))  # the last trial may overshoot
-
-        summary = self._summary(records)
-        summary["cache"] = cache.summary()
-        atomic_write_json(os.path.join(self.out_dir, "summary.json"), jsonable(summary))
-        return summary

@@ -21,8 +21,12 @@ imports it.
   ``get_state``/``set_state``, ``set_search_properties``,
   ``set_max_concurrency``) over the pure optimizer
   (:func:`eeipu_jax.loop.ask` / :func:`~eeipu_jax.loop.tell`, arXiv
-  2411.03731): trials Tune is still running enter ``ask`` as pending rows,
-  finished ones are told in completion order. ``suggest`` returns ``None``
+  2411.03731), through the study's trial driver's pieces
+  (:mod:`eeipu_jax.runtime.driver`): ``suggest`` is
+  :func:`~eeipu_jax.runtime.driver.ask_trial` (trials Tune is still running
+  enter ``ask`` as pending rows; a reused prefix is copied bit for bit) and
+  ``on_trial_complete`` is :func:`~eeipu_jax.runtime.driver.tell_record`
+  (finished trials are told in completion order). ``suggest`` returns ``None``
   (Tune asks again later) while ``max_concurrent`` trials are in flight: the
   pending capacity is fixed, so ``ask`` compiles once.
 * :func:`pipeline_trainable` is the function Tune runs: one trial of the
@@ -41,12 +45,11 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from typing import Any
 
 import jax
 import numpy as np
 
-from eeipu_jax import loop as bo
+from eeipu_jax.runtime.driver import Flight, ask_trial, initial_state, optimizer_config, tell_record
 from eeipu_jax.runtime.parallel import require_ray
 from eeipu_jax.runtime.pipeline import Pipeline
 
@@ -95,12 +98,11 @@ class EEIPUSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.pipeline = pipeline
         self.space = pipeline.space
-        self.config, params = bo.configure(self.space, method, n_warmup=n_warmup, epsilon=epsilon,
-                                           **dict(bo_options or {}))
+        self.config, params = optimizer_config(self.space, method, n_warmup, epsilon, bo_options or {})
         self.max_concurrent = max_concurrent
-        self.state = bo.init(self.config, budget, params)
+        self.state = initial_state(self.config, budget, params)
         self.key = jax.random.key(seed)
-        self.live: dict[str, dict] = {}  # trial id -> {"x", "params", "depth"}
+        self.live: dict[str, Flight] = {}  # trial id -> the trial as proposed, in suggestion order
         self.told: list[dict] = []  # row -> {"trial_id", "params"}
 
     # ------------------------------------------------------------- Tune API
@@ -118,50 +120,39 @@ class EEIPUSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict | None:
+        """The next trial's config (``None``: ``max_concurrent`` trials are in flight; Tune asks later).
+
+        The trials in flight are ``ask``'s pending rows (capacity
+        ``max_concurrent``); a proposal reusing the prefix of one of them
+        names it under :data:`WAIT_KEY`, so the trainable waits for it.
+        """
         if len(self.live) >= self.max_concurrent:
             return None
-        flights = list(self.live.items())
-        d = self.space.dim
-        xs = np.stack([f["x"] for _, f in flights]) if flights else np.zeros((0, d), np.float32)
-        pending = bo.pending_from(xs, np.asarray([f["depth"] for _, f in flights], np.int32),
-                                  self.max_concurrent, d)
+        in_flight = list(self.live.values())
         self.key, k_ask = jax.random.split(self.key)
-        prop, self.state = bo.ask(k_ask, self.state, self.config, pending=pending)
-        x = np.array(prop.x, np.float32)
-        params = self.space.from_unit(x)
-        depth, src = int(prop.memo_depth), int(prop.source)
-        n = int(self.state.X.shape[0])
-        wait = None
-        if depth > 0 and src >= 0:
-            if src >= n:
-                wait, base = flights[src - n][0], flights[src - n][1]
-                base_params, base_x = base["params"], base["x"]
-            else:
-                base_params, base_x = self.told[src]["params"], np.asarray(self.state.X[src])
-            for stage in self.pipeline.stages[:depth]:  # bit-identical values, so the cache keys match
-                params[stage.name] = dict(base_params[stage.name])
-            mask = self.space.prefix_mask(depth)
-            x[mask] = np.asarray(base_x)[mask]
-        self.live[trial_id] = {"x": x, "params": params, "depth": depth}
-        return {CONFIG_KEY: params, WAIT_KEY: wait}
+        flight, self.state = ask_trial(k_ask, self.state, self.config, self.pipeline, self.told, in_flight,
+                                       self.max_concurrent)
+        wait = next(tid for tid, f in self.live.items() if f is flight.after) if flight.after else None
+        self.live[trial_id] = flight
+        return {CONFIG_KEY: flight.params, WAIT_KEY: wait}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell the trial's reported metric (a failed or errored trial: NaN, the worst seen), stage
+        costs, memo depth and charged seconds."""
         flight = self.live.pop(trial_id, None)
         if flight is None:
             return
-        K = self.pipeline.n_stages
-        y = float("nan")
-        costs, depth, charged = np.full(K, np.nan), 0, 0.0
+        told = {"x": flight.x, "y": None, "stage_costs": [None] * self.pipeline.n_stages, "memo_depth": 0,
+                "charged": 0.0}
         if result is not None and not error:
             value = result.get(self.metric)
             if value is not None and np.isfinite(value):
-                y = float(value) if self.mode == "max" else -float(value)
+                told["y"] = float(value) if self.mode == "max" else -float(value)
             if "stage_costs" in result:
-                costs = np.asarray([np.nan if c is None else c for c in result["stage_costs"]], np.float64)
-                depth = int(result.get("memo_depth", 0))
-                charged = float(result.get("charged", 0.0))
-        self.state = bo.tell(self.state, flight["x"], y, costs, depth, charged)
-        self.told.append({"trial_id": trial_id, "params": flight["params"]})
+                told.update(stage_costs=result["stage_costs"], memo_depth=int(result.get("memo_depth", 0)),
+                            charged=float(result.get("charged", 0.0)))
+        self.state = tell_record(self.state, told)
+        self.told.append({"trial_id": trial_id, "params": flight.params})
 
     def get_state(self) -> dict:
         return {

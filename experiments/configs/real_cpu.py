@@ -23,8 +23,8 @@ def get_config():
     c.budgets = ml_collections.ConfigDict({})
     c.n_warmup = 10
     c.epsilon = 0.1
+    # top_q: the stage cache keeps exactly the prefixes the optimizer may propose (bo.top_q per depth)
     c.cache_policy = "top_q"
-    c.cache_q = 5
     c.cache_max_bytes = None
     c.stage_timeout = ml_collections.FieldReference(None, field_type=float)
     c.max_trials = ml_collections.FieldReference(None, field_type=int)
