@@ -229,7 +229,7 @@ def test_registry():
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         methods.get_method("nope")
     with pytest.raises(ValueError, match="already registered"):
-        methods.register(methods.Method("ei", ei_family.ei))
+        methods.register(methods.Method("ei", ei_family.eips))  # another definition under a taken name
     with pytest.raises(ValueError, match="cost_model"):
         methods.Method("x", ei_family.ei, cost_model="sum")
     with pytest.raises(ValueError, match="reserved"):

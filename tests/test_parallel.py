@@ -168,10 +168,10 @@ def test_bad_parallel_settings_are_refused(tmp_path):
 # ------------------------------------------------------------------- runs
 def test_two_workers_run_a_study_recording_every_trial_once(local_ray, tmp_path):
     study = _create(tmp_path)
-    compiled = bo._ask_pending._cache_size()
+    compiled = bo.compiled_asks()
     summary = study.optimize(10, workers=2, resources={"num_cpus": 1})
     # 0 or 1 trial in flight at each ask, one state capacity: one compiled pending-aware ask at most
-    assert bo._ask_pending._cache_size() - compiled <= 1
+    assert bo.compiled_asks() - compiled <= 1
     records = _check_records(study, 10)
     assert {r["worker"] for r in records} == {0, 1}
     assert sorted(r["proposed"] for r in records) == list(range(10))

@@ -7,11 +7,13 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -181,6 +183,27 @@ def test_a_run_recorded_with_cache_q_still_loads_and_resumes(tmp_path):
     _create(tmp_path, load_if_exists=True).optimize(1)  # the same settings: reopened, not refused
     assert [t.index for t in Study.load(study.out_dir).trials] == [0, 1, 2, 3]
     assert Study.load(study.out_dir).summary()["n_trials"] == 4
+
+
+def test_a_checkpoint_of_another_state_layout_is_rebuilt_from_the_records(tmp_path, caplog):
+    """A checkpoint written by another version of the optimizer's state (here: a
+    state of another method, another layout) is refused with a warning, and the
+    study rebuilds its state from trials.jsonl, replaying the asks: the same
+    proposals as the uninterrupted run, nothing lost or rerun."""
+    study = _create(tmp_path)
+    study.optimize(N_WARMUP + 2)
+    records = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    other, _ = bo.configure(study.pipeline.space, "pbgi", n_warmup=N_WARMUP)
+    for _, path in rundir.checkpoint_dirs(study.out_dir):
+        shutil.rmtree(path)
+    rundir.save_checkpoint(study.out_dir, bo.init(other, 1.0), jax.random.key(0))
+    caplog.set_level("WARNING")
+    Study.load(study.out_dir).optimize(1)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert not any("differs from the recorded one" in r.getMessage() for r in caplog.records)
+    again = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    assert [r["index"] for r in again] == list(range(N_WARMUP + 3))
+    assert [r["x"] for r in again[: len(records)]] == [r["x"] for r in records]
 
 
 def test_eeipu_is_lazy_and_the_engine_is_importable_from_the_package():

@@ -172,6 +172,10 @@ _REGISTRY: dict[str, Method] = {}
 def register(method: Method, *, overwrite: bool = False) -> Method:
     """Add ``method`` to the registry under ``method.name`` (lower case).
 
+    Registering the same definition again (a module imported anew, e.g.
+    reloaded in a notebook: the same name, and a ``score``/``propose`` of the
+    same module and qualified name) replaces the entry.
+
     Args:
         method: the method.
         overwrite: replace a method already registered under that name.
@@ -180,18 +184,24 @@ def register(method: Method, *, overwrite: bool = False) -> Method:
         ``method`` (so ``register`` can wrap a definition).
 
     Raises:
-        ValueError: the name is taken (and ``overwrite`` is false) or ends in
-            the reserved ``_nomemo`` suffix.
+        ValueError: the name is taken by another definition (and ``overwrite``
+            is false) or ends in the reserved ``_nomemo`` suffix.
     """
     if not isinstance(method, Method):
         raise ValueError(f"register takes a Method, got {type(method).__name__}")
     key = method.name.lower()
     if key.endswith(NOMEMO_SUFFIX):
         raise ValueError(f"method names ending in {NOMEMO_SUFFIX!r} are reserved (memoization off), got {key!r}")
-    if key in _REGISTRY and not overwrite:
-        raise ValueError(f"method {method.name!r} is already registered")
+    if key in _REGISTRY and not overwrite and _origin(_REGISTRY[key]) != _origin(method):
+        raise ValueError(f"method {method.name!r} is already registered (by {_origin(_REGISTRY[key])[0]})")
     _REGISTRY[key] = dataclasses.replace(method, name=key)
     return _REGISTRY[key]
+
+
+def _origin(method: Method) -> tuple[str, str]:
+    """Where a method's search is defined: ``(module, qualified name)``."""
+    fn = method.propose if method.propose is not None else method.score
+    return getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", repr(fn))
 
 
 def registered() -> list[str]:

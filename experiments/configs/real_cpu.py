@@ -6,13 +6,13 @@ import ml_collections
 
 
 def get_config():
-    from eeipu_jax.acquisition import METHODS
+    from eeipu_jax.methods import registered
 
     c = ml_collections.ConfigDict()
     c.name = "real_cpu"
     # Registered names; pipelines not registered in this checkout are skipped with a warning.
     c.pipelines = ["stacking", "segmentation", "language"]
-    c.methods = ["ei", "eips", "carbo", "ms_carbo", "eeipu"] + [m for m in ("lambo", "ms_bo") if m in METHODS]
+    c.methods = ["ei", "eips", "carbo", "ms_carbo", "eeipu"] + [m for m in ("lambo", "ms_bo") if m in registered()]
     c.seeds = 3
     c.seed_offset = 0
     c.budget = 100.0  # wall seconds of trials per run (the paper: 500 s for stacking)
