@@ -17,10 +17,14 @@ out of time is reported as such and the next one runs):
 3. ``driver``: the jitted synthetic driver (``simulate.run_jitted``, seeds
    vmapped) on ``synthetic3``, 8 seeds, 40 trials each, GPU against CPU (a dry
    run: 2 seeds, 12 trials, the tests' smaller candidate batch);
-4. ``pipelines``: one trial of each real pipeline at its ``-gpu`` size
+4. ``sweep``: the epsilon ablation's shape (3 epsilon values x 8 seeds, 40
+   trials, batch sharded over every device: ``simulate.run_jitted`` with a
+   batch of Params), its runs per second on the accelerator against CPU (a
+   dry run: 2 seeds, 12 trials);
+5. ``pipelines``: one trial of each real pipeline at its ``-gpu`` size
    (``stacking-gpu``, ``segmentation-gpu``, ``language-gpu``; their data must
    be in the tfds cache already: there is no download);
-5. ``ray``: a 2-worker Ray study of ``toy-small`` with one GPU per trial, and
+6. ``ray``: a 2-worker Ray study of ``toy-small`` with one GPU per trial, and
    the devices each worker sees (skipped with fewer than two GPUs).
 
 ``--cpu-dry-run`` runs every step on the CPU backend instead, with the tests
@@ -77,6 +81,29 @@ runs = simulate.run_jitted(keys, problem, cfg, max_trials=trials, batching="vmap
 wall = time.perf_counter() - t0
 print("RESULT " + json.dumps({"backend": jax.default_backend(), "seeds": seeds, "trials": trials, "wall_s": wall,
                               "best": [float(np.nanmax(r.y)) for r in runs]}))
+"""
+
+_SWEEP = r"""
+import json, sys, time
+import jax, jax.numpy as jnp, numpy as np
+from eeipu_jax import loop, simulate
+from pipelines.synthetic import get_pipeline
+seeds, trials, small = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "small"
+problem = get_pipeline("synthetic3")
+extra = dict(n_random=128, n_per_prefix=16, n_warmup=5) if small else {}
+config, base = loop.configure(problem.space, "eeipu", **extra)
+eps = (0.01, 0.1, 1.0)
+params = simulate.stack_params([loop.replace_params(base, "eeipu", epsilon=e) for e in eps for _ in range(seeds)])
+keys = jnp.stack([jax.random.key(s) for _ in eps for s in range(seeds)])
+out = {"backend": jax.default_backend(), "devices": len(jax.devices()), "runs": len(eps) * seeds}
+for name in ("first", "again"):
+    t0 = time.perf_counter()
+    rs = simulate.run_jitted(keys, problem, config, params=params, max_trials=trials, batching="vmap",
+                             capacity=16 if small else 32)
+    out[name + "_s"] = time.perf_counter() - t0
+out["runs_per_s"] = out["runs"] / out["again_s"]
+out["best"] = [float(np.nanmax(r.y)) for r in rs]
+print("RESULT " + json.dumps(out))
 """
 
 _PIPELINES = r"""
@@ -187,7 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-dry-run", action="store_true", help="run every step on CPU with tiny sizes")
     ap.add_argument("--tests-seconds", type=float, default=120.0, help="time limit of the test suite step")
     ap.add_argument("--dry-tests", nargs="+", default=["tests/test_gp.py"], help="tests of a dry run")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "ask", "driver", "pipelines", "ray"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "ask", "driver", "sweep", "pipelines", "ray"])
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
@@ -212,6 +239,9 @@ def main(argv=None) -> int:
     if "driver" not in args.skip:
         for plat in (["cpu"] if dry else [accel, "cpu"]):
             run(_step("driver", _DRIVER, ["2", "12", "small"] if dry else ["8", "40", "default"], plat, 240))
+    if "sweep" not in args.skip:
+        for plat in (["cpu"] if dry else [accel, "cpu"]):
+            run(_step("sweep", _SWEEP, ["2", "12", "small"] if dry else ["8", "40", "default"], plat, 300))
     if "pipelines" not in args.skip:
         names = ["stacking-tiny", "segmentation-tiny", "language-tiny"] if dry else \
             ["stacking-gpu", "segmentation-gpu", "language-gpu"]

@@ -270,7 +270,8 @@ def refine(score, x0, free, steps: int, lr: float):
         lr: learning rate in unit-cube units.
 
     Returns:
-        ``(x, value)``: the best of the start and the end point.
+        The end point (the caller scores it, after snapping, against the
+        start: one scoring of the refined points serves both).
     """
     opt = optax.adam(lr)
     grad = jax.grad(lambda x: -score(x))
@@ -283,10 +284,7 @@ def refine(score, x0, free, steps: int, lr: float):
         return (jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0), s), None
 
     (x1, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=steps)
-    v0, v1 = score(x0), score(x1)
-    v1 = jnp.where(jnp.isfinite(v1), v1, -jnp.inf)
-    better = v1 > v0
-    return jnp.where(better, x1, x0), jnp.where(better, v1, v0)
+    return x1
 
 
 def prefix_masks_array(stage_of_column, n_stages: int) -> np.ndarray:

@@ -18,6 +18,8 @@ run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
@@ -27,18 +29,54 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from eeipu_jax.state import grow
+from eeipu_jax.utils import interrupts_deferred
 
 __all__ = ["save_state", "restore_state"]
 
 
+class _SaveErrors(logging.Filter):
+    """Drops the errors orbax's background threads log (with tracebacks) on absl's logger while
+    :func:`save_state` runs: a failed save raises that error to the caller, so the log would only
+    repeat it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
 def save_state(path: str | os.PathLike, state: Any, key: jax.Array | None = None) -> None:
-    """Save ``state`` (and optionally a PRNG ``key``) to directory ``path`` (overwritten)."""
+    """Save ``state`` (and optionally a PRNG ``key``) to directory ``path`` (overwritten).
+
+    Returns once the save is complete, and leaves no orbax thread behind: a
+    Ctrl-C during the save is delivered when it is complete
+    (:func:`eeipu_jax.utils.interrupts_deferred`), and any other exception
+    (``KeyboardInterrupt`` raised another way included) waits for orbax's
+    background writes to finish before it propagates, so none is still
+    running (and printing tracebacks) while the process exits.
+
+    Raises:
+        Exception: what orbax raises when the save fails (e.g. a ``ValueError``
+            ``RESOURCE_EXHAUSTED`` on a full disk); orbax's temporary directory
+            may be left next to ``path``.
+    """
     payload = {"state": state}
     if key is not None:
         payload["key"] = jax.random.key_data(key)
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.abspath(os.fspath(path)), payload, force=True)
-    ckpt.wait_until_finished()
+    absl_logger = logging.getLogger("absl")  # where orbax logs
+    quiet = _SaveErrors()
+    absl_logger.addFilter(quiet)
+    try:
+        with interrupts_deferred():
+            try:
+                ckpt.save(os.path.abspath(os.fspath(path)), payload, force=True)
+                ckpt.wait_until_finished()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ckpt.close()  # waits for the background writes
+                raise
+            ckpt.close()
+    finally:
+        absl_logger.removeFilter(quiet)
 
 
 def restore_state(path: str | os.PathLike, like: Any, with_key: bool = False):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["number", "finite_number", "integer"]
+__all__ = ["number", "finite_number", "integer", "instance"]
 
 
 def number(value: Any, name: str, error: type[Exception] = ValueError) -> float:
@@ -59,3 +59,12 @@ def integer(value: Any, name: str, error: type[Exception] = ValueError) -> int:
     if not isinstance(value, (int, np.integer)):
         raise error(f"{name} must be an integer, got {value!r}")
     return int(value)
+
+
+def instance(value: Any, cls: type, name: str, made_by: str = "", error: type[Exception] = ValueError) -> Any:
+    """``value`` if it is a ``cls``: a dict or ``None`` passed by mistake fails here, naming the
+    argument (``made_by``: where one comes from), not as an ``AttributeError`` deep inside."""
+    if not isinstance(value, cls):
+        where = f" ({made_by})" if made_by else ""
+        raise error(f"{name} must be a {cls.__name__}{where}, got {type(value).__name__}")
+    return value

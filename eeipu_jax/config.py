@@ -48,7 +48,7 @@ from eeipu_jax.methods import Method, check_method_params, get_method
 from eeipu_jax.space import SearchSpace
 
 __all__ = ["BOConfig", "Params", "default_params", "replace_params", "configure", "COOLING", "PARAM_FIELDS",
-           "CONFIG_FIELDS", "as_arrays", "check_params",
+           "CONFIG_FIELDS", "as_arrays", "check_params", "check_config",
            "setting_defaults"]
 
 #: Named cooling schedules: ``(eta_start, eta_end)``.
@@ -96,6 +96,11 @@ class BOConfig:
             on every row. 0: fit on all rows.
         gp: the surrogate model: kernel bounds, hyperpriors and fitting
             steps of every GP (:class:`eeipu_jax.gp.GPConfig`).
+        space_id: the search space's fingerprint
+            (:attr:`eeipu_jax.space.SearchSpace.fingerprint`, set by
+            :meth:`from_space`; 0: a config built without a space). The state
+            keeps it (:func:`eeipu_jax.loop.init`) and ``ask`` refuses a state
+            built for another space, even one of the same shape.
     """
 
     stage_of_column: tuple[int, ...]
@@ -116,12 +121,15 @@ class BOConfig:
     refit_every: int = 10
     fit_rows: int = 128
     gp: gplib.GPConfig = gplib.GPConfig()
+    # Left out of equality and hashing: configs of two spaces of the same shape
+    # share their compiled programs (the fingerprint is checked on the host).
+    space_id: int = dataclasses.field(default=0, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "stage_of_column", tuple(int(s) for s in self.stage_of_column))
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
         for name in ("n_warmup", "n_random", "n_per_prefix", "n_local", "top_q", "n_refine",
-                     "refine_steps", "mc_samples", "refit_every", "refit_hold_from", "fit_rows"):
+                     "refine_steps", "mc_samples", "refit_every", "refit_hold_from", "fit_rows", "space_id"):
             object.__setattr__(self, name, checks.integer(getattr(self, name), f"BOConfig.{name}"))
         soc = self.stage_of_column
         if not soc:
@@ -152,6 +160,7 @@ class BOConfig:
             "refit_every": self.refit_every >= 1,
             "refit_hold_from": self.refit_hold_from >= 0,
             "fit_rows": self.fit_rows == 0 or self.fit_rows >= 8,
+            "space_id": 0 <= self.space_id < 2**31,  # kept in the state as an int32
         }
         bad = [k for k, ok in conditions.items() if not ok]
         if bad:
@@ -167,7 +176,7 @@ class BOConfig:
     @classmethod
     def from_space(cls, space: SearchSpace, **kwargs) -> "BOConfig":
         """Config for a :class:`~eeipu_jax.space.SearchSpace` (other fields as kwargs)."""
-        return cls(stage_of_column=space.stage_of_column, bins=space.bins, **kwargs)
+        return cls(stage_of_column=space.stage_of_column, bins=space.bins, space_id=space.fingerprint, **kwargs)
 
     @property
     def dim(self) -> int:
@@ -241,7 +250,13 @@ class Params(NamedTuple):
 #: The float fields of :class:`Params` a setting may name (``method`` is set
 #: as a whole, or the method's own params by their names).
 PARAM_FIELDS = ("epsilon", "refine_lr", "eta_start", "eta_end", "refit_growth")
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BOConfig) if f.name not in ("stage_of_column", "bins"))
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BOConfig)
+                      if f.name not in ("stage_of_column", "bins", "space_id"))  # those come from the space
+
+
+def check_config(config: Any) -> BOConfig:
+    """``config``, checked on the host to be a :class:`BOConfig` (``ValueError`` naming it)."""
+    return checks.instance(config, BOConfig, "config")
 
 
 def check_params(p: Params, method: Method) -> Params:

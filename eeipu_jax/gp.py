@@ -72,6 +72,9 @@ __all__ = [
     "GPParams",
     "Posterior",
     "scale_free",
+    "squash_outliers",
+    "robust_spread",
+    "OUTLIER_FENCE",
     "standardize",
     "default_params",
     "constrain",
@@ -221,7 +224,71 @@ def _random_params(key, dim: int, cfg: GPConfig, dtype) -> GPParams:
     )
 
 
-def scale_free(y: Float[Array, " n"], mask: Bool[Array, " n"], y_lo=None):
+#: Robust targets: a value further than this many median absolute deviations from the median
+#: of its set is an outlier (:func:`squash_outliers`). Far beyond heavy tails that are data:
+#: the short synthetic runs of ``tests/test_pinned.py`` reach 84 (a first bad region among a
+#: few warm-up points), Gaussian data ~5 (MAD ~ 0.67 sigma); 1e30 among values of order 1 is
+#: 1e30 of them.
+OUTLIER_FENCE = 1000.0
+
+
+def _masked_median(v, mask):
+    """Median of ``v`` over ``mask`` (fixed shape: one sort; 0 when nothing is valid)."""
+    n = jnp.sum(mask)
+    s = jnp.sort(jnp.where(mask, v, jnp.inf))
+    med = 0.5 * s[jnp.maximum(n - 1, 0) // 2] + 0.5 * s[jnp.minimum(n // 2, v.shape[0] - 1)]
+    return jnp.where(n > 0, med, 0.0)
+
+
+def robust_spread(v, mask):
+    """``(median, spread)`` of ``v`` over ``mask``: the spread is the median absolute
+    deviation, or the mean absolute deviation when more than half the values are tied
+    (MAD 0); 0 only when every valid value is equal."""
+    med = _masked_median(v, mask)
+    dev = jnp.where(mask, jnp.abs(v - med), 0.0)
+    mad = _masked_median(dev, mask)
+    mean_dev = jnp.sum(dev) / jnp.maximum(jnp.sum(mask), 1)
+    return med, jnp.where(mad > 0, mad, mean_dev)
+
+
+def _outliers(v, mask, fence):
+    """``(out, med, spread, dev, limit)``: the valid values beyond ``med +- fence * spread``."""
+    med, spread = robust_spread(v, mask)
+    dev = v - med
+    limit = fence * spread
+    out = mask & (jnp.abs(dev) > limit) & (spread > 0) & jnp.isfinite(limit)
+    return out, med, spread, dev, limit
+
+
+def squash_outliers(v, mask, fence: float = OUTLIER_FENCE):
+    """Values beyond ``median +- fence * spread`` (:func:`robust_spread`) pulled in next to the others.
+
+    An outlier above the fence becomes ``top + spread * e / (e + spread)``,
+    with ``top`` the largest value inside the fences and ``e`` its distance
+    beyond the fence; one below, ``bottom - ...`` alike. So outliers stay the
+    best (or worst) values, in their order, but less than one ``spread``
+    beyond the others: like a failed trial, which the GP sees at the worst
+    finished value, rather than a point that makes every other value look
+    the same. Values inside the fences are returned unchanged (bit for bit),
+    and the rule is scale-free: ``a * v + b`` (``a > 0``) gives
+    ``a * squash(v) + b``.
+    """
+    out, _, spread, dev, limit = _outliers(v, mask, fence)
+    inside = mask & ~out
+    top = jnp.max(jnp.where(inside, v, -jnp.inf))
+    bottom = jnp.min(jnp.where(inside, v, jnp.inf))
+    excess = jnp.abs(dev) - limit  # > 0 on outliers (elsewhere unused)
+    margin = spread / (1.0 + spread / excess)  # in (0, spread), increasing in the excess, never overflows
+    return jnp.where(out, jnp.where(dev > 0, top + margin, bottom - margin), v)
+
+
+def _halves(y, lo, mask, a):
+    """``(y + lo - y[a] - lo[a]) / 2`` in valid rows, 0 elsewhere (never overflows)."""
+    half = (0.5 * y - 0.5 * y[a]) + 0.5 * (lo - lo[a])
+    return jnp.where(mask, half, 0.0)
+
+
+def scale_free(y: Float[Array, " n"], mask: Bool[Array, " n"], y_lo=None, *, robust: bool = False):
     """Valid targets relative to an anchor, divided by their largest difference.
 
     ``u = (y - y[a]) / scale`` with ``a`` the first valid row and
@@ -232,25 +299,41 @@ def scale_free(y: Float[Array, " n"], mask: Bool[Array, " n"], y_lo=None):
     to ``u``: a ``(y, y_lo)`` hi/lo pair keeps the digits that a large common
     offset pushes out of a single float32.
 
+    With ``robust`` (the objective's targets), outliers are squashed
+    (:func:`squash_outliers`) before the division, so one extreme value does
+    not shrink every other to a constant; the anchor is then the first valid
+    row unless that row is an outlier (differences to an outlier would lose the
+    other rows' digits), else a median row. Data without outliers give exactly
+    the values of ``robust=False``.
+
     Args:
         y: ``(n,)`` targets (high parts); invalid rows may hold anything.
         mask: ``(n,)`` valid rows.
         y_lo: optional ``(n,)`` low parts (``y + y_lo`` is the value).
+        robust: squash outliers (static).
 
     Returns:
         ``(u, anchor, scale)``: ``u`` is 0 in invalid rows, and
-        ``y ~= anchor + scale * u`` in valid ones (``anchor`` and ``scale`` are
-        float32 and only as exact as float32 allows).
+        ``y ~= anchor + scale * u`` in valid ones (outliers excepted under
+        ``robust``; ``anchor`` and ``scale`` are float32 and only as exact as
+        float32 allows).
     """
     first = jnp.argmax(mask)  # 0 when nothing is valid (then nothing is used)
     lo = jnp.zeros_like(y) if y_lo is None else jnp.asarray(y_lo, y.dtype)
-    half = (0.5 * y - 0.5 * y[first]) + 0.5 * (lo - lo[first])
-    half = jnp.where(mask, half, 0.0)
+    a = first
+    if robust:
+        n = jnp.sum(mask)
+        mid = jnp.argsort(jnp.where(mask, y, jnp.inf))[jnp.maximum(n - 1, 0) // 2]  # a median row: no outlier
+        out = _outliers(_halves(y, lo, mask, mid), mask, OUTLIER_FENCE)[0]
+        a = jnp.where(out[first], mid, first)
+    half = _halves(y, lo, mask, a)
+    if robust:
+        half = squash_outliers(half, mask)
     top = jnp.max(jnp.abs(half))
     ok = (top > 0) & jnp.isfinite(top)
     u = jnp.where(mask, half / jnp.where(ok, top, 1.0), 0.0)
     scale = jnp.where(ok, 2.0 * top, 1.0)
-    return u, y[first] + lo[first], scale
+    return u, y[a] + lo[a], scale
 
 
 def standardize(y: Float[Array, " n"], mask: Bool[Array, " n"], y_lo=None):

@@ -69,6 +69,7 @@ from eeipu_jax import candidates as candlib
 from eeipu_jax.config import (
     BOConfig,
     Params,
+    check_config,
     check_params,
     configure,
     default_params,
@@ -82,6 +83,7 @@ from eeipu_jax.state import (
     canonicalize,
     capacity_for,
     check_pending,
+    check_state,
     effective_objective,
     empty,
     ensure_capacity,
@@ -148,7 +150,12 @@ def set_params(state: BOState, config: BOConfig, **changes) -> BOState:
         state: the state.
         config: its config (names the method whose params these are).
         **changes: as for :func:`eeipu_jax.config.replace_params`.
+
+    Raises:
+        ValueError: a wrong argument, named.
     """
+    check_state(state)
+    check_config(config)
     current = check_params(jax.tree.map(lambda a: float(a), state.params), config.method_def)
     new = replace_params(current, config.method_def, **changes)
     return state._replace(params=jax.tree.map(lambda a, v: jnp.asarray(v, a.dtype), state.params, new))
@@ -239,7 +246,7 @@ def generic_proposal(key, state: BOState, config: BOConfig, pending: Pending | N
         # again; a refined point replaces its start only if its snapped score
         # is higher.
         lr = state.params.refine_lr
-        xr, _ = jax.vmap(
+        xr = jax.vmap(
             lambda x, j, f: candlib.refine(lambda z: score(z, j), x, f, config.refine_steps, lr)
         )(x0, d0, free)
         xs = jax.vmap(snap_free)(xr, d0)
@@ -352,16 +359,20 @@ def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
         ValueError: ``state``, ``config`` or ``pending`` of the wrong type or
             shape (e.g. a state built for another config).
     """
-    if not isinstance(config, BOConfig):
-        raise ValueError(f"config must be a BOConfig, got {type(config).__name__}")
-    if not isinstance(state, BOState):
-        raise ValueError(f"state must be a BOState (from eeipu_jax.loop.init), got {type(state).__name__}")
+    check_config(config)
+    check_state(state)
     if state.X.shape[1:] != (config.dim,) or state.stage_costs.shape[1:] != (config.n_stages,) or \
             state.chol.shape[0] != config.n_gps:
         raise ValueError(
             f"state (d={state.X.shape[1]}, K={state.stage_costs.shape[1]}, {state.chol.shape[0]} GPs) was not "
             f"built for this config (d={config.dim}, K={config.n_stages}, method {config.method!r} with "
             f"{config.n_gps} GPs)"
+        )
+    if int(state.space_id) != config.space_id:
+        raise ValueError(
+            f"state was built for another search space (fingerprint {int(state.space_id)}) than this config's "
+            f"({config.space_id}), though both have d={config.dim} and K={config.n_stages}: ask with the config "
+            "the state was built with (loop.init(config, ...))"
         )
     method = config.method_def
     if jax.tree.structure(state.method_state) != _method_state_structure(config) or \

@@ -50,7 +50,8 @@ import numpy as np
 from eeipu_jax import design as designlib
 from eeipu_jax import loop
 
-__all__ = ["RunResult", "AsyncResult", "warmup_design", "initial_state", "sim_step", "run_python", "run_jitted", "run_async",
+__all__ = ["RunResult", "AsyncResult", "warmup_design", "initial_state", "sim_step", "run_python", "run_jitted",
+           "stack_params", "run_async",
            "resolve_batching", "is_cached", "check_policy"]
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,15 @@ def _simulate(state, prop, problem, config, policy):
     return problem.objective(prop.x), problem.stage_costs(prop.x), depth
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "config", "kind", "capacity"))
 def _init_run(key, budget, params, problem, config, kind, capacity):
+    """:func:`_init_run_jit`, the state marked with ``config``'s space (the
+    compiled program is shared by configs of spaces of the same shape)."""
+    state, key = _init_run_jit(key, budget, params, problem, config, kind, capacity)
+    return state._replace(space_id=jnp.full_like(state.space_id, config.space_id)), key
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "config", "kind", "capacity"))
+def _init_run_jit(key, budget, params, problem, config, kind, capacity):
     """The state after the warm-up design is told, and the key of the BO loop
     (``budget`` and ``params`` traced: one compile for every setting)."""
     k_design, k_loop = jax.random.split(key)
@@ -271,14 +279,16 @@ def _grow_batched(state, trace, capacity):
     return grown, jnp.concatenate([trace, jnp.full((trace.shape[0], pad, 2), jnp.nan, trace.dtype)], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials", "batching"))
-def _segment(state, key, trace, problem, config, policy, max_trials, batching):
-    """Run BO iterations of every seed until done or the capacity is full.
+@functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials", "batching", "n_shards"))
+def _segment(state, key, trace, problem, config, policy, max_trials, batching, n_shards=1):
+    """Run BO iterations of every run until done or the capacity is full.
 
-    ``batching="vmap"`` runs the seeds in lockstep as one batched program
-    (every step costs the whole batch until the slowest seed stops);
+    ``batching="vmap"`` runs the batch in lockstep as one batched program
+    (every step costs the whole batch until the slowest run stops);
     ``"map"`` runs them one after the other inside the same compiled program
-    (``lax.map``), each for its own number of steps.
+    (``lax.map``), each for its own number of steps; with ``n_shards > 1``
+    (the batch sharded over that many devices) each shard is mapped on its
+    own device, the shards side by side.
     """
 
     def one(state, key, trace):
@@ -310,7 +320,12 @@ def _segment(state, key, trace, problem, config, policy, max_trials, batching):
 
     if batching == "vmap":
         return jax.vmap(one)(state, key, trace)
-    return jax.lax.map(lambda a: one(*a), (state, key, trace))
+    if n_shards == 1:
+        return jax.lax.map(lambda a: one(*a), (state, key, trace))
+    # (B,) -> (D, B / D): the device axis vmapped (and sharded), each shard mapped in turn.
+    split = jax.tree.map(lambda a: a.reshape((n_shards, a.shape[0] // n_shards) + a.shape[1:]), (state, key, trace))
+    out = jax.vmap(lambda chunk: jax.lax.map(lambda a: one(*a), chunk))(split)
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
 
 def resolve_batching(batching: str) -> str:
@@ -335,19 +350,34 @@ def run_jitted(
     capacity: int = 32,
     on_segment=None,
     batching: str = "auto",
+    devices=None,
 ) -> list[RunResult]:
-    """Simulated runs for a batch of keys (one per seed), fully jitted.
+    """Simulated runs for a batch of keys (one per run), fully jitted: a sweep of
+    seeds, or of seeds x settings, as one compiled program per capacity.
 
-    Arguments as in :func:`run_python`; ``keys`` has a leading seed axis.
-    ``on_segment(n_done, n_total)`` is called after each capacity segment.
-    ``batching`` says how the seeds share the compiled loop: ``"vmap"``
+    Arguments as in :func:`run_python`; ``keys`` has a leading run axis of
+    length ``B``. ``params`` is one :class:`~eeipu_jax.config.Params` shared by
+    every run, or a batch of them (:func:`stack_params`: every leaf with a
+    leading axis of length ``B``): the floats are traced, so a sweep over
+    ``epsilon``, the cooling or a method's params runs in the same program as
+    a sweep over seeds. ``on_segment(n_done, n_total)`` is called after each
+    capacity segment.
+
+    ``batching`` says how the runs share the compiled loop: ``"vmap"``
     (lockstep, one batched program: the choice for an accelerator, which runs
-    the batch in parallel), ``"map"`` (one seed after the other, each for its
+    the batch in parallel), ``"map"`` (one run after the other, each for its
     own number of steps: on a CPU core, where a batch is no faster than its
-    members in turn, this avoids paying for the slowest seed's iterations on
-    every seed) or ``"auto"`` (``"map"`` on CPU, ``"vmap"`` elsewhere). They
+    members in turn, this avoids paying for the slowest run's iterations on
+    every run) or ``"auto"`` (``"map"`` on CPU, ``"vmap"`` elsewhere). They
     give the same trajectories up to float rounding (batched and unbatched
     kernels round differently, which can make a long run drift apart).
+
+    ``devices``: the devices to shard the batch over (default: every device
+    of the default backend). With ``D > 1`` devices the batch is split into
+    ``D`` equal shards on a one-axis mesh (padded with copies of the last run,
+    which are dropped), each device runs its shard (in lockstep under
+    ``"vmap"``, one run after the other under ``"map"``), and the results do
+    not depend on ``D`` beyond float rounding.
 
     Returns:
         One :class:`RunResult` per key.
@@ -356,29 +386,77 @@ def run_jitted(
     if max_trials <= config.n_warmup:
         raise ValueError(f"max_trials ({max_trials}) must exceed n_warmup ({config.n_warmup})")
     batching = resolve_batching(batching)
-    p = _params(config, params)
-    state, keys = jax.vmap(lambda k: _init_run(k, budget, p, problem, config, warmup, capacity))(keys)
-    S, N = state.X.shape[:2]
     check_policy(cache_policy)
-    trace = jnp.full((S, N, 2), jnp.nan, jnp.float32)  # (eta, proposed memo depth) per trial
+    keys = jnp.asarray(keys)
+    B = keys.shape[0]
+    p = _batched_params(config, params, B)
+    devices = list(jax.devices() if devices is None else devices)
+    D = max(1, min(len(devices), B))
+    pad = (-B) % D
+    if pad:  # equal shards: repeat the last run, dropped from the results
+        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
+        p = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), p)
+    init = jax.vmap(lambda k, q: _init_run(k, budget, q, problem, config, warmup, capacity))
+    state, keys = init(keys, p)
+    N = state.X.shape[1]
+    trace = jnp.full((B + pad, N, 2), jnp.nan, jnp.float32)  # (eta, proposed memo depth) per trial
+    shard = _sharder(devices[:D]) if D > 1 else (lambda tree: tree)
+    state, keys, trace = shard((state, keys, trace))
     while True:
-        state, keys, trace = _segment(state, keys, trace, problem, config, cache_policy, max_trials, batching)
-        done = np.asarray(_done(state, max_trials))
+        state, keys, trace = _segment(state, keys, trace, problem, config, cache_policy, max_trials, batching, D)
+        done = np.asarray(_done(state, max_trials))[:B]
         if on_segment is not None:
-            on_segment(int(done.sum()), S)
+            on_segment(int(done.sum()), B)
         if done.all():
             break
-        state, trace = _grow_batched(state, trace, 2 * state.X.shape[1])
+        state, trace = shard(_grow_batched(state, trace, 2 * state.X.shape[1]))
     trace = np.asarray(trace)
-    fallbacks = np.asarray(state.n_fallback)
+    fallbacks = np.asarray(state.n_fallback)[:B]
     if fallbacks.any():
         logger.warning(
-            "%d of %d seeds had asks whose every candidate scored non-finite (uniform random points "
-            "proposed instead): counts %s", int((fallbacks > 0).sum()), S, fallbacks.tolist(),
+            "%d of %d runs had asks whose every candidate scored non-finite (uniform random points "
+            "proposed instead): counts %s", int((fallbacks > 0).sum()), B, fallbacks.tolist(),
         )
     return [
-        _result(jax.tree.map(lambda a: a[i], state), trace[i], config.n_warmup) for i in range(S)
+        _result(jax.tree.map(lambda a: a[i], state), trace[i], config.n_warmup) for i in range(B)
     ]
+
+
+def stack_params(params: list) -> loop.Params:
+    """A batch of :class:`~eeipu_jax.config.Params` (one per run of
+    :func:`run_jitted`) as one pytree with a leading run axis (validated)."""
+    if not params:
+        raise ValueError("stack_params needs at least one Params")
+    structures = {jax.tree.structure(q) for q in params}
+    if len(structures) != 1:
+        raise ValueError("every Params of a sweep must have the same structure (the same method's params)")
+    return jax.tree.map(lambda *a: np.asarray(a, np.float32), *params)
+
+
+def _batched_params(config, params, B: int):
+    """``params`` for ``B`` runs: one validated Params broadcast, or a batch checked run by run."""
+    if params is None or np.ndim(jax.tree.leaves(params)[0]) == 0:
+        p = _params(config, params)
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (B,)), p)
+    leaves = jax.tree.leaves(params)
+    if any(np.shape(a) != (B,) for a in leaves):
+        raise ValueError(f"batched params need a leading axis of {B} (one per key) on every leaf, got shapes "
+                         f"{sorted({np.shape(a) for a in leaves})}")
+    for i in range(B):  # each run's settings validated like a single run's
+        _params(config, jax.tree.map(lambda a: float(np.asarray(a)[i]), params))
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def _sharder(devices):
+    """Put a batched pytree on ``devices``, split along its leading axis."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devices), ("runs",))
+
+    def put(tree):
+        return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, PartitionSpec("runs"))), tree)
+
+    return put
 
 
 # ------------------------------------------------------ asynchronous driver

@@ -28,6 +28,7 @@ pipelines can be evaluated inside ``jit``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -309,6 +310,27 @@ class SearchSpace:
     def __repr__(self) -> str:
         body = ", ".join(f"{s.name}[{', '.join(p.name for p in s.params)}]" for s in self.stages)
         return f"SearchSpace({body})"
+
+    @property
+    def fingerprint(self) -> int:
+        """A positive int32 identifying this space: stage and parameter names, kinds, bounds, log
+        flags and choices (hashed with SHA-256, so it is the same in every process).
+
+        :meth:`eeipu_jax.config.BOConfig.from_space` records it (``BOConfig.space_id``) and the
+        state keeps it, so ``ask`` refuses a state built for another space of the same shape.
+        """
+        def choice(c: Any) -> str:
+            # repr of plain values; an object's repr may hold its address, so only its type is used
+            plain = c is None or isinstance(c, (bool, int, float, str, bytes))
+            return repr(c) if plain else f"<{type(c).__module__}.{type(c).__qualname__}>"
+
+        def param(p: Param) -> str:
+            if isinstance(p, Categorical):
+                return f"Categorical({p.name!r}, [{', '.join(map(choice, p.choices))}])"
+            return repr(p)  # a frozen dataclass of names and plain numbers
+
+        text = "|".join(f"{s.name!r}:" + ";".join(map(param, s.params)) for s in self.stages)
+        return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") % (2**31 - 1) + 1
 
     # ------------------------------------------------------- unit <-> column
     def from_unit_array(self, u):

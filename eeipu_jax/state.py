@@ -28,6 +28,25 @@ refused. The GP targets are then made scale-free
 :func:`best_observed` and :func:`objective_values` return the objectives
 exactly as told (``y + y_lo`` in float64).
 
+**Outliers.** One extreme objective (a diverged run reporting ``-1e30``
+among values of order 1) would make every other target ``~0`` after the
+division by the largest difference: the GP would see a constant and the
+proposals would be blind. The targets are therefore robust: a value further
+than :data:`eeipu_jax.gp.OUTLIER_FENCE` (1000) median absolute deviations
+from the median of the finished trials is moved next to the others, less
+than one MAD beyond the best (or worst) value inside the fences, in its
+order (:func:`eeipu_jax.gp.squash_outliers`): the GP sees it as the best or
+worst point, as it sees a failed trial at the worst value. Why this and not a
+rank or power transform of every value: those change ordinary data too
+(every proposal of every method would move, and differences between good
+values that the GP should see would shrink), while a far fence leaves data
+without outliers bit for bit as they were (heavy tails of ordinary runs reach
+~100 MADs: ``tests/test_pinned.py``) and acts only where the plain scale
+breaks down. The fence and the squash are scale-free (median and MAD move
+with ``a * y + b``), jittable with fixed shapes (two sorts of the capacity),
+and keep the ranks, so the prefix pool (ranked by the same targets) keeps
+the same trials.
+
 **Failed trials** (objective NaN, or +-inf, which :func:`tell` also records as
 a failure) are kept: the objective GP sees them at the worst objective among
 the finished trials (the region is not worth revisiting, and the GP stays
@@ -49,10 +68,11 @@ from jaxtyping import Array, Bool, Float, Int
 from eeipu_jax import checks
 from eeipu_jax import candidates as candlib
 from eeipu_jax import gp as gplib
-from eeipu_jax.config import BOConfig, Params, as_arrays, check_params, default_params
+from eeipu_jax.config import BOConfig, Params, as_arrays, check_config, check_params, default_params
 
 __all__ = [
     "BOState",
+    "check_state",
     "Proposal",
     "Pending",
     "no_pending",
@@ -69,6 +89,7 @@ __all__ = [
     "n_observations",
     "objective_values",
     "best_observed",
+    "scale_free_objective",
     "scaled_objective",
     "effective_objective",
     "pool_eligible",
@@ -108,6 +129,7 @@ class BOState(NamedTuple):
     n_refits: Int[Array, ""]  # hyperparameter refits so far (sets which are cold)
     n_observed: Int[Array, ""]  # rows the method's ``observe`` hook has seen
     method_state: Any  # the method's own state (``Method.init``; ``None`` if it has none)
+    space_id: Int[Array, ""]  # BOConfig.space_id of the config it was built for (ask checks it)
 
 
 class Proposal(NamedTuple):
@@ -254,7 +276,12 @@ def init(config: BOConfig, budget: float, params: Params | None = None, *, capac
             validated here.
         capacity: preallocated rows (grown on demand by :func:`tell`; at
             least ``n_warmup + 1``).
+
+    Raises:
+        ValueError: a wrong argument, named (``config`` not a ``BOConfig``,
+            a budget that is not a positive finite number, bad params).
     """
+    check_config(config)
     budget = checks.number(budget, "budget")
     if not (math.isfinite(budget) and budget > 0):
         raise ValueError(f"budget must be a positive finite number, got {budget!r}")
@@ -298,6 +325,7 @@ def empty(config: BOConfig, budget, params: Params, capacity: int) -> BOState:
         n_refits=jnp.asarray(0, jnp.int32),
         n_observed=jnp.asarray(0, jnp.int32),
         method_state=jax.tree.map(jnp.asarray, method_state),
+        space_id=jnp.asarray(config.space_id, jnp.int32),
     )
 
 
@@ -364,10 +392,17 @@ _X_TOLERANCE = 1e-5  # unit-cube rounding slack accepted (then clipped) in ``tel
 
 
 def _vector(value, name: str, n: int) -> np.ndarray:
+    """``value`` as ``(n,)`` float64, from real numbers only: strings, booleans,
+    complex numbers and objects (``None``) are refused, not converted (NumPy
+    would read ``"0.5"`` as 0.5, ``True`` as 1 and drop an imaginary part)."""
     try:
-        a = np.asarray(value, dtype=np.float64)
+        a = np.asarray(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be {n} numbers, got {value!r}") from None
+    if a.dtype.kind not in "iuf":
+        kind = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes"}.get(a.dtype.kind, "objects")
+        raise ValueError(f"{name} must be {n} numbers (real ones, not {kind}), got {value!r}")
+    a = a.astype(np.float64)
     if a.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got shape {a.shape}: {value!r}")
     return a
@@ -409,10 +444,11 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
     depth = int(depth)
 
     costs = _vector(stage_costs, "stage_costs", K)
-    bad = np.isinf(costs) | (costs < 0)
+    bad = np.isinf(costs) | (costs < 0) | (costs > _F32_MAX)
     if bad.any():
         raise ValueError(
-            f"stage_costs must be finite and >= 0 (NaN for a stage that did not run), got {costs.tolist()}"
+            f"stage_costs must be finite and >= 0 (NaN for a stage that did not run) and fit float32 "
+            f"(<= {_F32_MAX:.4g}), got {costs.tolist()}"
         )
     if np.isnan(costs[:depth]).any():
         raise ValueError(
@@ -424,6 +460,11 @@ def _check_trial(state: BOState, x, y, stage_costs, memo_depth, charged):
         charged = checks.number(charged, "charged")
         if not (math.isfinite(charged) and charged >= 0):
             raise ValueError(f"charged must be None or a finite number >= 0, got {charged!r}")
+        if charged > _F32_MAX:
+            raise ValueError(
+                f"charged={charged!r} is beyond the float32 range (<= {_F32_MAX:.4g}) in which the budget is "
+                "spent (spent would become inf)"
+            )
 
     if math.isfinite(y):
         hi = np.float32(y)
@@ -473,6 +514,11 @@ def _record(state: BOState, x, y, stage_costs, memo_depth, charged, has_charged,
     )
 
 
+def check_state(state: Any) -> BOState:
+    """``state``, checked on the host to be a :class:`BOState` (``ValueError`` naming it)."""
+    return checks.instance(state, BOState, "state", "from eeipu_jax.loop.init")
+
+
 def tell(state: BOState, x, y, stage_costs, memo_depth=0, charged=None) -> BOState:
     """Record one finished (or failed) trial.
 
@@ -501,8 +547,7 @@ def tell(state: BOState, x, y, stage_costs, memo_depth=0, charged=None) -> BOSta
     Returns:
         The new state.
     """
-    if not isinstance(state, BOState):
-        raise ValueError(f"state must be a BOState (from eeipu_jax.loop.init), got {type(state).__name__}")
+    check_state(state)
     x, hi, lo, costs, depth, charged = _check_trial(state, x, y, stage_costs, memo_depth, charged)
     state = ensure_capacity(state)
     has = charged is not None
@@ -522,15 +567,24 @@ def canonicalize(state: BOState) -> BOState:
 
 
 
+def scale_free_objective(state: BOState):
+    """``(u, ok, scale)``: the finished trials (``ok``) and their objectives
+    on the scale-free scale the GP is fitted on (:func:`eeipu_jax.gp.scale_free`
+    with ``robust``: relative to the first finished trial, outliers squashed,
+    divided by the largest difference, so in ``[-1, 1]``; 0 where not ``ok``),
+    and that scale (objective units per unit of ``u``). See "Outliers" in the
+    module docstring."""
+    ok = (jnp.arange(state.X.shape[0]) < state.n) & ~state.failed
+    u, _, scale = gplib.scale_free(state.y, ok, state.y_lo, robust=True)
+    return u, ok, scale
+
+
 def scaled_objective(state: BOState):
-    """The finished trials' objectives on a scale-free float32 scale
-    (:func:`eeipu_jax.gp.scale_free`: relative to the first finished trial,
-    divided by the largest difference, so in ``[-1, 1]``); NaN for failed
-    trials and padded rows. An increasing affine change of the objective
-    leaves these values unchanged (up to float32 rounding)."""
-    N = state.X.shape[0]
-    ok = (jnp.arange(N) < state.n) & ~state.failed
-    u, _, _ = gplib.scale_free(state.y, ok, state.y_lo)
+    """The finished trials' objectives on the scale-free float32 scale of
+    :func:`scale_free_objective` (in ``[-1, 1]``); NaN for failed trials and
+    padded rows. An increasing affine change of the objective leaves these
+    values unchanged (up to float32 rounding)."""
+    u, ok, _ = scale_free_objective(state)
     return jnp.where(ok, u, jnp.nan)
 
 

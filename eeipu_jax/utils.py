@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 
 import jax
 
-__all__ = ["enable_compilation_cache", "default_cache_root"]
+__all__ = ["enable_compilation_cache", "default_cache_root", "interrupts_deferred"]
 
 
 def default_cache_root() -> str:
@@ -32,3 +35,35 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C (SIGINT) that arrives during the block until the block ends, then deliver it.
+
+    For writes that must not stop halfway: an orbax save interrupted while its
+    background threads write goes on in them, and they print tracebacks
+    while the process exits. A second Ctrl-C during the block is delivered at
+    once (a write that hangs can still be stopped). Only on the main thread
+    and under a Python-level SIGINT handler (Python's default raises
+    ``KeyboardInterrupt``); otherwise the block runs as it is. The handler is
+    restored when the block ends.
+    """
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):
+        yield
+        return
+    held: list = []
+
+    def hold(signum, frame):
+        if held:  # a second Ctrl-C: now
+            previous(signum, frame)
+        held.append((signum, frame))
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(*held[0])

@@ -39,6 +39,7 @@ from eeipu_jax.runtime.settings import (  # noqa: F401  (re-exported)
 )
 
 __all__ = [
+    "headline_se",
     "ConfigError",
     "INT32_MAX",
     "is_int",
@@ -397,6 +398,39 @@ def headline(table: dict, method: str = "eeipu", baselines=PAPER_BASELINES) -> d
     return out
 
 
+def headline_se(runs: list[dict], method: str = "eeipu", baselines=PAPER_BASELINES, n_boot: int = 1000,
+                seed: int = 0) -> dict:
+    """Standard errors of :func:`headline`'s averages over pipelines, by bootstrap over seeds.
+
+    Each (pipeline, method)'s seeds are resampled with replacement, the table
+    and its headline recomputed, ``n_boot`` times; the standard deviation of
+    the averaged figures is their standard error. A figure undefined in a
+    resample (a baseline figure of 0) leaves that resample out.
+
+    Returns:
+        ``{"candidates": se, "gain": se}`` (``None`` where fewer than 2 seeds
+        or no defined resample).
+    """
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["pipeline"], r["method"]), []).append(run_stats(r))
+    if not groups or min(len(v) for v in groups.values()) < 2:
+        return {"candidates": None, "gain": None}
+    rng = np.random.default_rng(seed)
+    draws: dict = {"candidates": [], "gain": []}
+    for _ in range(n_boot):
+        table: dict = {}
+        for (pipe, m), stats in groups.items():
+            pick = rng.integers(0, len(stats), len(stats))
+            table.setdefault(pipe, {})[m] = {k: float(np.mean([stats[i][k] for i in pick]))
+                                             for k in ("iterations", "gain")}
+        mean = headline(table, method, baselines).get("mean", {})
+        for figure in draws:
+            if mean.get(figure) is not None:
+                draws[figure].append(mean[figure])
+    return {f: (float(np.std(v, ddof=1)) if len(v) > 1 else None) for f, v in draws.items()}
+
+
 def format_relative(entry: dict, figure: str) -> str:
     """``"+35% gain"``, or for an undefined ratio the difference, marked as such."""
     ratio, diff = entry.get(figure), entry.get(f"{figure}_difference")
@@ -409,12 +443,15 @@ def format_relative(entry: dict, figure: str) -> str:
 
 
 def format_mean(mean: dict, figure: str) -> str:
-    """The average over pipelines of one figure, saying which pipelines it covers."""
+    """The average over pipelines of one figure (± its standard error when
+    ``mean`` holds one, see :func:`headline_se`), saying which pipelines it covers."""
     value, used, total = mean.get(figure), mean.get(f"{figure}_pipelines", []), mean.get("pipelines", 0)
     if value is None:
         return f"{figure} undefined (every pipeline's baseline figure is 0)"
     over = "" if len(used) == total else f" (over {', '.join(used)} only: elsewhere the ratio is undefined)"
-    return f"{value:+.0%} {figure}{over}"
+    se = mean.get(f"{figure}_se")
+    pm = f" ± {se:.0%}" if se is not None else ""
+    return f"{value:+.0%}{pm} {figure}{over}"
 
 
 def _pm(m, se, fmt):

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
 from paper_figures import synthetic  # noqa: E402
+from paper_figures.style import color  # noqa: E402
 
 __all__ = ["best_vs_iteration", "draw", "main"]
 
@@ -56,7 +57,7 @@ def draw(results_dir: str, out_dir: str | None = None) -> list[str]:
             with warnings.catch_warnings():  # columns past every seed's end are all-NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(curves, axis=0)
-            ax.plot(np.arange(1, n + 1), mean, label=m, color=synthetic._COLORS.get(m),
+            ax.plot(np.arange(1, n + 1), mean, label=m, color=color(m),
                     lw=2.2 if m == "eeipu" else 1.4)
         n_warm = max(r["n_warmup"] for rs in methods.values() for r in rs)
         ax.axvspan(0.5, n_warm + 0.5, color="k", alpha=0.06, lw=0, label="warm-up")

@@ -24,18 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
+from paper_figures.style import color  # noqa: E402
 
 __all__ = ["best_vs_budget", "draw", "main"]
 
-_COLORS = {
-    "eeipu": "#d62728",
-    "ms_carbo": "#ff7f0e",
-    "carbo": "#2ca02c",
-    "eips": "#1f77b4",
-    "ei": "#7f7f7f",
-    "lambo": "#9467bd",
-    "ms_bo": "#8c564b",
-}
 
 
 def best_vs_budget(run: dict, grid: np.ndarray) -> np.ndarray:
@@ -76,7 +68,7 @@ def draw(results_dir: str, out_dir: str | None = None) -> list[str]:
             mean = np.where(ok, filled.mean(0), np.nan)
             n = curves.shape[0]
             se = np.where(ok, filled.std(0, ddof=1) / np.sqrt(n), np.nan) if n > 1 else np.zeros_like(mean)
-            c = _COLORS.get(m)
+            c = color(m)
             ax.plot(grid, mean, label=m, color=c, lw=2.2 if m == "eeipu" else 1.4)
             ax.fill_between(grid, mean - se, mean + se, color=c, alpha=0.15, lw=0)
         opt = methods[order[0]][0].get("optimum")
@@ -90,7 +82,7 @@ def draw(results_dir: str, out_dir: str | None = None) -> list[str]:
         names = [m for m in order]
         vals = [rows[m]["iterations"] for m in names]
         errs = [rows[m]["iterations_se"] if np.isfinite(rows[m]["iterations_se"]) else 0 for m in names]
-        bx.bar(names, vals, yerr=errs, color=[_COLORS.get(m, "#333333") for m in names], capsize=3)
+        bx.bar(names, vals, yerr=errs, color=[color(m) for m in names], capsize=3)
         bx.set_ylabel("BO iterations within budget")
         bx.set_title("candidates evaluated")
         bx.tick_params(axis="x", rotation=30)

@@ -55,6 +55,7 @@ import optax
 
 from eeipu_jax.space import Float, Int
 from eeipu_jax.runtime.pipeline import Pipeline, Stage
+from pipelines.data_parallel import shard_batch
 from pipelines.t5 import BOS, EOS, OFFSET, PAD, SENTINEL, T5, T5Config, decode_ids, encode_texts, greedy_decode, shift_right
 
 __all__ = [
@@ -196,7 +197,7 @@ def finetune(params, src, tgt, lr, wd, *, cfg: T5Config, epochs: int):
 
     def step(carry, batch):
         p, s = carry
-        s_, t_ = batch
+        s_, t_ = shard_batch(batch)  # data-parallel over the process's devices, if several
         loss, g = jax.value_and_grad(lambda q: _masked_ce(model.apply({"params": q}, s_, shift_right(t_)), t_))(p)
         u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), loss
@@ -229,7 +230,7 @@ def distill_chunk(student, opt_state, teacher, src, tgt, lr, wd, temperature, *,
 
     def step(carry, batch):
         p, s = carry
-        s_, t_ = batch
+        s_, t_ = shard_batch(batch)
         dec_in = shift_right(t_)
         t_logits = jax.lax.stop_gradient(t_model.apply({"params": teacher}, s_, dec_in))
         loss, g = jax.value_and_grad(

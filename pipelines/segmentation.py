@@ -60,6 +60,7 @@ import optax
 
 from eeipu_jax.space import Float, Int
 from eeipu_jax.runtime.pipeline import Pipeline, Stage
+from pipelines.data_parallel import shard_batch
 
 __all__ = [
     "SegSize", "SIZES", "N_CLASSES", "CRF_ITERS", "Conv3x3", "UNet", "one_cycle", "train_unet", "init_unet",
@@ -209,7 +210,8 @@ def train_unet(key, params, x, y, peak_lr, weight_decay, *, width: int, depth: i
     ``peak_lr`` and ``weight_decay`` are traced (no recompilation when they
     change); the batch size and epochs are static. Each epoch shuffles with a
     fresh key (from ``key``) and drops the remainder so every batch has the
-    same shape.
+    same shape. With several devices each batch is split over them
+    (:mod:`pipelines.data_parallel`).
     """
     model = UNet(width, depth, im2col=im2col)
     n_batches = x.shape[0] // batch
@@ -219,7 +221,8 @@ def train_unet(key, params, x, y, peak_lr, weight_decay, *, width: int, depth: i
 
     def step(carry, idx):
         p, s = carry
-        loss, g = jax.value_and_grad(functools.partial(_loss, model))(p, x[idx], y[idx])
+        xb, yb = shard_batch((x[idx], y[idx]))  # data-parallel over the process's devices, if several
+        loss, g = jax.value_and_grad(functools.partial(_loss, model))(p, xb, yb)
         u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), loss
 

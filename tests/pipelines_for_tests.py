@@ -168,3 +168,129 @@ def stall_once(flag: str) -> Pipeline:
 
     stages = (Stage(first.name, fn, first.params),) + base.stages[1:]
     return dataclasses.replace(base, name="stall_once", stages=stages)
+
+
+def bad_prepare() -> Pipeline:
+    """The small demo pipeline whose ``prepare()`` raises (its data is missing)."""
+    base = counting_toy()
+
+    def prepare():
+        raise FileNotFoundError("no such file: data/missing.npz")
+
+    return dataclasses.replace(base, name="bad_prepare", prepare=prepare)
+
+
+def sleepy_bad_prepare() -> Pipeline:
+    """:func:`sleepy_small` whose ``prepare()`` raises (Ray tests)."""
+    base = sleepy_small()
+
+    def prepare():
+        raise FileNotFoundError("no such file: data/missing.npz")
+
+    return dataclasses.replace(base, name="sleepy_bad_prepare", prepare=prepare)
+
+
+@functools.lru_cache(maxsize=None)
+def extra_metrics() -> Pipeline:
+    """:func:`counting_toy` whose last stage returns, beside a valid objective, metrics of
+    every kind: scalars (Python, NumPy, JAX), a bool, a string, a JSON list, and two that
+    ``trials.jsonl`` cannot record (a non-scalar array, an object)."""
+    import numpy as np
+
+    base = counting_toy()
+    last = base.stages[-1]
+
+    def evaluate(inputs, p, key):
+        out = last.fn(inputs, p, key)
+        return {**out, "note": "ok", "flag": True, "count": 3, "half": np.float32(0.5), "jax0d": jnp.float32(2.0),
+                "pair": [1, "a"], "curve": jnp.arange(4.0), "model": object()}
+
+    return dataclasses.replace(base, name="extra_metrics",
+                               stages=base.stages[:-1] + (Stage(last.name, evaluate, last.params),))
+
+
+@functools.lru_cache(maxsize=None)
+def misbehaving() -> Pipeline:
+    """Two stages of NumPy arrays whose ``fit`` stage misbehaves as its ``mode`` says.
+
+    ``clean``: objective ``sum(v) + b``; ``assign``: reassigns an entry of
+    its input dict first (allowed: its own container); ``inplace``: adds to
+    its input array in place (refused: inputs are read-only); ``huge``: an
+    objective of 1e39 (beyond float32); ``bigint``: ``10**400`` (beyond
+    float64); ``exit``: ``sys.exit(0)``. ``prep``'s ``touch`` changes the
+    prepared data in place when ``"yes"``.
+    """
+    import sys
+
+    import numpy as np
+
+    def prep(data, p, key):
+        if p["touch"] == "yes":
+            data["base"] *= 2.0
+        return {"v": data["base"] * p["a"], "n": np.arange(3)}
+
+    def fit(inputs, p, key):
+        mode = p["mode"]
+        if mode == "assign":
+            inputs["v"] = inputs["v"] + 4.0
+        elif mode == "inplace":
+            inputs["v"] += 4.0
+        elif mode == "huge":
+            return {"objective": 1e39}
+        elif mode == "bigint":
+            return {"objective": 10**400}
+        elif mode == "exit":
+            sys.exit(0)
+        return {"objective": float(np.sum(inputs["v"])) + p["b"]}
+
+    return Pipeline(
+        "misbehaving",
+        "1",
+        (
+            Stage("prep", prep, (Float("a", 0.0, 1.0), Categorical("touch", ("no", "yes")))),
+            Stage("fit", fit, (Categorical("mode", ("clean", "assign", "inplace", "huge", "bigint", "exit")),
+                               Float("b", 0.0, 1.0))),
+        ),
+        prepare=lambda: {"base": np.ones(3)},
+    )
+
+
+def always(mode: str) -> Pipeline:
+    """:func:`misbehaving` with ``fit`` always in ``mode`` (``"hang"``: ``prep`` sleeps 30 s), so every
+    trial of a study meets it; one pipeline name per mode."""
+    base = misbehaving()
+    prep, fit = base.stages
+
+    def fixed_prep(data, p, key):
+        if mode == "hang":
+            time.sleep(30.0)
+        return prep.fn(data, {**p, "touch": "no"}, key)
+
+    stages = (Stage("prep", fixed_prep, (Float("a", 0.0, 1.0),)),
+              Stage("fit", lambda inputs, p, key: fit.fn(inputs, {**p, "mode": mode}, key), (Float("b", 0.0, 1.0),)))
+    return dataclasses.replace(base, name=f"always_{mode}", stages=stages)
+
+
+def always_exit() -> Pipeline:
+    return always("exit")
+
+
+def always_hang() -> Pipeline:
+    return always("hang")
+
+
+def extreme_objectives() -> Pipeline:
+    """:func:`misbehaving` whose objective is 1e39 when ``a > 0.6``, ``10**400`` when ``a < 0.3``,
+    ``sum(v) + b`` otherwise."""
+    base = misbehaving()
+    prep, fit = base.stages
+
+    def fixed_prep(data, p, key):
+        return {**prep.fn(data, {**p, "touch": "no"}, key), "a": p["a"]}
+
+    def mode_fit(inputs, p, key):
+        mode = "huge" if inputs["a"] > 0.6 else "bigint" if inputs["a"] < 0.3 else "clean"
+        return fit.fn(inputs, {**p, "mode": mode}, key)
+
+    stages = (Stage("prep", fixed_prep, (Float("a", 0.0, 1.0),)), Stage("fit", mode_fit, (Float("b", 0.0, 1.0),)))
+    return dataclasses.replace(base, name="extreme_objectives", stages=stages)

@@ -22,8 +22,18 @@ from pipelines.toy import make_toy_small
 Pair = collections.namedtuple("Pair", "left right")
 
 
-def _meta(j=0, costs=(1.0,)):
-    return {"pipeline": "p", "version": "1", "stage": j, "seed": 0, "params": {}, "prefix_costs": list(costs)}
+def _params(j, tag):
+    return {f"s{i}": {"tag": tag} for i in range(j + 1)}
+
+
+def _meta(j=0, costs=(1.0,), tag="x"):
+    """Metadata of a stage-``j`` entry; its key is ``K(tag, j)`` (an entry holds what its key names)."""
+    return {"pipeline": "p", "version": "1", "stage": j, "seed": 0, "params": _params(j, tag),
+            "prefix_costs": list(costs)}
+
+
+def K(tag="x", j=0):
+    return stage_cache_key("p", "1", j, _params(j, tag), 0)
 
 
 def _disk_bytes(root):
@@ -127,7 +137,7 @@ def test_round_trip_preserves_structure_types_and_bits(tmp_path):
         "big_np": rng.normal(size=200_000),
     }
     assert tree["big_jax"].nbytes >= PACK_BYTES and tree["big_np"].nbytes >= PACK_BYTES
-    key = stage_cache_key("p", "1", 0, {"s": {"a": 1}}, 0)
+    key = K()
     assert cache.save(key, tree, _meta()) > 0
     out, meta = cache.restore(key)
 
@@ -155,18 +165,18 @@ def test_unsupported_node_is_refused_with_its_path(tmp_path):
         pass
 
     with pytest.raises(TypeError, match=r"output\['a'\]\[1\]"):
-        cache.save("k" * 64, {"a": [jnp.ones(1), Box()]}, _meta())
+        cache.save(K(), {"a": [jnp.ones(1), Box()]}, _meta())
     with pytest.raises(TypeError, match="dtype"):
-        cache.save("k" * 64, {"s": np.array(["x"])}, _meta())
+        cache.save(K(), {"s": np.array(["x"])}, _meta())
     assert os.listdir(os.path.join(tmp_path, "entries")) == []
     assert os.listdir(os.path.join(tmp_path, "tmp")) == []  # nothing half-written left behind
 
 
 def test_existing_key_is_not_rewritten(tmp_path):
     cache = StageCache(tmp_path, CachePolicy("all"))
-    assert cache.save("a" * 64, {"x": jnp.ones(3)}, _meta()) > 0
-    assert cache.save("a" * 64, {"x": jnp.zeros(3)}, _meta()) == 0
-    assert _same_bits(cache.restore("a" * 64)[0]["x"], jnp.ones(3))
+    assert cache.save(K(), {"x": jnp.ones(3)}, _meta()) > 0
+    assert cache.save(K(), {"x": jnp.zeros(3)}, _meta()) == 0
+    assert _same_bits(cache.restore(K())[0]["x"], jnp.ones(3))
 
 
 # ------------------------------------------------------- atomicity, trust
@@ -185,7 +195,7 @@ def test_half_written_entry_is_invisible_and_cleaned(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
 def test_damaged_entry_is_discarded_with_a_warning(tmp_path, caplog, damage):
     cache = StageCache(tmp_path, CachePolicy("all"))
-    key = "c" * 64
+    key = K()
     x = jnp.asarray(np.random.default_rng(1).normal(size=20_000), jnp.float32)
     cache.save(key, {"x": x}, _meta())
     biggest = _data_files(cache, key)[-1]
@@ -217,19 +227,19 @@ def test_damaged_entry_is_discarded_with_a_warning(tmp_path, caplog, damage):
 def test_lru_eviction_keeps_the_byte_limit(tmp_path):
     x = {"x": jnp.asarray(np.random.default_rng(2).normal(size=25_000), jnp.float32)}  # ~100 kB
     probe = StageCache(tmp_path / "probe", CachePolicy("all"))
-    probe.save("0" * 64, x, _meta())
+    probe.save(K(), x, _meta())
     one = _disk_bytes(probe.root)
     limit = int(2.5 * one)
     cache = StageCache(tmp_path / "c", CachePolicy("all", max_bytes=limit))
-    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
-    cache.save(a, x, _meta())
-    cache.save(b, x, _meta())
+    a, b, c, d = map(K, "abcd")
+    cache.save(a, x, _meta(tag="a"))
+    cache.save(b, x, _meta(tag="b"))
     assert cache.restore(a) is not None  # a is now more recent than b
-    cache.save(c, x, _meta())  # over the limit: the least recently used (b) goes
+    cache.save(c, x, _meta(tag="c"))  # over the limit: the least recently used (b) goes
     assert {e.key for e in cache.entries()} == {a, c}
     assert _disk_bytes(cache.root) <= limit
     assert cache.total_bytes() == _disk_bytes(cache.root)
-    cache.save(d, x, _meta())  # now a is the oldest access
+    cache.save(d, x, _meta(tag="d"))  # now a is the oldest access
     assert {e.key for e in cache.entries()} == {c, d}
     assert _disk_bytes(cache.root) <= limit
     assert cache.stats.evictions == 2
@@ -237,7 +247,7 @@ def test_lru_eviction_keeps_the_byte_limit(tmp_path):
 
 def test_output_larger_than_the_limit_is_not_written(tmp_path):
     cache = StageCache(tmp_path, CachePolicy("all", max_bytes=1000))
-    assert cache.save("e" * 64, {"x": jnp.zeros(10_000)}, _meta()) == 0
+    assert cache.save(K(), {"x": jnp.zeros(10_000)}, _meta()) == 0
     assert cache.entries() == [] and cache.stats.skipped_too_large == 1
 
 
@@ -245,34 +255,34 @@ def test_output_larger_than_the_limit_is_not_written(tmp_path):
 def test_top_q_admits_and_prunes_only_this_runs_entries(tmp_path):
     cache = StageCache(tmp_path, CachePolicy("top_q", q=2))
     x = {"x": jnp.ones(4)}
-    foreign = "f" * 64  # written by another run sharing the directory
-    cache.save(foreign, x, _meta())
-    trials = {1.0: ("a1" * 32, "a2" * 32), 3.0: ("b1" * 32, "b2" * 32), 2.0: ("c1" * 32, "b2" * 32)}
-    for y, keys in trials.items():
+    foreign = K("f")  # written by another run sharing the directory
+    cache.save(foreign, x, _meta(tag="f"))
+    trials = {1.0: ("a1", "a2"), 3.0: ("b1", "b2"), 2.0: ("c1", "b2")}
+    for y, tags in trials.items():
         assert cache.admits(y)
-        for k in keys:
-            cache.save(k, x, _meta())
-        cache.record_trial(y, keys)
+        for t in tags:
+            cache.save(K(t), x, _meta(tag=t))
+        cache.record_trial(y, tuple(map(K, tags)))
     # Top two are 3.0 and 2.0; trial 1.0's entries are gone, the shared b2 stays.
-    assert {e.key for e in cache.entries()} == {foreign, "b1" * 32, "b2" * 32, "c1" * 32}
+    assert {e.key for e in cache.entries()} == {foreign, K("b1"), K("b2"), K("c1")}
     assert not cache.admits(1.5) and cache.admits(2.5) and not cache.admits(float("nan"))
-    cache.record_trial(float("nan"), ("d1" * 32, "d2" * 32))  # failed trials never rank
-    assert cache.keep_set() == {"b1" * 32, "b2" * 32, "c1" * 32}
+    cache.record_trial(float("nan"), (K("d1"), K("d2")))  # failed trials never rank
+    assert cache.keep_set() == {K("b1"), K("b2"), K("c1")}
     assert cache.stats.pruned == 2
 
 
 def test_all_policy_admits_everything(tmp_path):
     cache = StageCache(tmp_path, CachePolicy("all"))
-    cache.save("a" * 64, {"x": jnp.ones(2)}, _meta())
-    cache.record_trial(-1e9, ("a" * 64,))
+    cache.save(K(), {"x": jnp.ones(2)}, _meta())
+    cache.record_trial(-1e9, (K(),))
     assert cache.admits(-1e10) and cache.admits(float("nan"))
     assert len(cache.entries()) == 1
 
 
 def test_summary_is_json(tmp_path):
     cache = StageCache(tmp_path, CachePolicy("all"))
-    cache.save("a" * 64, {"x": jnp.ones(2)}, _meta(costs=(2.0,)))
-    cache.restore_longest(("a" * 64,))
+    cache.save(K(), {"x": jnp.ones(2)}, _meta(costs=(2.0,)))
+    cache.restore_longest((K(),))
     s = json.loads(json.dumps(cache.summary()))
     assert s["hits_per_depth"] == {"1": 1} and s["compute_seconds_restored"] == 2.0
     assert s["entries"] == 1 and s["bytes"] == _disk_bytes(cache.root)
@@ -354,9 +364,37 @@ def test_edited_metadata_is_discarded_and_the_stage_recomputed(tmp_path, caplog,
     assert later.ok and later.memo_depth == 2 and later.objective == fresh.objective
 
 
+def test_an_entry_swapped_for_another_ones_is_discarded_and_the_stage_recomputed(tmp_path, caplog):
+    """Another configuration's whole entry under this key, its meta.json naming this key and re-sealed:
+    every file checks out, but its parameters do not hash to the key it sits under."""
+    from eeipu_jax.runtime.runner import Runner
+
+    pipe, params, fresh, other = _toy_runs(tmp_path)
+    cache = StageCache(tmp_path / "cache", CachePolicy("all"))
+    target, source = fresh.cache_keys[1], other.cache_keys[1]
+    shutil.rmtree(cache.entry_path(target))
+    shutil.copytree(cache.entry_path(source), cache.entry_path(target))
+    _edit_meta(cache, target, lambda m: m.update(key=target), reseal=True)
+    with caplog.at_level(logging.WARNING):
+        again = Runner(pipe, seed=0, cache=cache).run(params)
+    assert again.ok and again.objective == fresh.objective != other.objective  # not the other trial's output
+    assert again.memo_depth == 1 and cache.stats.corrupted == 1
+    assert any("discarding cache entry" in r.getMessage() and target in r.getMessage() and "hash to key" in
+               r.getMessage() for r in caplog.records)
+    later = Runner(pipe, seed=0, cache=StageCache(tmp_path / "cache", CachePolicy("all"))).run(params)
+    assert later.memo_depth == 2 and later.objective == fresh.objective  # recomputed and cached again
+
+
+def test_save_refuses_a_key_that_is_not_the_metadatas(tmp_path):
+    cache = StageCache(tmp_path, CachePolicy("all"))
+    with pytest.raises(ValueError, match="is not the key of the metadata"):
+        cache.save(K("a"), {"x": jnp.ones(2)}, _meta(tag="b"))
+    assert cache.entries() == []
+
+
 def _entry(tmp_path, tree=None):
     cache = StageCache(tmp_path, CachePolicy("all"))
-    key = stage_cache_key("p", "1", 1, {"a": {"x": 1}, "b": {"y": 2}}, 0)
+    key = K("x", 1)
     tree = tree or {"w": jnp.arange(12.0).reshape(3, 4), "b": np.arange(5, dtype=np.int32), "p": Pair(jnp.ones(2), 3)}
     assert cache.save(key, tree, _meta(1, (1.0, 2.0))) > 0
     return cache, key
@@ -451,7 +489,7 @@ def test_save_refuses_bad_costs(tmp_path):
     cache = StageCache(tmp_path, CachePolicy("all"))
     for costs in ((-1.0,), (float("nan"),), (1.0, 2.0)):
         with pytest.raises(ValueError, match="prefix_costs"):
-            cache.save("a" * 64, {"x": jnp.ones(2)}, _meta(0, costs))
+            cache.save(K(), {"x": jnp.ones(2)}, _meta(0, costs))
     assert cache.entries() == [] and os.listdir(os.path.join(tmp_path, "tmp")) == []
 
 
@@ -468,8 +506,8 @@ def die(path, text):  # the process is killed while the entry is half-written
     real(path, text)
 c._write_text = die
 cache = c.StageCache(sys.argv[1], c.CachePolicy("all"))
-meta = dict(pipeline="p", version="1", stage=0, seed=0, params={}, prefix_costs=[1.0])
-cache.save("d" * 64, {"x": jnp.ones(3)}, meta)
+meta = dict(pipeline="p", version="1", stage=0, seed=0, params={"s0": {"tag": "d"}}, prefix_costs=[1.0])
+cache.save(c.stage_cache_key("p", "1", 0, meta["params"], 0), {"x": jnp.ones(3)}, meta)
 """
 
 
@@ -482,7 +520,7 @@ def test_half_written_entries_of_dead_writers_are_removed_at_once(tmp_path):
     (left,) = os.listdir(tmp)  # the killed writer's folder, minutes (not hours) old
     key, _, writer = left.split(".", 2)
     pid, host = writer.split("@", 1)
-    assert key == "d" * 64 and int(pid) == proc.pid
+    assert key == K("d") and int(pid) == proc.pid
     # Other folders: this (live) process on this host, a writer on another host, a name without a writer.
     alive = f"{'e' * 64}.{'1' * 32}.{os.getpid()}@{host}"
     foreign = f"{'f' * 64}.{'2' * 32}.{proc.pid}@some-other-host"

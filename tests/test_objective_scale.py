@@ -38,12 +38,14 @@ TRANSFORMS = {
 }
 
 
-def run(transform):
-    """4 warm-up trials (same points) and N_BO asks with the same keys."""
+def run(transform, replace=None):
+    """4 warm-up trials (same points) and N_BO asks with the same keys; ``replace``:
+    ``{trial: objective}`` told instead of the transformed ``f``."""
+    replace = replace or {}
     state = loop.init(CFG, budget=1e3, capacity=16)
     told = []
-    for u in SPACE.sample(np.random.default_rng(0), CFG.n_warmup):
-        told.append(transform(f(u)))
+    for i, u in enumerate(SPACE.sample(np.random.default_rng(0), CFG.n_warmup)):
+        told.append(replace.get(i, transform(f(u))))
         state = loop.tell(state, u, told[-1], stage_costs(u))
     props = []
     key = jax.random.key(0)
@@ -52,7 +54,7 @@ def run(transform):
         prop, state = loop.ask(sub, state, CFG)
         x = np.asarray(prop.x)
         props.append(prop)
-        told.append(transform(f(x)))
+        told.append(replace.get(len(told), transform(f(x))))
         state = loop.tell(state, x, told[-1], stage_costs(x), int(prop.memo_depth))
     return props, state, np.array(told)
 
@@ -127,3 +129,75 @@ def test_standardize_is_scale_free_against_numpy():
     # constant data: std 1, finite zeros
     z, mean, std = gp.standardize(np.full(12, 1e-20, np.float32), mask)
     assert float(std) == 1.0 and np.all(np.asarray(z) == 0)
+
+
+WARMUP_F = np.array([f(u) for u in SPACE.sample(np.random.default_rng(0), CFG.n_warmup)])
+
+
+@pytest.mark.parametrize("outlier", [-1e30, -3e38])
+def test_one_extreme_objective_leaves_the_proposals_as_they_were(runs, outlier):
+    """A diverged trial reporting -1e30 where the run had its worst value: the GP still sees the
+    other values, so the next proposals are those of the run without it (before the targets were
+    robust, every other value became ~0: the first proposal moved by 0.14 and the second took
+    another prefix)."""
+    trial = int(np.argmin(WARMUP_F))
+    ref = runs["f"][0]
+    got, state, _ = run(TRANSFORMS["f"], replace={trial: outlier})
+    assert loop.objective_values(state)[trial] == pytest.approx(outlier, rel=1e-6)  # kept as told
+    u = np.asarray(loop.scaled_objective(state))[: CFG.n_warmup]
+    others = np.delete(u, trial)
+    assert np.ptp(others) > 0.1 and u[trial] < others.min()  # the others keep their differences, it its rank
+    for i in range(2):  # the asks before the runs' own observations drift apart
+        a, b = ref[i], got[i]
+        assert (int(a.memo_depth), int(a.source)) == (int(b.memo_depth), int(b.source)), (outlier, i)
+        np.testing.assert_allclose(np.asarray(b.x), np.asarray(a.x), atol=0.02, err_msg=f"{outlier}, ask {i}")
+
+
+def test_a_runaway_best_objective_stays_the_best_and_its_prefix_is_reused():
+    trial = int(np.argmax(WARMUP_F))
+    got, state, _ = run(TRANSFORMS["f"], replace={trial: 1e30})
+    u = np.asarray(loop.scaled_objective(state))[: CFG.n_warmup]
+    others = np.delete(u, trial)
+    assert np.ptp(others) > 0.1 and u[trial] > others.max()
+    assert loop.best_observed(state) == pytest.approx(1e30, rel=1e-6)
+    assert (int(got[0].memo_depth), int(got[0].source)) == (2, trial)  # exploited, as without it
+
+
+def test_robust_targets_leave_ordinary_data_bit_for_bit_and_squash_only_outliers():
+    rng = np.random.default_rng(3)
+    mask = np.ones(16, bool)
+    mask[[4, 11]] = False
+    # ordinary data, heavy tails included (a synthetic run's first bad regions: ~84 MADs out)
+    for v in (rng.normal(size=16), rng.standard_cauchy(size=16), np.r_[-6.4, -2.6, -5.5, -5.6, -36.4, -1.9,
+                                                                          -41.8, -34.1, -145.0, -5.6, -2.9,
+                                                                          -9.6, -28.7, -86.7, -3.0, -4.0]):
+        y = v.astype(np.float32)
+        plain = gp.scale_free(y, mask)
+        robust = gp.scale_free(y, mask, robust=True)
+        for a, b in zip(plain, robust):
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    # outliers: in their order, next to the others, which keep their values relative to each other
+    v = rng.normal(size=16)
+    for rows, values in (([2], [-1e30]), ([0], [1e30]), ([0, 7], [3e38, -3e38]), ([3, 5, 9], [1e20, 1e25, -1e6])):
+        y = v.copy()
+        y[rows] = values
+        u, _, scale = gp.scale_free(y.astype(np.float32), mask, robust=True)
+        u, keep = np.asarray(u), mask.copy()
+        keep[rows] = False
+        ref = (v[keep] - v[keep][0]) / (float(scale) / 2 * 2)  # the others, affinely
+        got = u[keep] - u[keep][0]
+        np.testing.assert_allclose(got / np.ptp(got), ref / np.ptp(ref), atol=1e-5)
+        for r, value in zip(rows, values):
+            assert (u[r] > u[keep].max()) if value > 0 else (u[r] < u[keep].min())
+        assert np.ptp(u[keep]) > 0.5 * np.ptp(u[mask])  # the others span most of [-1, 1]
+        order = np.argsort(y[mask], kind="stable")
+        assert np.all(np.diff(u[mask][order]) >= 0)  # ranks kept
+    # scale-free with an outlier too
+    y = v.copy()
+    y[2] = -1e30
+    ref = np.asarray(gp.scale_free(y.astype(np.float32), mask, robust=True)[0])
+    for a, b in [(1e-9, 0.0), (3.0, -7.0), (1e8, 1e9)]:
+        z = a * y + b
+        hi = z.astype(np.float32)
+        lo = (z - hi.astype(np.float64)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(gp.scale_free(hi, mask, lo, robust=True)[0]), ref, atol=1e-5)

@@ -26,7 +26,7 @@ psutil = pytest.importorskip("psutil")
 
 from eeipu_jax import loop as bo  # noqa: E402
 from eeipu_jax.checkpoint import restore_state  # noqa: E402
-from eeipu_jax.runtime import Study, driver, parallel, rundir  # noqa: E402
+from eeipu_jax.runtime import PrepareError, Study, driver, parallel, rundir  # noqa: E402
 from eeipu_jax.runtime.records import read_trials  # noqa: E402
 from eeipu_jax.runtime.settings import ConfigError  # noqa: E402
 from pipelines import synthetic  # noqa: E402
@@ -202,6 +202,17 @@ def test_workers_that_cannot_be_placed_stop_the_study_with_what_was_asked_and_wh
 
     assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
     assert local_ray.available_resources().get("CPU") == 2  # nothing left reserved
+
+
+def test_a_failing_prepare_on_the_workers_is_one_line(local_ray, tmp_path):
+    """``prepare()`` raising on every Ray worker: the study stops with the worker's PrepareError as
+    its own, one line without the worker's traceback, and records nothing."""
+    study = _create(tmp_path, pipeline="tests.pipelines_for_tests:sleepy_bad_prepare")
+    with pytest.raises(PrepareError) as e:
+        study.optimize(2, workers=2, resources={"num_cpus": 1})
+    assert str(e.value) == ("pipeline sleepy_bad_prepare's prepare() failed: FileNotFoundError: no such file: "
+                            "data/missing.npz")
+    assert read_trials(os.path.join(study.out_dir, "trials.jsonl")) == []
 
 
 def test_a_prefix_in_flight_is_waited_for_and_restored_not_recomputed(local_ray, tmp_path, monkeypatch):

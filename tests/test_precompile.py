@@ -14,7 +14,7 @@ import re
 import jax
 import pytest
 
-from eeipu_jax.runtime.cache import CachePolicy, StageCache
+from eeipu_jax.runtime.cache import CachePolicy, StageCache, stage_cache_key
 from eeipu_jax.runtime.pipeline import stage_key
 from pipelines import language, segmentation
 
@@ -67,9 +67,12 @@ def test_segmentation_precompiled_trial_does_not_compile(compile_log, tmp_path):
     assert compile_log() == []
     # A memoized trial: the first stage's output restored from the stage cache.
     cache = StageCache(str(tmp_path / "cache"), CachePolicy("all"))
-    meta = dict(pipeline=pipe.name, version=pipe.version, stage=0, seed=0, params={}, prefix_costs=[1.0])
-    assert cache.save("k" * 64, _run(pipe, data, params, upto=1), meta) > 0
-    restored, _ = cache.restore("k" * 64)
+    first = pipe.stages[0].name
+    meta = dict(pipeline=pipe.name, version=pipe.version, stage=0, seed=0, params={first: params[first]},
+                prefix_costs=[1.0])
+    key = stage_cache_key(pipe.name, pipe.version, 0, {first: params[first]}, 0)
+    assert cache.save(key, _run(pipe, data, params, upto=1), meta) > 0
+    restored, _ = cache.restore(key)
     for j in (1, 2):
         restored = pipe.stages[j].fn(restored, params[pipe.stages[j].name], stage_key(0, j))
     assert compile_log() == []

@@ -7,24 +7,33 @@ repository's pipelines registered); in-process runs go through
 
 from __future__ import annotations
 
+import builtins
+import errno
+import fcntl
 import json
 import logging
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from eeipu_jax import Study
 from eeipu_jax import loop as bo
-from eeipu_jax.checkpoint import restore_state
-from eeipu_jax.runtime import rundir
+from eeipu_jax.checkpoint import restore_state, save_state
+from eeipu_jax.runtime import cli, rundir
 from eeipu_jax.runtime.records import read_trials
-from eeipu_jax.runtime.settings import ConfigError
+from eeipu_jax.runtime.settings import ConfigError, StorageError
 from experiments.run import main
 from tests import pipelines_for_tests as tp
 from tests.processes import wait_for_records
@@ -81,6 +90,18 @@ def _latest_state(run_dir, study):
         (["--pipeline", "tests.pipelines_for_tests:raising_factory"], "fails on purpose"),
         (["--pipeline", "tests.pipelines_for_tests:nan_choice"], "--pipeline"),
         (["--pipeline", "tests.pipelines_for_tests:"], "--pipeline"),
+        # Each of these was refused only after --out and config.json were written, so the
+        # corrected command then failed with "already holds a run"; sys:exit ended the process.
+        (["--workers", "0"], "--workers"),
+        (["--workers", "-2"], "--workers"),
+        (["--workers", "2", "--worker-cpus", "-1"], "--worker-cpus"),
+        (["--workers", "2", "--worker-gpus", "nan"], "--worker-gpus"),
+        (["--worker-cpus", "2"], "--worker-cpus"),  # without --workers: nothing to reserve
+        (["--address", "garbage:xx"], "--address"),
+        (["--timeout", "0"], "--timeout"),
+        (["--timeout", "nan"], "--timeout"),
+        (["--pipeline", "sys:exit"], "--pipeline"),
+        (["--pipeline", "os:getcwd"], "not a Pipeline"),
     ],
 )
 def test_bad_configuration_is_refused_before_compute(tmp_path, capsys, args, field):
@@ -285,3 +306,316 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, caps
     n, state = _latest_state(str(out), Study.load(str(out)))
     assert n == int(state.n) == len(after)
     assert math.isclose(float(state.spent), sum(r["charged"] for r in after), rel_tol=1e-5)
+
+
+# ------------------------------------------- damaged, read-only and full run directories
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run directory with 4 recorded trials (tests copy it before changing anything)."""
+    study = _create(tmp_path_factory.mktemp("finished"))
+    study.optimize(4)
+    return study.out_dir
+
+
+def _copy_run(run_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def _edit_line(n, edit):
+    """An edit of ``trials.jsonl``'s lines: line ``n`` (1-based) as ``edit(record)`` returns it."""
+    def apply(lines):
+        lines[n - 1] = json.dumps(edit(json.loads(lines[n - 1]))).encode()
+        return lines
+    return apply
+
+
+DAMAGES = {
+    "a middle line that is not JSON": (lambda lines: lines[:1] + [b"{not json"] + lines[2:], "line 2 is not valid JSON"),
+    "a line that is a list": (lambda lines: lines[:1] + [b"[1, 2]"] + lines[2:], "line 2: holds a JSON list"),
+    "a record missing spent": (_edit_line(4, lambda r: {k: v for k, v in r.items() if k != "spent"}),
+                               "line 4: 'spent' is missing"),
+    "y null with status ok": (_edit_line(2, lambda r: {**r, "y": None}), "line 2: 'y' is None"),
+    "y a string with status ok": (_edit_line(2, lambda r: {**r, "y": "0.5"}), "line 2: 'y' is '0.5'"),
+    "a non-UTF-8 byte": (lambda lines: lines[:1] + [lines[1][:20] + b"\xff" + lines[1][20:]] + lines[2:],
+                         "line 2 is not UTF-8 text (byte 0xff at column 21)"),
+    "trials.jsonl is a directory": (None, "Is a directory"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_summary_of_damaged_records_is_one_line_naming_the_file_and_line(finished_run, tmp_path, capsys, damage):
+    """``eeipu summary`` on a damaged ``trials.jsonl``: exit 2 and one line naming the file and
+    the line, never a traceback (each of these gave one); from Python, a ConfigError saying the same."""
+    edit, expected = DAMAGES[damage]
+    out = _copy_run(finished_run, tmp_path)
+    path = out / "trials.jsonl"
+    if edit is None:
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_bytes(b"\n".join(edit(path.read_bytes().split(b"\n")[:-1])) + b"\n")
+    assert cli.main(["summary", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(path) in err and expected in err, err
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        Study.load(str(out)).summary()
+
+
+def test_summary_only_reads_so_a_read_only_run_directory_is_summarized(finished_run, tmp_path, monkeypatch, capsys):
+    """``eeipu summary`` takes no lock and writes nothing: with every way of writing a file or a
+    directory refused as on a read-only file system (the tests run as root, for whom a 0o555
+    directory is writable), it prints the summary."""
+    out = _copy_run(finished_run, tmp_path)
+    os.chmod(out, 0o555)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    real_open = builtins.open
+
+    def open_for_reading(file, mode="r", *args, **kwargs):
+        if set(mode) & set("wax+"):
+            read_only()
+        return real_open(file, mode, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "open", open_for_reading)
+        for name in ("mkdir", "makedirs", "rmdir", "remove", "unlink", "rename", "replace", "truncate"):
+            m.setattr(os, name, read_only)
+        m.setattr(tempfile, "mkdtemp", read_only)
+        m.setattr(fcntl, "flock", read_only)
+        code = cli.main(["summary", str(out)])
+    os.chmod(out, 0o755)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["n_trials"] == 4
+
+
+def _cli_args(out, *extra):
+    return ["--pipeline", "tests.pipelines_for_tests:counting_toy", "--budget", "1e6", "--out", str(out),
+            "--n-warmup", str(N_WARMUP), "--cache-policy", "all", "--no-progress", *SMALL_BO_ARGS, *extra]
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["config.json", "the cache directory"])
+def test_a_full_disk_when_creating_a_study_leaves_nothing_behind(tmp_path, monkeypatch, capsys, where):
+    """ENOSPC while a study is created (it left .lock, cache/ and config.json.tmp behind, with a
+    traceback): one line, exit 1, and every file and directory the attempt made removed."""
+    out = tmp_path / "parent" / "run"
+    real_makedirs = os.makedirs
+
+    def makedirs(path, *args, **kwargs):
+        if str(path).endswith("cache"):
+            _full_disk()
+        return real_makedirs(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        if where == "config.json":
+            m.setattr(os, "fsync", _full_disk)  # config.json.tmp is written, then its fsync fails
+        else:
+            m.setattr(os, "makedirs", makedirs)
+        with pytest.raises(StorageError, match="No space left on device") as e:
+            _create(tmp_path / "parent")
+        assert e.value.errno == errno.ENOSPC and "\n" not in str(e.value)
+        assert os.listdir(tmp_path) == []  # not even the parent directory it made
+        assert main(_cli_args(out)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err, err
+    assert "--resume" not in err  # nothing to resume
+    assert os.listdir(tmp_path) == []
+    assert main(_cli_args(out, "--max-trials", "1")) == 0  # with space again, the same command works
+
+
+def _orbax_full_disk(calls_before_failure):
+    """``StandardCheckpointer.save`` failing as orbax does on a full disk, after ``calls_before_failure``
+    saves: its temporary directory half-written, then its RESOURCE_EXHAUSTED ValueError."""
+    real_save = ocp.StandardCheckpointer.save
+    calls = []
+
+    def save(self, directory, *args, **kwargs):
+        calls.append(directory)
+        if len(calls) <= calls_before_failure:
+            return real_save(self, directory, *args, **kwargs)
+        tmp = f"{directory}.orbax-checkpoint-tmp"
+        os.makedirs(os.path.join(tmp, "ocdbt.process_0"))
+        with open(os.path.join(tmp, "_CHECKPOINT_METADATA"), "w") as f:
+            f.write("{}")
+        raise ValueError(
+            f'RESOURCE_EXHAUSTED: Error writing "state.X/0.0" in OCDBT database at local file "{tmp}/ocdbt.process_0/": '
+            f'Failed writing: "{tmp}/ocdbt.process_0/d/0": Failed to write 4096 bytes to file 4: No space left on '
+            "device [os_error_code='28'] [tensorstore_spec='{\"driver\": \"zarr\"}']")
+
+    return save
+
+
+@pytest.mark.parametrize("how", ["orbax fails", "no room before the save"])
+def test_a_full_disk_at_a_checkpoint_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys, how):
+    """A checkpoint that cannot be written mid-run (orbax's RESOURCE_EXHAUSTED, or too little room
+    to try): exit 1 with one line, orbax's temporary files removed, every recorded trial kept; with
+    space again, --resume continues, losing and repeating nothing."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        if how == "orbax fails":
+            m.setattr(ocp.StandardCheckpointer, "save", _orbax_full_disk(2))
+        else:
+            real_usage = shutil.disk_usage
+
+            def disk_usage(path):  # the third checkpoint finds 4 kB free
+                usage = real_usage(path)
+                full = "checkpoints" in str(path) and os.path.exists(out / "checkpoints" / "00000002")
+                return usage._replace(free=4096) if full else usage
+
+            m.setattr(shutil, "disk_usage", disk_usage)
+        code = main(_cli_args(out, "--max-trials", "5"))
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: could not write the checkpoint") and "No space left on device" in lines[0]
+    assert "continue with --resume" in lines[0] and "tensorstore_spec" not in lines[0]
+    assert sorted(os.listdir(out / "checkpoints")) == ["00000001", "00000002"]  # no temporary directory left
+    before = read_trials(str(out / "trials.jsonl"))
+    assert [r["index"] for r in before] == [0, 1, 2]  # the trial whose checkpoint failed is recorded
+    assert main(_cli_args(out, "--resume", "--max-trials", "2")) == 0, capsys.readouterr().err
+    after = read_trials(str(out / "trials.jsonl"))
+    assert after[:3] == before and [r["index"] for r in after] == list(range(5))
+    n, state = _latest_state(str(out), Study.load(str(out)))
+    assert n == int(state.n) == 5
+
+
+def test_a_trial_line_that_cannot_be_written_leaves_the_records_as_they_were(tmp_path, monkeypatch):
+    """append_line on a full disk cuts the file back (no half line), and the study stops with a
+    StorageError naming the trial; the trial runs again on resume."""
+    study = _create(tmp_path)
+    study.optimize(2)
+    path = os.path.join(study.out_dir, "trials.jsonl")
+    before = open(path, "rb").read()
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", _full_disk)
+        with pytest.raises(StorageError, match=r"could not write trial 2 to .*trials.jsonl: No space left on device"):
+            study.optimize(1)
+    assert open(path, "rb").read() == before
+    Study.load(study.out_dir).optimize(1)
+    assert [r["index"] for r in read_trials(path)] == [0, 1, 2]
+
+
+def _orbax_threads() -> list[str]:
+    """The running threads of orbax's background saves (its own thread classes, or threads running
+    an orbax object's method)."""
+    def of_orbax(t):
+        owner = getattr(getattr(t, "_target", None), "__self__", None)
+        return any(type(o).__module__.startswith("orbax") for o in (t, owner)) or t.name.startswith("metadata_store")
+
+    return [t.name for t in threading.enumerate() if t.is_alive() and of_orbax(t)]
+
+
+def test_ctrl_c_during_a_checkpoint_save_exits_130_with_orbax_finished(tmp_path, monkeypatch, capsys):
+    """SIGINT while orbax writes a checkpoint in its background threads: the "interrupted ...
+    --resume" line and exit 130, and no orbax thread left running (they printed tracebacks while
+    the process exited); the Ctrl-C waits for the save, which is complete, and the run resumes."""
+    out = tmp_path / "run"
+    real_save = ocp.StandardCheckpointer.save
+    calls = []
+
+    def save(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)  # returns with the writes under way in orbax's threads
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    with monkeypatch.context() as m:
+        m.setattr(ocp.StandardCheckpointer, "save", save)
+        code = main(_cli_args(out, "--max-trials", "5"))
+    left = _orbax_threads()
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines() == [
+        f"interrupted; finished trials are in {out}; continue with --resume"], err
+    assert left == []
+    # the interrupted save completed (the older ones are pruned by the next save)
+    assert sorted(os.listdir(out / "checkpoints")) == ["00000001", "00000002", "00000003"]
+    assert _latest_state(str(out), Study.load(str(out)))[0] == 3
+    assert main(_cli_args(out, "--resume", "--max-trials", "1")) == 0
+    assert [r["index"] for r in read_trials(str(out / "trials.jsonl"))] == [0, 1, 2, 3]
+
+
+def test_an_interrupted_state_save_waits_for_orbax(tmp_path, monkeypatch):
+    """save_state interrupted another way than by a signal (a KeyboardInterrupt raised inside it)
+    still waits for orbax's background writes before it propagates."""
+    real_save = ocp.StandardCheckpointer.save
+
+    def save(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", save)
+    state = bo.init(bo.configure(tp.counting_toy().space, "eeipu", n_warmup=N_WARMUP)[0], 1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_state(tmp_path / "ck", state, jax.random.key(0))
+    assert _orbax_threads() == []
+    monkeypatch.undo()
+    assert int(restore_state(tmp_path / "ck", state).n) == 0  # and the checkpoint is complete
+
+
+def test_a_failing_prepare_is_one_line_and_exit_2(tmp_path, capsys):
+    """A pipeline whose prepare() raises: "pipeline X's prepare() failed: ..." on one line, exit 2,
+    no trial recorded (it gave a raw traceback)."""
+    args = _cli_args(tmp_path / "run", "--max-trials", "2")
+    args[1] = "tests.pipelines_for_tests:bad_prepare"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: pipeline bad_prepare's prepare() failed: FileNotFoundError: no such file: "
+                   "data/missing.npz\n")
+    assert read_trials(str(tmp_path / "run" / "trials.jsonl")) == []
+
+
+# ------------------------------------------------- what stages return, how long they run
+def _cli_args_with(out, pipeline, *extra):
+    return ["--pipeline", f"tests.pipelines_for_tests:{pipeline}", "--budget", "1e6", "--out", str(out),
+            "--n-warmup", str(N_WARMUP), "--no-progress", *SMALL_BO_ARGS, *extra]
+
+
+def test_a_stage_calling_sys_exit_fails_its_trial_and_the_study_goes_on(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_cli_args_with(out, "always_exit", "--max-trials", "3")) == 0
+    captured = capsys.readouterr()
+    assert "3 trials (3 failed" in captured.out  # the summary, not a silent exit after one trial
+    trials = read_trials(str(out / "trials.jsonl"))
+    assert len(trials) == 3 and all("stage 1 (fit) called sys.exit(0)" in r["error"] for r in trials)
+    assert json.load(open(out / "summary.json"))["n_failed"] == 3
+
+
+def test_objectives_beyond_float32_or_float64_are_failed_trials_and_resume_goes_on(tmp_path, capsys):
+    """1e39 and 10**400 aborted the run, and every --resume hit the same trial again."""
+    out = tmp_path / "run"
+    assert main(_cli_args_with(out, "extreme_objectives", "--max-trials", "4")) == 0
+    assert main(_cli_args_with(out, "extreme_objectives", "--max-trials", "2", "--resume")) == 0
+    trials = read_trials(str(out / "trials.jsonl"))
+    assert [r["index"] for r in trials] == list(range(6))
+    errors = [r["error"] or "" for r in trials]
+    assert any("beyond the float32 range" in e for e in errors) and any("OverflowError" in e for e in errors)
+    for r in trials:
+        a = r["params"]["prep"]["a"]
+        assert (r["status"] == "ok") == (0.3 <= a <= 0.6), r
+    capsys.readouterr()
+
+
+def test_timeout_from_the_command_line_interrupts_a_hanging_stage(tmp_path, capsys):
+    import jax
+
+    out = tmp_path / "run"
+    config, _ = bo.configure(tp.always_hang().space, "eeipu", n_warmup=N_WARMUP, epsilon=0.1, **dict(SMALL_BO))
+    bo.ask(jax.random.key(0), bo.init(config, 1e6), config)  # the command's ask, compiled before the clock runs
+    t0 = time.time()
+    assert main(_cli_args_with(out, "always_hang", "--timeout", "2")) == 0
+    assert time.time() - t0 < 20.0  # the stage sleeps 30 s
+    captured = capsys.readouterr()
+    assert "stopped: the time limit of 2 s ran out" in captured.err and "1 trials (1 failed" in captured.out
+    assert json.load(open(out / "summary.json"))["stopped"] == "timeout"
+    (trial,) = read_trials(str(out / "trials.jsonl"))
+    assert "the study's time limit ran out" in trial["error"]

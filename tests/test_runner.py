@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import sys
 
 import jax
 import numpy as np
@@ -218,3 +220,117 @@ def test_prepare_is_not_charged():
     res = Runner(pipe, seed=0).run({"s0": {"x": 0.5}, "s1": {"y": 0.25}})
     assert res.ok and res.objective == pytest.approx(0.75)
     assert res.charged < 0.4  # the 0.5 s of preparation is not part of the trial's charge
+
+
+# ------------------------------------------------ what a stage does to its inputs
+def _mis(a=0.5, mode="clean", touch="no", b=0.1):
+    return {"prep": {"a": a, "touch": touch}, "fit": {"mode": mode, "b": b}}
+
+
+@pytest.mark.parametrize("policy", ["top_q", "all"])
+def test_a_stage_cannot_change_what_the_cache_restores(tmp_path, policy):
+    """Under "top_q" a stage's output is held until the objective is known; a later stage that changed
+    it in place made the cache store (and restore) something the stage never returned: 5.9 fresh,
+    9.9 memoized. Inputs are read-only views now: the same trial fresh and memoized agree, an
+    in-place change fails its trial with a clear error, and the prepared data stay as prepared."""
+    from eeipu_jax.runtime.driver import TrialWorker
+
+    pipe = tp.misbehaving()
+    worker = TrialWorker(pipe, seed=0, cache_dir=str(tmp_path), policy=CachePolicy(policy, q=5), restore=True,
+                         write=True, stage_timeout=None)
+    fresh = worker.run(0, _mis(mode="assign"))  # reassigning an entry of its input dict is its own business
+    worker.commit(0, True)
+    again = worker.run(1, _mis(mode="assign"))
+    assert fresh.ok and again.ok and again.memo_depth == 1
+    assert again.objective == fresh.objective == pytest.approx(3 * 0.5 + 4 * 3 + 0.1)
+    assert worker.run(2, _mis(mode="clean")).objective == pytest.approx(1.5 + 0.1)  # restored as returned
+    for token, params in ((3, _mis(mode="inplace")), (4, _mis(a=0.7, mode="inplace"))):  # restored, then fresh
+        bad = worker.run(token, params)
+        assert bad.status == "failed" and bad.failed_stage == 1
+        assert "read-only" in bad.error and "copy an array before changing it in place" in bad.error
+    touched = worker.run(5, _mis(a=0.9, touch="yes"))
+    assert touched.status == "failed" and touched.failed_stage == 0 and "read-only" in touched.error
+    assert worker.run(6, _mis(a=0.9)).objective == pytest.approx(3 * 0.9 + 0.1)  # the prepared data unchanged
+    worker.commit(6, True)
+    restored, _ = worker.cache.restore(worker.runner.run(_mis(a=0.9)).cache_keys[0])
+    np.testing.assert_array_equal(restored["v"], np.full(3, 0.9))
+
+
+def test_read_only_inputs_cost_no_copy_and_keep_containers_and_order():
+    from collections import OrderedDict, namedtuple
+
+    from eeipu_jax.runtime.runner import read_only
+
+    big = np.zeros(10_000_000)
+    P = namedtuple("P", "x y")
+    tree = {"z": big, "a": [np.ones(2), (np.int32(3), None)], "p": P(np.ones(1), 2.5),
+            "o": OrderedDict(k=np.ones(1)), "j": jax.numpy.ones(2)}
+    out = read_only(tree)
+    assert list(out) == ["z", "a", "p", "o", "j"] and out is not tree and out["a"] is not tree["a"]
+    assert np.shares_memory(out["z"], big) and not out["z"].flags.writeable and big.flags.writeable
+    assert isinstance(out["p"], P) and isinstance(out["o"], OrderedDict) and isinstance(out["a"][1], tuple)
+    assert out["j"] is tree["j"] and out["a"][1][0] == 3
+    with pytest.raises(ValueError, match="read-only"):
+        out["z"] += 1
+    out["a"].append(1)
+    assert len(tree["a"]) == 2  # the caller's containers are its own
+
+
+# ------------------------------------------------------- what a stage returns
+@pytest.mark.parametrize("mode, message", [("huge", "beyond the float32 range"), ("bigint", "OverflowError"),
+                                           ("exit", r"called sys.exit\(0\)")])
+def test_an_objective_the_optimizer_cannot_store_or_a_stage_exit_fails_the_trial(tmp_path, mode, message):
+    res = Runner(tp.misbehaving(), seed=0, cache=StageCache(tmp_path, CachePolicy("all"))).run(_mis(mode=mode))
+    assert res.status == "failed" and math.isnan(res.objective)
+    assert re.search(message, res.error), res.error
+    assert np.all(np.isfinite(res.stage_costs[: 2 if mode != "exit" else 1]))
+
+
+def test_keyboard_interrupt_in_a_stage_still_stops_the_caller():
+    from eeipu_jax.runtime.pipeline import Pipeline, Stage
+    from eeipu_jax.space import Float
+
+    def interrupted(d, p, k):
+        raise KeyboardInterrupt
+
+    pipe = Pipeline("ctrl-c", "1", (Stage("s0", interrupted, (Float("x", 0.0, 1.0),)),))
+    with pytest.raises(KeyboardInterrupt):
+        Runner(pipe, seed=0).run({"s0": {"x": 0.5}})
+
+
+def test_a_deadline_interrupts_a_hanging_stage():
+    import time
+
+    t0 = time.time()
+    res = Runner(tp.always_hang(), seed=0).run({"prep": {"a": 0.5}, "fit": {"b": 0.5}}, deadline=t0 + 0.5)
+    assert res.status == "failed" and "the study's time limit ran out" in res.error and res.failed_stage == 0
+    assert time.time() - t0 < 5.0
+
+
+def test_pipelines_are_checked_when_built_or_named():
+    from eeipu_jax.runtime.pipeline import Stage
+    from eeipu_jax.runtime.registry import PIPELINES, get_pipeline, register_pipeline
+    from eeipu_jax.space import Float
+
+    with pytest.raises(TypeError, match=r"stage 's': fn must be a function .*got int 42"):
+        Stage("s", 42, (Float("x", 0.0, 1.0),))
+    with pytest.raises(TypeError, match="params must be a sequence"):
+        Stage("s", lambda d, p, k: d, "x")
+    # a path names a Pipeline or a function without arguments returning one: nothing else is called
+    for path, message in (("sys:exit", "builtin_function_or_method"), ("os:getcwd", "not a Pipeline"),
+                          ("collections:OrderedDict", "not a Pipeline"), ("math:pi", "resolved to a float"),
+                          ("tests.pipelines_for_tests:fail_on_call", "not a Pipeline"),  # needs arguments
+                          ("tests.pipelines_for_tests:raising_factory", "fails on purpose")):
+        with pytest.raises(ValueError, match=message):
+            get_pipeline(path)
+    assert get_pipeline("tests.pipelines_for_tests:counting_toy") is tp.counting_toy()  # lru_cache-wrapped: fine
+    try:
+        register_pipeline("exits", lambda: sys.exit(3))
+        with pytest.raises(ValueError, match=r"building it raised SystemExit"):
+            get_pipeline("exits")
+        register_pipeline("not-a-pipeline", lambda: 42, overwrite=True)
+        with pytest.raises(ValueError, match=r"its factory returned '42' \(int\), not a Pipeline"):
+            get_pipeline("not-a-pipeline")
+    finally:
+        PIPELINES.pop("exits", None)
+        PIPELINES.pop("not-a-pipeline", None)

@@ -106,3 +106,26 @@ print(json.dumps([done, [str(x.message) for x in w]]))
     done, warned = _run(code)
     assert done["xla_cpu"] is None and "already started" in done["reason"]
     assert any("after the JAX backend started" in m for m in warned)
+
+
+def test_interrupts_deferred_holds_one_ctrl_c_until_the_block_ends_and_restores_the_handler():
+    """A Ctrl-C inside the block arrives when it ends (a write is never cut halfway); a second one
+    arrives at once (a hung write can be stopped); the handler is Python's again afterwards."""
+    import signal
+
+    from eeipu_jax.utils import interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("not reached")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

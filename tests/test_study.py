@@ -3,9 +3,11 @@ a kill -9 mid-run, and memoization turned off by name."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -21,7 +23,7 @@ import eeipu_jax
 from eeipu_jax import Study, Trial
 from eeipu_jax import loop as bo
 from eeipu_jax.checkpoint import restore_state
-from eeipu_jax.runtime import rundir
+from eeipu_jax.runtime import PrepareError, rundir
 from eeipu_jax.runtime.records import read_trials
 from eeipu_jax.runtime.settings import ConfigError
 from tests import pipelines_for_tests as tp
@@ -206,6 +208,83 @@ def test_a_checkpoint_of_another_state_layout_is_rebuilt_from_the_records(tmp_pa
     assert [r["x"] for r in again[: len(records)]] == [r["x"] for r in records]
 
 
+@pytest.mark.parametrize("lost", [1, 2])
+def test_records_cut_short_of_the_checkpoint_continue_and_rerun_the_lost_trials(tmp_path, caplog, lost):
+    """A truncated last line that a checkpoint already covered is dropped; the study used to refuse
+    to load ("3 trials but the checkpoint has 4"). It continues from the newest checkpoint the
+    records cover (lost=1), or rebuilds its state from the records (lost=2: no such checkpoint),
+    removes the checkpoints that count the lost trials, and runs those again: the same
+    proposals, their stages restored from the cache, nothing recorded twice."""
+    study = _create(tmp_path)
+    study.optimize(4)
+    path = os.path.join(study.out_dir, "trials.jsonl")
+    records = read_trials(path)
+    lines = open(path, "rb").read().split(b"\n")[:-1]
+    kept = b"".join(line + b"\n" for line in lines[: 4 - lost])
+    open(path, "wb").write(kept + lines[4 - lost][: len(lines[4 - lost]) // 2])  # the last line cut mid-record
+    assert [n for n, _ in rundir.checkpoint_dirs(study.out_dir)] == [3, 4]
+    caplog.set_level("WARNING")
+    calls = dict(tp.CALLS)
+    Study.load(study.out_dir).optimize(lost)
+    assert any("more than the" in r.getMessage() for r in caplog.records)
+    again = read_trials(path)
+    assert [r["index"] for r in again] == [0, 1, 2, 3]
+    assert [r["x"] for r in again] == [r["x"] for r in records]  # the lost trials proposed again
+    assert all(r["memo_depth"] == 2 for r in again[4 - lost:])  # restored from the cache, not recomputed
+    assert tp.CALLS[("counting_toy", "features")] == calls.get(("counting_toy", "features"), 0)
+    n, path_n = rundir.checkpoint_dirs(study.out_dir)[-1]
+    state, _ = restore_state(path_n, bo.init(study.config, study.budget), with_key=True)
+    assert n == int(state.n) == 4
+    assert float(state.spent) == pytest.approx(sum(r["charged"] for r in again), rel=1e-5)
+
+
+def test_paths_may_be_pathlib_paths(tmp_path):
+    """``out_dir``, ``cache_dir`` and ``jax_cache_dir`` may be ``os.PathLike`` (they were refused
+    as "expected a directory path"); config.json records them as text."""
+    xla = pathlib.Path(os.environ["EEIPU_JAX_XLA_CACHE"])
+    study = Study.create(tmp_path / "run", COUNTING, "eeipu", 1e6, 0, n_warmup=N_WARMUP, bo=SMALL_BO,
+                         cache_dir=tmp_path / "cache", jax_cache_dir=xla)
+    study.optimize(1)
+    assert study.cache_dir == str(tmp_path / "cache") and os.listdir(tmp_path / "cache" / "entries")
+    assert json.load(open(tmp_path / "run" / "config.json"))["runtime"]["cache_dir"] == str(tmp_path / "cache")
+    again = Study.load(tmp_path / "run", cache_dir=tmp_path / "cache", jax_cache_dir=xla)
+    again.optimize(1)
+    assert [t.index for t in again.trials] == [0, 1]
+
+
+def test_non_numeric_extra_metrics_keep_the_trial_ok(tmp_path, caplog):
+    """A valid objective next to a metric that is not a number no longer fails the trial with
+    "no scalar objective": numbers are recorded as floats, bools, strings and JSON values as they
+    are, and what trials.jsonl cannot hold (a non-scalar array, an object) is dropped with a
+    warning naming it."""
+    caplog.set_level("WARNING")
+    study = _create(tmp_path, pipeline="tests.pipelines_for_tests:extra_metrics")
+    study.optimize(2)
+    trials = study.trials
+    assert [t.status for t in trials] == ["ok", "ok"] and all(t.error is None for t in trials)
+    metrics = trials[0].metrics
+    assert {k: metrics[k] for k in ("note", "flag", "count", "half", "jax0d", "pair")} == {
+        "note": "ok", "flag": True, "count": 3.0, "half": 0.5, "jax0d": 2.0, "pair": [1, "a"]}
+    assert "curve" not in metrics and "model" not in metrics and "mse" in metrics
+    dropped = {r.getMessage().split("'")[1] for r in caplog.records if "is not recorded" in r.getMessage()}
+    assert dropped == {"curve", "model"}
+    assert study.summary()["best"]["metrics"]["note"] == "ok"
+
+
+def test_a_failing_prepare_raises_prepare_error_and_records_nothing(tmp_path):
+    """``prepare()`` raising: a :class:`PrepareError` (a ConfigError) naming the pipeline and the
+    cause, nothing recorded; once it works, the study runs."""
+    study = _create(tmp_path, pipeline=tp.bad_prepare())
+    with pytest.raises(PrepareError, match=r"^pipeline bad_prepare's prepare\(\) failed: FileNotFoundError: "
+                                           r"no such file: data/missing.npz$") as e:
+        study.optimize(2)
+    assert isinstance(e.value, ConfigError) and isinstance(e.value.__cause__, FileNotFoundError)
+    assert study.trials == []
+    fixed = dataclasses.replace(tp.bad_prepare(), prepare=tp.counting_toy().prepare)
+    Study.load(study.out_dir, fixed).optimize(1)
+    assert len(study.trials) == 1
+
+
 def test_eeipu_is_lazy_and_the_engine_is_importable_from_the_package():
     assert eeipu_jax.Study is Study and "Study" in dir(eeipu_jax)
     with pytest.raises(AttributeError):
@@ -329,3 +408,85 @@ def test_every_memoized_proposal_is_a_cache_hit_on_toy_small(tmp_path, method, p
     keep = pool_keys(state, study.config, records)
     cache = StageCache(study.cache_dir, CachePolicy("top_q"))
     assert keep and all(k in cache for k in keep)
+
+
+# ------------------------------------------------------- hand-edited run directories
+def _edit_json(path, edit):
+    with open(path) as f:
+        doc = json.load(f)
+    edit(doc)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def _edit_record(path, index, edit):
+    with open(path) as f:
+        lines = [json.loads(line) for line in f]
+    edit(lines[index])
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+
+
+def test_hand_edits_of_a_run_directory_are_refused_naming_what_changed(tmp_path):
+    study = _create(tmp_path)
+    study.optimize(3)
+    run = study.out_dir
+    config, trials = os.path.join(run, "config.json"), os.path.join(run, "trials.jsonl")
+    pristine = {p: open(p).read() for p in (config, trials)}
+
+    def restore():
+        for p, text in pristine.items():
+            with open(p, "w") as f:
+                f.write(text)
+
+    _edit_json(config, lambda d: d.update(format=99))  # a format this version does not know
+    with pytest.raises(ConfigError, match=r"format 99; this version of eeipu_jax reads format 1"):
+        Study.load(run)
+    restore()
+    _edit_json(config, lambda d: d.update(seed=7))  # the seed changed after trials ran
+    with pytest.raises(ConfigError, match=r"trial 0 was run with other cache keys .* seed 7.*seed in config.json"):
+        Study.load(run).optimize(1)
+    restore()
+    _edit_record(trials, 1, lambda r: r.update(y=r["y"] + 1.0))  # the checkpoint holds the real value
+    with pytest.raises(ConfigError, match=r"trial 1 has y .* but the checkpoint has .*records were altered"):
+        Study.load(run).optimize(1)
+    restore()
+    _edit_record(trials, 2, lambda r: r["params"]["train"].update(steps=r["params"]["train"]["steps"] + 1))
+    with pytest.raises(ConfigError, match=r"trial 2 was run with other cache keys"):
+        Study.load(run).optimize(1)
+    restore()
+    Study.load(run).optimize(1)  # as it was: resumes
+    assert [t.index for t in Study.load(run).trials] == [0, 1, 2, 3]
+    # the way out the message gives: without checkpoints the optimizer is rebuilt from the records
+    _edit_record(trials, 1, lambda r: r.update(y=r["y"] + 1.0))
+    shutil.rmtree(os.path.join(run, "checkpoints"))
+    Study.load(run).optimize(1)
+    assert len(Study.load(run).trials) == 5
+
+
+# ------------------------------------------------------------- bounded studies
+def test_timeout_interrupts_a_hanging_stage_and_ends_the_study_with_its_summary(tmp_path):
+    study = _create(tmp_path, pipeline="tests.pipelines_for_tests:always_hang")
+    bo.ask(jax.random.key(0), bo.init(study.config, study.budget), study.config)  # compiled before the clock runs
+    t0 = time.time()
+    summary = study.optimize(timeout=2.0)
+    assert time.time() - t0 < 20.0  # the stage sleeps 30 s
+    assert summary["stopped"] == "timeout" and summary["n_trials"] == 1 and summary["n_failed"] == 1
+    (trial,) = study.trials
+    assert trial.status == "failed" and "the study's time limit ran out" in trial.error
+    assert os.path.exists(os.path.join(study.out_dir, "summary.json"))
+    with pytest.raises(ConfigError, match="timeout: must be positive seconds"):
+        study.optimize(timeout=0)
+
+
+def test_timeout_stops_dispatching_and_the_run_continues_where_it_stopped(tmp_path):
+    study = _create(tmp_path)
+    study.optimize(2)  # compiled: the trials below take milliseconds
+    t0 = time.time()
+    summary = study.optimize(timeout=0.5)
+    assert time.time() - t0 < 10.0 and summary["stopped"] == "timeout"
+    n = summary["n_trials"]
+    assert n > 2 and all(t.ok for t in study.trials[:-1])
+    assert study.trials[-1].ok or "time limit" in study.trials[-1].error  # unless the time ran out in a stage
+    assert Study.load(study.out_dir).optimize(1)["stopped"] == "max_trials"
+    assert [t.index for t in study.trials] == list(range(n + 1))

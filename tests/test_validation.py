@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,11 +60,40 @@ GOOD = dict(x=X, y=0.3, stage_costs=COSTS, memo_depth=0, charged=None)
         (dict(y="0.3"), r"y must be a number"),
         (dict(y=np.array([0.3, 0.4])), r"y must be a scalar"),
         (dict(y=1e39), r"y=1e\+39 is beyond the float32 range"),
+        # numbers only: NumPy would read "0.2" as 0.2, True as 1 and drop an imaginary part
+        (dict(x=["0.2", "0.4", "0.6", "0.8"]), r"x must be 4 numbers \(real ones, not strings\)"),
+        (dict(x=[True, False, True, False]), r"x must be 4 numbers \(real ones, not booleans\)"),
+        (dict(x=X + 0j), r"x must be 4 numbers \(real ones, not complex numbers\)"),
+        (dict(stage_costs=["1.0", "2.0", "0.5"]), r"stage_costs must be 3 numbers \(real ones, not strings\)"),
+        (dict(stage_costs=[1.0, None, 0.5]), r"stage_costs must be 3 numbers \(real ones, not objects\)"),
+        # beyond float32: stored as its maximum (a cost) or inf (the budget spent)
+        (dict(stage_costs=[1.0, 1e39, 0.5]), r"stage_costs must be .*fit float32.*1e\+39"),
+        (dict(charged=1e39), r"charged=1e\+39 is beyond the float32 range.*spent would become inf"),
     ],
 )
 def test_tell_rejects_bad_trials_naming_the_argument(state, bad, match):
     with pytest.raises(ValueError, match=match):
         loop.tell(state, **{**GOOD, **bad})
+
+
+@pytest.mark.parametrize("wrong", [None, {}, {"X": np.zeros((32, 4))}])
+def test_ask_tell_init_and_set_params_name_a_state_or_config_of_the_wrong_type(state, wrong):
+    """A dict or ``None`` for the state or the config raises a ValueError naming the argument
+    (an AttributeError from deep inside on an earlier main; init and set_params still gave one),
+    checked on the host before anything is traced."""
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"^state must be a BOState \(from eeipu_jax.loop.init\), got"):
+        loop.tell(wrong, **GOOD)
+    with pytest.raises(ValueError, match=r"^state must be a BOState \(from eeipu_jax.loop.init\), got"):
+        loop.ask(key, wrong, CFG)
+    with pytest.raises(ValueError, match=r"^config must be a BOConfig, got"):
+        loop.ask(key, state, wrong)
+    with pytest.raises(ValueError, match=r"^config must be a BOConfig, got"):
+        loop.init(wrong, budget=10.0)
+    with pytest.raises(ValueError, match=r"^state must be a BOState"):
+        loop.set_params(wrong, CFG, epsilon=0.2)
+    with pytest.raises(ValueError, match=r"^config must be a BOConfig, got"):
+        loop.set_params(state, wrong, epsilon=0.2)
 
 
 def test_tell_accepts_numpy_and_jax_scalars_and_0d_arrays(state):
@@ -173,3 +203,37 @@ def test_configs_store_plain_floats_so_they_serialize():
     json.dumps({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "gp"})
     json.dumps(dataclasses.asdict(cfg.gp))
     hash(cfg)
+
+
+def test_ask_refuses_a_state_built_for_another_space_of_the_same_shape():
+    other = SearchSpace([StageSpace("prep", [Float("a", 0.0, 10.0), Int("n", 1, 8)]),
+                         StageSpace("train", [Float("b", 0.0, 1.0)]),
+                         StageSpace("eval", [Float("e", 0.0, 1.0)])])
+    cfg_other = loop.BOConfig.from_space(other, method="eeipu", n_warmup=3)
+    assert (cfg_other.dim, cfg_other.n_stages, cfg_other.bins) == (CFG.dim, CFG.n_stages, CFG.bins)
+    assert cfg_other.space_id != CFG.space_id > 0
+    assert SPACE.fingerprint == SearchSpace(list(SPACE.stages)).fingerprint  # the same space: the same id
+    state = loop.init(CFG, budget=10.0)
+    assert int(state.space_id) == CFG.space_id
+    with pytest.raises(ValueError, match="state was built for another search space"):
+        loop.ask(jax.random.key(0), state, cfg_other)
+    # a config changed in other settings keeps its space
+    loop.ask(jax.random.key(0), state, dataclasses.replace(CFG, n_random=64))
+    with pytest.raises(ValueError, match=r"BOConfig: invalid value for \['space_id'\]"):
+        dataclasses.replace(CFG, space_id=-1)
+
+
+def test_the_driver_tells_values_the_optimizer_refuses_as_a_failed_trial():
+    """tell keeps refusing a stage cost of 1e39 (float32 would store its maximum) from API callers;
+    the trial driver records such a trial as failed, with the reason, instead of stopping."""
+    from eeipu_jax.runtime.driver import tell_or_fail
+
+    rec = {"index": 0, "status": "ok", "x": X.tolist(), "y": 0.3, "stage_costs": [1.0, 1e39, 0.5], "memo_depth": 2,
+           "charged": 2.0, "error": None}
+    state, told = tell_or_fail(loop.init(CFG, budget=100.0), rec)
+    assert told["status"] == "failed" and math.isnan(told["y"])
+    assert "optimizer refused the trial's values" in told["error"] and "stage_costs" in told["error"]
+    assert told["memo_depth"] == 1 and math.isnan(told["stage_costs"][1]) and told["charged"] == 2.0
+    assert int(state.n) == 1 and bool(state.failed[0]) and float(state.spent) == pytest.approx(2.0)
+    ok, same = tell_or_fail(loop.init(CFG, budget=100.0), {**rec, "stage_costs": COSTS.tolist()})
+    assert same["status"] == "ok" and not bool(ok.failed[0])

@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 from eeipu_jax import acquisition as acq
 from eeipu_jax import gp as gplib
 from eeipu_jax.methods import Method, register
-from eeipu_jax.state import effective_objective
+from eeipu_jax.state import effective_objective, scale_free_objective
 
 __all__ = ["GittinsState", "GittinsExtra", "score", "init", "prepare", "update", "METHOD"]
 
@@ -81,8 +81,7 @@ def init(config, params) -> GittinsState:
 def _finished_scale_free(state):
     """``(best, scale)``: the best finished objective on the scale-free scale
     of :func:`eeipu_jax.state.scaled_objective` and that scale."""
-    ok = (jnp.arange(state.X.shape[0]) < state.n) & ~state.failed
-    u, _, scale = gplib.scale_free(state.y, ok, state.y_lo)
+    u, ok, scale = scale_free_objective(state)
     return jnp.max(jnp.where(ok, u, -jnp.inf)), scale
 
 

@@ -28,20 +28,22 @@ where the library touches the disk and the clock. One job per module:
 """
 
 from eeipu_jax.runtime.cache import CachePolicy, StageCache
-from eeipu_jax.runtime.pipeline import Pipeline, Stage
+from eeipu_jax.runtime.pipeline import Pipeline, PrepareError, Stage
 from eeipu_jax.runtime.records import Trial
 from eeipu_jax.runtime.registry import available_pipelines, get_pipeline, register_pipeline
 from eeipu_jax.runtime.runner import Runner, TrialResult
-from eeipu_jax.runtime.settings import ConfigError
+from eeipu_jax.runtime.settings import ConfigError, StorageError
 from eeipu_jax.runtime.study import Study
 
 __all__ = [
     "CachePolicy",
     "ConfigError",
     "Pipeline",
+    "PrepareError",
     "Runner",
     "Stage",
     "StageCache",
+    "StorageError",
     "Study",
     "Trial",
     "TrialResult",

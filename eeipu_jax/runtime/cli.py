@@ -5,10 +5,24 @@
     eeipu summary runs/rff                                                   # a run's summary
 
 This module owns the command line over the study: its options (one per
-:meth:`Study.create` setting), the exit statuses (0 done, 2 a wrong setting,
-reported on one line before anything is written, 130 interrupted) and the
-CPU set-up a script opts in to (:func:`eeipu_jax.cpu.pin_xla_threads`). The
-repository's ``python -m experiments.run`` is this command with the
+:meth:`Study.create` setting), the exit statuses and the CPU set-up a script
+opts in to (:func:`eeipu_jax.cpu.pin_xla_threads`). Every error is one line
+on stderr, never a traceback:
+
+* 0: done;
+* 1: a file of the run could not be written (a full disk:
+  :class:`~eeipu_jax.runtime.settings.StorageError`); the trials recorded
+  before it are kept, ``--resume`` continues once there is space (a run that
+  could not even be created leaves nothing behind);
+* 2: a wrong setting (reported before anything is written), a run directory
+  whose records are damaged (the file and line named), or a pipeline whose
+  ``prepare()`` raised;
+* 130: interrupted (Ctrl-C); ``--resume`` continues.
+
+``eeipu summary`` only reads (no lock, nothing written), so it works on a run
+another process is optimizing and on a read-only file system.
+
+The repository's ``python -m experiments.run`` is this command with the
 repository's pipelines registered.
 """
 
@@ -25,8 +39,8 @@ from collections.abc import Sequence
 from eeipu_jax import methods as methodlib
 from eeipu_jax.runtime.cache import parse_bytes
 from eeipu_jax.runtime.registry import available_pipelines
-from eeipu_jax.runtime.settings import ConfigError
-from eeipu_jax.runtime.study import CACHE_WRITES, Study, StudySettings
+from eeipu_jax.runtime.settings import ConfigError, StorageError
+from eeipu_jax.runtime.study import CACHE_WRITES, Study, StudySettings, check_optimize
 
 __all__ = ["build_parser", "tune", "main", "default_jax_cache_dir"]
 
@@ -100,6 +114,10 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
       help="set another BO setting (a BOConfig field, a float param or the method's own), e.g. --bo n_random=256 --bo refine_lr=0.1 (repeatable)")
     p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
+    p("--timeout", type=float, default=None,
+      help="wall-clock seconds for this invocation: no trial starts after them, a stage still running is "
+           "interrupted (its trial recorded as failed) and the run ends with its summary (default: none; "
+           "--stage-timeout bounds each stage)")
     p("--workers", type=int, default=1,
       help="trials run at once, on Ray actors when more than 1 (pip install 'eeipu-jax[ray]'); 1: this "
            "process alone, without Ray (default: %(default)s)")
@@ -109,8 +127,8 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
     p("--worker-cpus", type=float, default=None,
       help="logical CPUs each parallel trial reserves (default: min(1, CPUs / workers) on a local Ray, so more "
            "workers than cores can run; 1 with --address)")
-    p("--worker-gpus", type=float, default=0.0,
-      help="GPUs each parallel trial reserves; 1 runs one trial per GPU (default: %(default)s)")
+    p("--worker-gpus", type=float, default=None,
+      help="GPUs each parallel trial reserves; 1 runs one trial per GPU (default: 0)")
     p("--placement-timeout", type=float, default=None,
       help="seconds to wait for Ray to place the workers before stopping with an error that names the "
            "resources asked for and those the cluster has (default: 120)")
@@ -157,27 +175,29 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         cli=True,
     )
     try:
-        if args.max_trials is not None and args.max_trials < 1:
-            raise ConfigError(f"--max-trials: must be an integer of at least 1, got {args.max_trials!r}")
-        parallel = args.workers != 1 or args.address is not None
-        if args.placement_timeout is not None and not (parallel and 0 < args.placement_timeout < float("inf")):
-            raise ConfigError(f"--placement-timeout: positive seconds, with --workers > 1 or --address; got "
-                              f"{args.placement_timeout!r}" + ("" if parallel else " without them"))
+        resources = {k: v for k, v in (("num_cpus", args.worker_cpus), ("num_gpus", args.worker_gpus))
+                     if v is not None} or None
+        run = dict(workers=args.workers, address=args.address, resources=resources,
+                   placement_timeout=args.placement_timeout, timeout=args.timeout)
+        # every option is checked before Study.open creates --out and config.json, so a refused
+        # command leaves nothing behind and the corrected one runs
+        check_optimize(settings, args.max_trials, **run)
         study = Study.open(settings, "resume" if args.resume else "create")
-        resources = None
-        if parallel:
-            resources = {"num_gpus": args.worker_gpus}
-            if args.worker_cpus is not None:
-                resources["num_cpus"] = args.worker_cpus
-        summary = study.optimize(args.max_trials, progress=not args.no_progress, workers=args.workers,
-                                 address=args.address, resources=resources,
-                                 placement_timeout=args.placement_timeout)
+        summary = study.optimize(args.max_trials, progress=not args.no_progress, **run)
     except (ConfigError, ImportError) as e:  # ImportError: --workers without the ray extra
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except StorageError as e:
+        kept = os.path.exists(os.path.join(args.out, "config.json"))
+        print(f"error: {' '.join(str(e).split())}" + (
+            f"; finished trials are in {args.out}; continue with --resume once there is space" if kept else ""),
+            file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"interrupted; finished trials are in {args.out}; continue with --resume", file=sys.stderr)
         return 130
+    if summary.get("stopped") == "timeout":
+        print(f"stopped: the time limit of {args.timeout:g} s ran out; continue with --resume", file=sys.stderr)
     best = summary["best"]
     best_text = "-" if best is None else f"{best['y']:.6g} (trial {best['index']})"
     print(
@@ -204,11 +224,11 @@ def _summary(argv: Sequence[str]) -> int:
     try:
         for module in args.imports:
             importlib.import_module(module)
-        study = Study.load(args.out, args.pipeline)
+        summary = Study.load(args.out, args.pipeline).summary()  # reads only
     except (ConfigError, ImportError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(json.dumps(study.summary(), indent=1))
+    print(json.dumps(summary, indent=1))
     return 0
 
 

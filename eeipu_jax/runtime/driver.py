@@ -32,7 +32,10 @@ EEIPU: arXiv 2411.03731); this module owns every step they share, once:
   most every :data:`CHECKPOINT_SECONDS` with remote workers), restores a run
   (:func:`resume`) and summarizes it (:func:`summarize`,
   :func:`run_counters`, which count from the records, so they survive a
-  resume).
+  resume). A write of the run directory that fails (a full disk) stops the
+  run with a :class:`~eeipu_jax.runtime.settings.StorageError` on one line,
+  the files as they were before it: every trial recorded before stays, and
+  a resume continues from there.
 
 The optimizer's settings are built here too (:func:`optimizer_config`,
 :func:`initial_state`), so the runtime makes a ``BOConfig`` and a fresh
@@ -64,14 +67,16 @@ from eeipu_jax.runtime.records import (
     jsonable,
     optimizer_seconds,
     read_trials,
+    writing,
 )
-from eeipu_jax.runtime.runner import Runner, TrialResult, nested_params
+from eeipu_jax.runtime.runner import F32_MAX, Runner, TrialResult, nested_params
 from eeipu_jax.runtime.settings import ConfigError
 
 __all__ = [
     "CHECKPOINT_SECONDS", "RunSpec", "Flight", "Outcome", "TrialWorker", "Executor", "InProcess", "TrialDriver",
-    "optimizer_config", "initial_state", "resume", "ask_trial", "pack_pending", "pending_capacity", "copy_prefix",
-    "trial_record", "tell_record", "pool_keys", "enters_pool", "keep_keys", "prefix_written",
+    "optimizer_config", "initial_state", "resume", "check_records", "ask_trial", "pack_pending", "pending_capacity",
+    "copy_prefix", "trial_record", "as_failed", "tell_record", "tell_or_fail", "pool_keys", "enters_pool", "keep_keys",
+    "prefix_written",
     "duplicate_computations", "run_counters", "summarize",
 ]
 
@@ -171,6 +176,8 @@ class Flight:
         wait_started: when it was held (0: never).
         wait_seconds: how long it was held.
         started: when it was given to its worker.
+        deadline: the study's wall-clock limit (``time.time()``; ``None``:
+            none): its worker interrupts a stage that would run past it.
     """
 
     x: np.ndarray
@@ -190,6 +197,7 @@ class Flight:
     wait_started: float = 0.0
     wait_seconds: float = 0.0
     started: float = 0.0
+    deadline: float | None = None
 
 
 def pending_capacity(workers: int) -> int:
@@ -323,6 +331,27 @@ def trial_record(index: int, flight: Flight, result: TrialResult | None, *, n_st
     }
 
 
+def as_failed(record: Mapping, reason: str) -> dict:
+    """``record`` turned into a failed trial the optimizer accepts, ``reason`` first in its error.
+
+    The driver's safety net for a trial whose values ``loop.tell`` refuses (an
+    objective or a cost beyond float32): its objective becomes NaN, costs
+    that are not finite numbers of float32 range become NaN (unknown; a
+    memoized stage with such a cost is told as computed, ``memo_depth``
+    lowered to the stages before it) and its charge is kept within float32.
+    """
+    rec = dict(record)
+    costs = [float_or_nan(c) for c in rec["stage_costs"]]
+    costs = [c if math.isfinite(c) and 0.0 <= c <= F32_MAX else math.nan for c in costs]
+    depth = int(rec["memo_depth"])
+    unknown = [j for j in range(depth) if math.isnan(costs[j])]
+    charged = float_or_nan(rec["charged"])
+    rec.update(status="failed", y=math.nan, stage_costs=costs, memo_depth=unknown[0] if unknown else depth,
+               charged=charged if math.isfinite(charged) and 0.0 <= charged <= F32_MAX else 0.0,
+               error=reason + (f"; {rec['error']}" if rec.get("error") else ""))
+    return rec
+
+
 def tell_record(state: bo.BOState, rec: Mapping) -> bo.BOState:
     """Tell the optimizer a trial from its record's ``x``, ``y``, ``stage_costs``, ``memo_depth``
     and ``charged`` (recorded ``None`` read as NaN: a failed trial, a stage that never ran)."""
@@ -334,6 +363,22 @@ def tell_record(state: bo.BOState, rec: Mapping) -> bo.BOState:
         int(rec["memo_depth"]),
         float(rec["charged"]),
     )
+
+
+def tell_or_fail(state: bo.BOState, record: dict) -> tuple[bo.BOState, dict]:
+    """Tell a finished trial; one whose values the optimizer refuses (``loop.tell`` keeps refusing
+    them from API callers) is told, and returned, as a failed trial (:func:`as_failed`) instead of
+    stopping the run: a value a stage produced never aborts a study, nor every resume of it.
+
+    Returns:
+        ``(state, record)``: the record as told (the one to write).
+    """
+    try:
+        return tell_record(state, record), record
+    except ValueError as e:
+        record = as_failed(record, f"the optimizer refused the trial's values ({e})")
+        logger.warning("trial %s failed: %s", record.get("index", ""), record["error"])
+        return tell_record(state, record), record
 
 
 # --------------------------------------------------------- the keep-set
@@ -463,24 +508,33 @@ def resume(spec: RunSpec) -> tuple[bo.BOState, Any, list[dict]]:
     afresh (its splits were spent on those asks). The caller holds the run
     directory's lock.
 
+    A checkpoint of more trials than ``trials.jsonl`` holds (its last lines
+    were lost, e.g. a truncated last line removed) is not used: the newest
+    checkpoint the records cover is, or the state is rebuilt from the records
+    (:func:`~eeipu_jax.runtime.rundir.restore_checkpoint`), and the lost
+    trials run again.
+
     Raises:
-        ConfigError: ``trials.jsonl`` has fewer trials than the checkpoint (the
-            run directory was altered).
+        ConfigError: a record that does not fit this run (its line named), or
+            disagrees with the checkpoint or with the run's seed
+            (:func:`check_records`): the run directory was altered.
+        StorageError: the repaired checkpoint cannot be written.
     """
     trials_path = os.path.join(spec.out_dir, "trials.jsonl")
     fresh = initial_state(spec.config, spec.budget, spec.params)
     records = read_trials(trials_path, repair=True)
-    got = rundir.restore_checkpoint(spec.out_dir, fresh)
+    got = rundir.restore_checkpoint(spec.out_dir, fresh, max_n=len(records))
     state, key = got if got is not None else (fresh, jax.random.key(spec.seed))
     n = int(state.n)
-    if len(records) < n:
-        raise ConfigError(
-            f"{trials_path} has {len(records)} trials but the checkpoint has {n}: the run directory was altered"
-        )
+    for rec in records:
+        if len(rec["cache_keys"]) != spec.pipeline.n_stages - 1:
+            raise ConfigError(f"{trials_path} line {rec['index'] + 1}: {len(rec['cache_keys'])} cache keys, expected "
+                              f"{spec.pipeline.n_stages - 1} (one per stage but the last); the file was edited")
+    check_records(spec, state, records)
     retold_remote = False
     for rec in records[n:]:
         if "worker" in rec:
-            state = tell_record(state, rec)
+            state = _retell(state, rec, trials_path)
             retold_remote = True
             continue
         key, k_ask = jax.random.split(key)
@@ -488,13 +542,88 @@ def resume(spec: RunSpec) -> tuple[bo.BOState, Any, list[dict]]:
         if not np.allclose(np.asarray(prop.x), np.asarray(rec["x"], np.float32), atol=1e-6):
             logger.warning("replayed proposal %d differs from the recorded one; telling the recorded trial",
                            rec["index"])
-        state = tell_record(state, rec)
+        state = _retell(state, rec, trials_path)
     if retold_remote:
         key = jax.random.fold_in(key, len(records))
     if len(records) > n:
         logger.info("re-told %d trial(s) recorded after the last checkpoint", len(records) - n)
         rundir.save_checkpoint(spec.out_dir, state, key)
     return state, key, records
+
+
+def _retell(state: bo.BOState, rec: Mapping, trials_path: str) -> bo.BOState:
+    """:func:`tell_record`, a record that does not fit the optimizer's state refused naming its line."""
+    try:
+        return tell_record(state, rec)
+    except ValueError as e:
+        raise ConfigError(f"{trials_path} line {rec['index'] + 1} does not fit this run: {e}") from None
+
+
+def check_records(spec: RunSpec, state: bo.BOState, records: Sequence[Mapping]) -> None:
+    """Refuse records that are not the run's: a hand-edited ``trials.jsonl`` or ``config.json``.
+
+    * Each record's ``cache_keys`` must be the keys of its ``params`` under
+      the run's seed and pipeline name and version: a seed changed in
+      ``config.json`` after trials ran (the stages' keys, hence their outputs,
+      would differ from the recorded trials'), or edited parameters, fail.
+    * Each record the checkpoint holds (rows ``0 .. n-1`` of ``state``) must
+      have the checkpoint's values (status, objective, point, memo depth,
+      stage costs, charge): an edited ``y`` would otherwise be shown by
+      ``Study.trials`` while the optimizer goes on with the old value.
+
+    Refusing (rather than trusting the checkpoint and warning) keeps the
+    records the one account of the run: the message names the trial and the
+    field; restore the file, or delete ``checkpoints/`` to rebuild the
+    optimizer from the records as they are.
+
+    Raises:
+        ConfigError: the first disagreement, naming the trial.
+    """
+    where = os.path.join(spec.out_dir, "trials.jsonl")
+    for rec in records:
+        try:
+            keys = list(prefix_keys(spec.pipeline, rec["params"], spec.seed))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            keys = None
+        if keys != list(rec.get("cache_keys") or []):
+            raise ConfigError(
+                f"{where}: trial {rec['index']} was run with other cache keys than its parameters give under the "
+                f"run's seed {spec.seed} and pipeline {spec.pipeline.name!r} version {spec.pipeline.version!r}: "
+                "the seed in config.json or the trial's parameters were changed after it ran (the run directory "
+                "was altered; a run's seed is fixed: start a new run for another one)"
+            )
+    n = int(state.n)
+    if not n:
+        return
+    told = {
+        "status": np.where(np.asarray(state.failed[:n]), "failed", "ok"),
+        "y": bo.objective_values(state),
+        "x": np.asarray(state.X[:n], np.float64),
+        "memo_depth": np.asarray(state.memo_depth[:n]),
+        "stage_costs": np.asarray(state.stage_costs[:n], np.float64),
+        "charged": np.asarray(state.charged[:n], np.float64),
+    }
+    for i, rec in enumerate(records[:n]):
+        got = {
+            "status": "ok" if math.isfinite(float_or_nan(rec["y"])) else "failed",
+            "y": float_or_nan(rec["y"]),
+            "x": np.asarray(rec["x"], np.float32).astype(np.float64),
+            "memo_depth": int(rec["memo_depth"]),
+            "stage_costs": np.asarray([float_or_nan(c) for c in rec["stage_costs"]], np.float32).astype(np.float64),
+            "charged": float(np.float32(float_or_nan(rec["charged"]))),
+        }
+        for field, value in got.items():
+            want = told[field][i]
+            same = (value == want if field in ("status", "memo_depth") else
+                    np.allclose(value, want, rtol=1e-9, atol=0.0, equal_nan=True) if field == "y" else
+                    np.array_equal(value, want, equal_nan=True))
+            if not same:
+                raise ConfigError(
+                    f"{where}: trial {i} has {field} {np.asarray(value).tolist()!r} but the checkpoint has "
+                    f"{np.asarray(want).tolist()!r}: the records were altered after the trial ran (restore "
+                    f"trials.jsonl, or delete {os.path.join(spec.out_dir, 'checkpoints')} to rebuild the "
+                    "optimizer from the records as they are)"
+                )
 
 
 # ----------------------------------------------------------------- workers
@@ -542,11 +671,13 @@ class TrialWorker:
         """The JAX devices this worker sees."""
         return [str(d) for d in jax.devices()]
 
-    def run(self, token: int, params: Mapping) -> TrialResult:
+    def run(self, token: int, params: Mapping, deadline: float | None = None) -> TrialResult:
         """Run one trial; its outputs are held under ``token`` when writes are lazy (the result
-        returned carries no outputs: they stay here until :meth:`commit`)."""
+        returned carries no outputs: they stay here until :meth:`commit`). ``deadline``: the
+        study's wall-clock limit (``time.time()``), which interrupts a stage that runs past it."""
         lazy = self.runner.write and not self.cache.policy.eager
-        result = self.runner.run(params, keep_outputs=lazy, admit=(lambda y: False) if lazy else None)
+        result = self.runner.run(params, keep_outputs=lazy, admit=(lambda y: False) if lazy else None,
+                                 deadline=deadline)
         if lazy and result.ok:
             self._held[token] = (result, nested_params(self.runner.pipeline, params))
         return dataclasses.replace(result, outputs=None)
@@ -663,7 +794,7 @@ class InProcess(Executor):
 
     def wait(self) -> tuple[Flight, Outcome]:
         flight, self._queued = self._queued, None
-        return flight, Outcome(self.worker.run(flight.proposed, flight.params))
+        return flight, Outcome(self.worker.run(flight.proposed, flight.params, flight.deadline))
 
     def commit(self, flight: Flight, write: bool) -> tuple[tuple, float, bool]:
         saved, seconds = self.worker.commit(flight.proposed, write)
@@ -715,15 +846,27 @@ class TrialDriver:
         self.stats_path = os.path.join(spec.out_dir, "cache_stats.json")
 
     # --------------------------------------------------------------- run
-    def run(self, state: bo.BOState, key, records: list[dict], max_trials: int | None = None) -> dict:
+    def run(self, state: bo.BOState, key, records: list[dict], max_trials: int | None = None,
+            timeout: float | None = None) -> dict:
         """Run trials from a resumed ``(state, key, records)`` (:func:`resume`); returns the summary
-        (also written to ``summary.json``), with the cache's statistics."""
+        (also written to ``summary.json``), with the cache's statistics and ``stopped`` (what ended
+        this call: ``"budget"``, ``"max_trials"`` or ``"timeout"``).
+
+        ``timeout``: wall seconds for this call. No trial is proposed after it
+        (a proposal whose ask ends after it is dropped, state and key as before
+        the ask), and a stage still running then is interrupted (the
+        runner's ``deadline``: ``SIGALRM`` on the main thread, else when the
+        stage returns) and its trial recorded as failed; trials in flight on
+        remote workers are interrupted the same way in their processes.
+        """
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         spec = self.spec
         self.state, self.key, self.records = state, key, records
         self.max_trials = max_trials
+        self.deadline = None if timeout is None else time.time() + float(timeout)
+        self._timed_out = False
         self.started = self.proposed = len(records)
         self.free = list(range(self.executor.workers))
         self.running: list[Flight] = []
@@ -734,7 +877,8 @@ class TrialDriver:
         self._best = best_record(records)
         self._hits = sum(1 for r in records if r["memo_depth"] > 0)
         self._fails = sum(1 for r in records if r["status"] != "ok")
-        self.cache = StageCache(spec.cache_dir, spec.policy)
+        with writing(f"the stage cache {spec.cache_dir}"):
+            self.cache = StageCache(spec.cache_dir, spec.policy)
         for rec in records:
             self.cache.record_trial(float_or_nan(rec["y"]), rec["cache_keys"], prune=False)
         self.cache.set_keep(pool_keys(self.state, spec.config, records))
@@ -769,14 +913,19 @@ class TrialDriver:
             self.executor.close()
         self.cache.set_keep(pool_keys(self.state, spec.config, self.records))
         self.cache.prune()
-        atomic_write_json(self.stats_path, self.executor.cache_stats(self.cache, final=True))
+        with writing(self.stats_path):
+            atomic_write_json(self.stats_path, self.executor.cache_stats(self.cache, final=True))
         summary = summarize(self.records, pipeline=spec.pipeline.name, method=spec.method, seed=spec.seed,
                             budget=float(spec.budget), charge_optimizer=spec.charge_optimizer)
         summary["cache"] = self.cache.summary()
+        summary["stopped"] = ("timeout" if self._timed_out else
+                              "budget" if float(self.state.spent) >= budget else "max_trials")
         described = self.executor.describe()
         if described is not None:
             summary["parallel"] = {**described, **run_counters(self.records, spec.pipeline.n_stages)}
-        atomic_write_json(os.path.join(spec.out_dir, "summary.json"), jsonable(summary))
+        summary_path = os.path.join(spec.out_dir, "summary.json")
+        with writing(summary_path):
+            atomic_write_json(summary_path, jsonable(summary))
         return summary
 
     # ----------------------------------------------------------- dispatch
@@ -784,15 +933,25 @@ class TrialDriver:
         """The trials proposed and not told, in pending-row order: running (by start), then held."""
         return self.running + self.held
 
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def _can_start(self) -> bool:
+        """No trial starts once the study's time is over (held ones are dropped, as at a kill)."""
+        if self._past_deadline():
+            self._timed_out = True
+            return False
+        return True
+
     def _can_propose(self) -> bool:
-        return float(self.state.spent) < self.spec.budget and (
+        return self._can_start() and float(self.state.spent) < self.spec.budget and (
             self.max_trials is None or self.proposed - self.started < self.max_trials)
 
     def _dispatch(self) -> None:
         """Give the free workers trials: first the held trials whose prefix is written (in proposal
         order), then new proposals while the budget lasts and fewer than ``workers`` trials are held."""
         for h in [h for h in self.held if h.after is None]:
-            if not self.free:
+            if not self.free or not self._can_start():
                 return
             self.held.remove(h)
             self._launch(h, self.free.pop(0))
@@ -802,9 +961,14 @@ class TrialDriver:
     def _propose(self) -> None:
         """Ask for one trial: it runs on the first free worker, or is held (the worker stays free
         and is asked again) when it reuses the prefix of a trial in flight."""
+        before = self.state, self.key
         self.key, k_ask = jax.random.split(self.key)
         f, self.state = ask_trial(k_ask, self.state, self.spec.config, self.spec.pipeline, self.records,
                                   self._in_flight(), self.capacity)
+        if self._past_deadline():  # the time ran out during the ask: as if it had not been made
+            self.state, self.key = before
+            self._timed_out = True
+            return
         self._dirty = True
         f.ask_seconds += self._optimizer_seconds
         self._optimizer_seconds = 0.0
@@ -821,6 +985,7 @@ class TrialDriver:
         f.slot = slot
         f.started = time.perf_counter()
         f.wait_seconds = f.started - f.wait_started if f.wait_started else 0.0
+        f.deadline = self.deadline
         self.running.append(f)
         self.executor.submit(f)
 
@@ -848,7 +1013,7 @@ class TrialDriver:
                               charged=charged, error=outcome.error, committed=committed,
                               commit_seconds=commit_seconds)
         t0 = time.perf_counter()
-        self.state = tell_record(self.state, record)
+        self.state, record = tell_or_fail(self.state, record)
         jax.block_until_ready(self.state)
         self._optimizer_seconds += time.perf_counter() - t0
         self._dirty = True
@@ -875,7 +1040,8 @@ class TrialDriver:
         """Append the trial's line (fsynced), checkpoint (every ``checkpoint_seconds`` at most), apply
         the cache policy, show progress."""
         i = record["index"]
-        self.records[i] = append_line(self.trials_path, record)
+        with writing(f"trial {i} to {self.trials_path}"):  # the file is left as it was: the trial reruns
+            self.records[i] = append_line(self.trials_path, record)
         where = f" (proposed {record['proposed']}, worker {record['worker']})" if "worker" in record else ""
         logger.info("trial %d%s %s: y=%s memo_depth=%d charged=%.3fs spent=%.1f/%gs%s", i, where, record["status"],
                     f"{float_or_nan(record['y']):.6g}", record["memo_depth"], record["charged"], record["spent"],
@@ -886,7 +1052,8 @@ class TrialDriver:
         self.cache.record_trial(float_or_nan(record["y"]), record["cache_keys"])
         stats = self.executor.cache_stats(self.cache, final=False)
         if stats is not None:  # counters only: no directory scan per trial
-            atomic_write_json(self.stats_path, stats)
+            with writing(self.stats_path):
+                atomic_write_json(self.stats_path, stats)
         rec = self.records[i]
         self._hits += rec["memo_depth"] > 0
         self._fails += rec["status"] != "ok"

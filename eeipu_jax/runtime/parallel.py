@@ -50,14 +50,16 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from eeipu_jax.runtime.cache import StageCache
 from eeipu_jax.runtime.driver import Executor, Flight, Outcome, RunSpec, TrialWorker
+from eeipu_jax.runtime.pipeline import PrepareError
 from eeipu_jax.runtime.settings import ConfigError
 
-__all__ = ["require_ray", "connect", "TrialResources", "RayExecutor", "PlacementError", "PLACEMENT_TIMEOUT"]
+__all__ = ["require_ray", "connect", "check_address", "TrialResources", "RayExecutor", "PlacementError", "PLACEMENT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,25 @@ def connect(address: str | None = None, *, num_cpus: float | None = None, num_gp
     return True
 
 
+_ADDRESS = re.compile(r"(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):(\d{1,5})")
+
+
+def check_address(address) -> str:
+    """A Ray cluster address as :func:`connect` takes it: ``"auto"``, ``HOST:PORT`` or
+    ``ray://HOST:PORT`` (checked before anything starts or is written).
+
+    Raises:
+        ValueError: anything else, e.g. a port that is not a number in 1..65535.
+    """
+    if isinstance(address, str) and address == "auto":
+        return address
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if m is None or not 1 <= int(m.group(1)) <= 65535:
+        raise ValueError(f"expected a Ray cluster address: 'auto', HOST:PORT or ray://HOST:PORT (a port in "
+                         f"1..65535), got {address!r}")
+    return address
+
+
 class PlacementError(ConfigError):
     """A parallel study's workers could not be placed on the Ray cluster in time."""
 
@@ -207,6 +228,18 @@ def _resource_text(resources: Mapping[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in shown.items())
 
 
+@contextlib.contextmanager
+def _prepare_errors(ray):
+    """A worker's :class:`PrepareError` as this process's, on one line (Ray's error carries the
+    worker's traceback in its message)."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, PrepareError):
+            raise PrepareError(str(e.cause)) from None
+        raise
+
+
 class RayExecutor(Executor):
     """W :class:`~eeipu_jax.runtime.driver.TrialWorker` actors on Ray: placement, remote calls, faults.
 
@@ -245,7 +278,8 @@ class RayExecutor(Executor):
         if bundle:  # an empty bundle is refused by Ray; actors reserving nothing place anywhere at once
             self._group = self._place([bundle] * self.workers)
         self._actors = [self._new_actor(slot) for slot in range(self.workers)]
-        ray.get([a.warm.remote() for a in self._actors])  # every worker prepared before the first trial
+        with _prepare_errors(ray):
+            ray.get([a.warm.remote() for a in self._actors])  # every worker prepared before the first trial
 
     def _place(self, bundles: list[dict]):
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -281,14 +315,15 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------ running
     def submit(self, flight: Flight) -> None:
-        self._running[self._actors[flight.slot].run.remote(flight.proposed, flight.params)] = flight
+        self._running[self._actors[flight.slot].run.remote(flight.proposed, flight.params, flight.deadline)] = flight
 
     def wait(self) -> tuple[Flight, Outcome]:
         ray = self._ray
         ready, _ = ray.wait(list(self._running), num_returns=1)
         flight = self._running.pop(ready[0])
         try:
-            return flight, Outcome(ray.get(ready[0]))
+            with _prepare_errors(ray):  # a replaced worker's prepare() failed
+                return flight, Outcome(ray.get(ready[0]))
         except ray.exceptions.RayActorError as e:
             error = f"worker {flight.slot} died during the trial ({type(e).__name__}: {str(e).splitlines()[0]})"
             logger.warning("%s; it is recorded as failed and the worker replaced", error)

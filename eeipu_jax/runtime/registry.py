@@ -18,7 +18,9 @@ paths (the stage cache also uses it to rebuild NamedTuples).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from collections.abc import Callable
 
 from eeipu_jax.runtime.pipeline import Pipeline
@@ -72,7 +74,7 @@ def import_object(path: str):
         obj = importlib.import_module(module)
     except ImportError as e:
         raise ValueError(f"cannot import module {module!r} (from {path!r}): {e}") from e
-    except Exception as e:  # the module's own code failed: say so instead of a traceback
+    except (Exception, SystemExit) as e:  # the module's own code failed (or exited): say so, no traceback
         raise ValueError(f"importing module {module!r} (from {path!r}) raised {type(e).__name__}: {e}") from e
     for part in attr.split("."):
         try:
@@ -82,13 +84,33 @@ def import_object(path: str):
     return obj
 
 
+def _is_factory(obj) -> bool:
+    """A Python function (or bound method, ``functools.partial``, decorated function) callable
+    without arguments: what a ``"module:attribute"`` path may name besides a Pipeline. Builtins
+    (``sys:exit``, ``os:abort``), classes and other callables are not called."""
+    target = obj.func if isinstance(obj, functools.partial) else inspect.unwrap(obj)
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        return False
+    try:
+        inspect.signature(obj).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def get_pipeline(name: str) -> Pipeline:
     """The pipeline registered as ``name``, or found at ``"module:attribute"``.
 
+    A path must name a :class:`~eeipu_jax.runtime.Pipeline` or a Python
+    function that takes no argument and returns one (its result is checked);
+    other objects, builtins such as ``sys:exit`` included, are refused
+    without being called. A registered callable is called as registered.
+
     Raises:
         ValueError: unknown name, unimportable path, a factory that raised
-            (its error is named in the message and chained), or an object
-            that is not a pipeline (the message lists the registered names).
+            or exited (its error is named in the message and chained), or an
+            object that is not a pipeline (the message lists the registered
+            names).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"pipeline must be a non-empty name, got {name!r}")
@@ -99,11 +121,16 @@ def get_pipeline(name: str) -> Pipeline:
     else:
         raise ValueError(f"unknown pipeline {name!r}; registered: {available_pipelines()} (or pass 'module:attribute')")
     obj = import_object(target) if isinstance(target, str) else target
-    if not isinstance(obj, Pipeline) and callable(obj):
+    if not isinstance(obj, Pipeline):
+        if not (_is_factory(obj) if isinstance(target, str) else callable(obj)):
+            what = f"the {type(obj).__name__} {obj!r}"[:120] if callable(obj) else f"a {type(obj).__name__}"
+            raise ValueError(f"pipeline {name!r} resolved to {what}, not a Pipeline or a function without "
+                             "arguments returning one")
         try:
             obj = obj()
-        except Exception as e:  # a failing factory (e.g. a search space it refuses) is a bad --pipeline
+        except (Exception, SystemExit) as e:  # a failing factory (e.g. a space it refuses) is a bad --pipeline
             raise ValueError(f"pipeline {name!r}: building it raised {type(e).__name__}: {e}") from e
-    if not isinstance(obj, Pipeline):
-        raise ValueError(f"pipeline {name!r} resolved to {type(obj).__name__}, not a Pipeline")
+        if not isinstance(obj, Pipeline):
+            raise ValueError(f"pipeline {name!r}: its factory returned {str(obj)[:80]!r} "
+                             f"({type(obj).__name__}), not a Pipeline")
     return obj

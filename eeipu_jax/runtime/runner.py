@@ -30,18 +30,36 @@ Costs reported:
 * ``charged``: wall seconds of the whole trial (cache lookup and restore,
   stages, cache writes): what the trial costs the budget.
 
-Failures (``status == "failed"``, ``objective`` NaN): a stage that raises, a
-stage over the time limit, a last stage without an objective, or a non-finite
-objective. The time limit interrupts a stage with ``SIGALRM`` when the runner
-is on the main thread (Python code, e.g. a training loop of jitted steps, is
-stopped when the limit passes; a single long XLA call is stopped when it
-returns); elsewhere, or if an interval timer is already in use, the limit is
-checked when the stage returns.
+Inputs are read-only: every stage gets its input (the prepared data, a
+restored output or the previous stage's output) with each NumPy array leaf as
+a read-only view and its containers (dicts, lists, tuples) rebuilt, so a stage
+that changes its input in place (``x += 1``, ``np.random.shuffle(x)``,
+``inputs["k"] = v``) changes only its own copy of the containers and raises
+``ValueError: assignment destination is read-only`` on an array (a failed
+trial, whose error says to copy the array first). Without this, an output held
+for a lazy (``"top_q"``) cache write, or the prepared data shared by every
+trial, would be changed by a later stage: the cache would store, and later
+restore, something the stage never returned. Read-only views cost nothing
+whatever an output's size (a snapshot would copy every array of every
+output); JAX arrays are immutable already.
+
+Failures (``status == "failed"``, ``objective`` NaN): a stage that raises
+(``sys.exit`` included: ``SystemExit`` is caught in a stage and names it;
+``KeyboardInterrupt`` is not, so Ctrl-C still stops the study), a stage over
+the time limit, a last stage without an objective, or an objective that is not
+a finite number of float32 range (``|y| <= 3.4e38``: what the optimizer
+stores; an integer beyond float64 included). The time limit interrupts a stage
+with ``SIGALRM`` when the runner is on the main thread (Python code, e.g. a
+training loop of jitted steps, is stopped when the limit passes; a single long
+XLA call is stopped when it returns); elsewhere, or if an interval timer is
+already in use, the limit is checked when the stage returns. A study's
+wall-clock limit (``deadline``) interrupts a stage the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -56,9 +74,10 @@ import jax
 import numpy as np
 
 from eeipu_jax.runtime.cache import StageCache, prefix_keys
-from eeipu_jax.runtime.pipeline import Pipeline, objective_of, stage_key
+from eeipu_jax.runtime.pipeline import Pipeline, PrepareError, objective_of, stage_key
 
-__all__ = ["Runner", "TrialResult", "StageTimeout", "nested_params", "MAX_SEED", "check_seed"]
+__all__ = ["Runner", "TrialResult", "StageTimeout", "nested_params", "read_only", "MAX_SEED", "check_seed",
+           "F32_MAX"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +99,52 @@ def check_seed(seed: Any, what: str = "seed") -> int:
     return int(seed)
 
 
+#: The largest objective the optimizer stores (float32); a larger one fails its trial.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 class StageTimeout(Exception):
     """A stage ran past its time limit."""
+
+
+def read_only(tree: Any) -> Any:
+    """``tree`` as a stage's input: each NumPy array a read-only view, containers rebuilt.
+
+    Dicts (in their order, subclasses copied with :func:`copy.copy`), lists,
+    tuples and NamedTuples are rebuilt around the converted leaves, so a stage
+    that assigns into its input changes its own container only; a writable
+    NumPy array becomes a read-only view of the same memory (no copy), so an
+    in-place change raises ``ValueError``. Other leaves (JAX arrays, scalars,
+    ``None``) are immutable or not the cache's, and are passed as they are.
+    """
+    if isinstance(tree, np.ndarray):
+        if not tree.flags.writeable:
+            return tree
+        view = tree.view()
+        view.flags.writeable = False
+        return view
+    if isinstance(tree, dict):
+        if type(tree) is dict:
+            return {k: read_only(v) for k, v in tree.items()}
+        out = copy.copy(tree)
+        for k, v in tree.items():
+            out[k] = read_only(v)
+        return out
+    if isinstance(tree, tuple) and hasattr(type(tree), "_fields"):
+        return type(tree)(*(read_only(v) for v in tree))
+    if type(tree) in (list, tuple):
+        return type(tree)(read_only(v) for v in tree)
+    return tree
+
+
+def _objective_error(objective: float) -> str | None:
+    """Why a finite-looking objective cannot be told, or ``None``."""
+    if not math.isfinite(objective):
+        return f"non-finite objective {objective!r}"
+    if abs(objective) > F32_MAX:
+        return (f"objective {objective!r} is beyond the float32 range (|y| <= {F32_MAX:.4g}) the optimizer "
+                "stores; return a rescaled objective (proposals do not depend on its scale)")
+    return None
 
 
 @dataclasses.dataclass
@@ -91,7 +154,8 @@ class TrialResult:
     Attributes:
         status: ``"ok"`` or ``"failed"``.
         objective: the objective (NaN when failed).
-        metrics: other scalars the last stage returned.
+        metrics: the other entries the last stage returned (scalars, strings, JSON
+            values: :func:`~eeipu_jax.runtime.pipeline.objective_of`).
         stage_costs: ``(K,)`` compute seconds per stage (see module docstring).
         stage_seconds: ``(K,)`` wall seconds spent per stage in this trial.
         charged: wall seconds of the whole trial (the budget's charge).
@@ -214,9 +278,18 @@ class Runner:
         self._prepared = False
 
     def data(self) -> Any:
-        """The pipeline's prepared data (``prepare()`` is called once)."""
+        """The pipeline's prepared data (``prepare()`` is called once).
+
+        Raises:
+            PrepareError: ``prepare()`` raised (no trial of the pipeline can
+                run); it is called again next time.
+        """
         if not self._prepared:
-            self._data = self.pipeline.prepare()
+            try:
+                self._data = self.pipeline.prepare()
+            except Exception as e:
+                raise PrepareError(f"pipeline {self.pipeline.name}'s prepare() failed: "
+                                   f"{type(e).__name__}: {e}") from e
             self._prepared = True
         return self._data
 
@@ -252,12 +325,14 @@ class Runner:
         try:
             written = self.cache.save(keys[j], output, meta)
         except Exception as e:  # the trial's result stands; only its caching is lost
-            logger.warning("could not cache the output of stage %d (%s): %s: %s", j, names[j], type(e).__name__, e)
+            cause = str(e).splitlines()[0][:300] if str(e) else ""  # orbax's messages hold whole storage specs
+            logger.warning("could not cache the output of stage %d (%s): %s: %s", j, names[j], type(e).__name__, cause)
             self.cache.stats.save_errors += 1
             written = 0
         return (keys[j] if written else None), time.perf_counter() - t0
 
-    def run(self, params: Mapping, *, keep_outputs: bool = False, admit=None) -> TrialResult:
+    def run(self, params: Mapping, *, keep_outputs: bool = False, admit=None,
+            deadline: float | None = None) -> TrialResult:
         """Run one configuration.
 
         Args:
@@ -272,6 +347,10 @@ class Runner:
                 passes ``lambda y: False`` and keeps the outputs
                 (``keep_outputs``) until its driver decides whether the trial
                 enters the optimizer's prefix pool.
+            deadline: a study's wall-clock limit, as a ``time.time()``
+                value: each stage runs under the smaller of ``stage_timeout``
+                and the time left, so a stage that would run past it is
+                interrupted (the trial fails, naming the study's limit).
 
         Returns:
             A :class:`TrialResult` (failures are results, not exceptions).
@@ -279,6 +358,7 @@ class Runner:
         Raises:
             eeipu_jax.space.SpaceError: the configuration does not fit the
                 pipeline's search space (raised before any compute).
+            PrepareError: the pipeline's ``prepare()`` raised.
         """
         stages = self.pipeline.stages
         K = len(stages)
@@ -304,6 +384,7 @@ class Runner:
             t_prepare = time.perf_counter()
             inp = self.data()
             prepare_seconds = time.perf_counter() - t_prepare
+        inp = read_only(inp)  # shared by every trial (the prepared data) or restored: no stage changes it
 
         eager = self.write and self.cache.policy.eager
         pending: list[tuple[int, Any]] = []
@@ -315,20 +396,32 @@ class Runner:
         for j in range(depth, K):
             stage = stages[j]
             what = f"stage {j} ({stage.name})"
+            limit, by_deadline = self.stage_timeout, False
+            if deadline is not None:
+                left = max(deadline - time.time(), 1e-3)
+                if limit is None or left < limit:
+                    limit, by_deadline = left, True
             t0 = time.perf_counter()
             try:
-                with _time_limit(self.stage_timeout, what):
+                with _time_limit(limit, what):
                     out = stage.fn(inp, dict(params[stage.name]), stage_key(self.seed, j))
                     jax.block_until_ready(out)
             except StageTimeout as e:
-                error = str(e)
+                error = f"{what} was interrupted: the study's time limit ran out" if by_deadline else str(e)
+            except SystemExit as e:  # sys.exit() in a stage ends the trial, not the study
+                error = f"{what} called sys.exit({e.code!r}) (SystemExit); a stage must return or raise"
+                tb = traceback.format_exc()
             except Exception as e:
                 error = f"{what} raised {type(e).__name__}: {e}"
+                if isinstance(e, ValueError) and "read-only" in str(e):
+                    error += (" (a stage's inputs are read-only, so that the cache restores exactly what each "
+                              "stage returned: copy an array before changing it in place, e.g. x = np.array(x))")
                 tb = traceback.format_exc()
             dt = time.perf_counter() - t0
             stage_costs[j] = stage_seconds[j] = dt
-            if error is None and self.stage_timeout is not None and dt > self.stage_timeout:
-                error = f"{what} took {dt:.3g} s, over its time limit of {self.stage_timeout:g} s"
+            if error is None and limit is not None and dt > limit:
+                error = (f"{what} was interrupted: the study's time limit ran out" if by_deadline
+                         else f"{what} took {dt:.3g} s, over its time limit of {self.stage_timeout:g} s")
             if error is not None:
                 failed_stage = j
                 break
@@ -340,19 +433,19 @@ class Runner:
                     save_seconds += secs
                     saved += [key] if key else []
                 else:
-                    pending.append((j, out))
-            inp = out
+                    pending.append((j, out))  # as returned: the next stages get a read-only view
+            inp = read_only(out)
 
         objective, metrics = math.nan, {}
         if error is None:
             try:
                 objective, metrics = objective_of(out)
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: an int beyond float64
                 error = f"the last stage's output has no scalar objective: {type(e).__name__}: {e}"
                 failed_stage = K - 1
             else:
-                if not math.isfinite(objective):
-                    error = f"non-finite objective {objective!r}"
+                error = _objective_error(objective)
+                if error is not None:
                     objective = math.nan
         if error is None and pending and (self.cache.admits if admit is None else admit)(objective):
             for j, o in pending:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConfigError", "INT32_MAX", "is_int", "is_real", "check_writable_dir", "coerce_bo_option"]
+__all__ = ["ConfigError", "StorageError", "INT32_MAX", "is_int", "is_real", "check_writable_dir", "coerce_bo_option"]
 
 #: Integer settings enter jitted code as int32.
 INT32_MAX = 2**31 - 1
@@ -26,6 +26,20 @@ INT32_MAX = 2**31 - 1
 
 class ConfigError(ValueError):
     """A wrong setting (config file, ``--set`` override or option), found before any compute."""
+
+
+class StorageError(OSError):
+    """A run directory or its files could not be written: a full disk, a quota, a failing file system.
+
+    Raised with one line that names the file and the cause (``errno`` is the
+    cause's, when known). Whatever was finished before it stays on disk (the
+    trials recorded, the stage cache); a study continues from there once the
+    cause is fixed (``Study.load(...).optimize()``, ``eeipu tune --resume``).
+    """
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def is_int(v: Any) -> bool:
@@ -54,10 +68,17 @@ def check_writable_dir(path: Any, what: str, error: type[Exception] = ConfigErro
     in ``path``, or in its nearest existing ancestor if ``path`` does not exist
     yet (the caller creates it once every setting is checked).
 
+    Args:
+        path: a ``str`` or ``os.PathLike`` (``pathlib.Path``).
+        what: how messages name the setting.
+        error: the exception raised.
+
     Raises:
         error: not a path, an existing non-directory on the way, or not
             writable (the message starts with ``what``).
     """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
     if not isinstance(path, str) or not path.strip():
         raise error(f"{what}: expected a directory path, got {path!r}")
     path = os.path.abspath(path)

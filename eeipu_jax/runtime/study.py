@@ -49,8 +49,14 @@ can be: a trial counts as finished once its line is fsynced) and re-tells
 every line the checkpoint does not include, replaying the same key splits and
 asks, so the run continues exactly as if uninterrupted: no finished trial is
 lost or run twice, and the trial that was running at a kill is proposed
-again. The cache directory is reused. The lock (:mod:`.rundir`) refuses a
-second process while one optimizes.
+again (a checkpoint counting trials the records lost is not used: those run
+again too). The cache directory is reused. The lock (:mod:`.rundir`) refuses a
+second process while one optimizes; reading a study (:meth:`Study.load`,
+:attr:`Study.trials`, :meth:`Study.summary`) takes no lock and writes nothing.
+Damaged records stop a study with a :class:`ConfigError` naming the file and
+the line; a write that fails (a full disk) with a
+:class:`~eeipu_jax.runtime.settings.StorageError` on one line, every recorded
+trial kept (docs/runtime.md, "Crashes and resuming").
 
 Failed trials (a stage raised or ran past ``stage_timeout``, or the objective
 is missing or non-finite) are recorded with ``status: "failed"`` and charged
@@ -60,6 +66,7 @@ observed so far, and the run continues.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -75,13 +82,21 @@ from eeipu_jax import methods as methodlib
 from eeipu_jax.runtime import driver, rundir
 from eeipu_jax.runtime.cache import CachePolicy, parse_bytes
 from eeipu_jax.runtime.pipeline import Pipeline
-from eeipu_jax.runtime.records import Trial, atomic_write_json, best_record, read_trials
+from eeipu_jax.runtime.records import Trial, atomic_write_json, best_record, read_trials, writing
 from eeipu_jax.runtime.registry import get_pipeline, target_of
 from eeipu_jax.runtime.runner import check_seed
-from eeipu_jax.runtime.settings import INT32_MAX, ConfigError, check_writable_dir, coerce_bo_option, is_int, is_real
+from eeipu_jax.runtime.settings import (
+    INT32_MAX,
+    ConfigError,
+    StorageError,
+    check_writable_dir,
+    coerce_bo_option,
+    is_int,
+    is_real,
+)
 from eeipu_jax.utils import enable_compilation_cache
 
-__all__ = ["Study", "Trial", "StudySettings", "CACHE_WRITES"]
+__all__ = ["Study", "Trial", "StudySettings", "CACHE_WRITES", "check_optimize"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +126,7 @@ class StudySettings:
             ``_nomemo`` suffix turns memoization off, e.g. ``eeipu_nomemo``).
         budget: wall seconds of trials to spend.
         seed: seeds both the optimizer's key and the pipeline's stage keys.
-        out: run directory.
+        out: run directory (a ``str`` or ``os.PathLike``, as every path here).
         cache_dir: stage cache directory (default ``<out>/cache``); may be
             shared between runs and workers.
         cache_policy: ``"top_q"``: the cache keeps exactly the optimizer's
@@ -151,6 +166,13 @@ class StudySettings:
     charge_optimizer: bool = False
     cli: bool = False
 
+    def __post_init__(self):
+        # Paths may be given as os.PathLike (pathlib.Path); config.json records them as text.
+        for field in ("out", "cache_dir", "jax_cache_dir"):
+            value = getattr(self, field)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, field, os.fspath(value))
+
     def name(self, field: str) -> str:
         """How error messages name a setting (``--n-warmup`` on a command line)."""
         return f"--{field.replace('_', '-')}" if self.cli else field
@@ -185,9 +207,10 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
 
     Args:
         s: the settings.
-        disk: also check the directories (writable). ``False`` checks the
-            settings alone, e.g. for every job of a comparison before the
-            first runs.
+        disk: also check the directories (writable: :func:`_directories`).
+            ``False`` checks the settings alone (the directories are only
+            resolved), e.g. for every job of a comparison before the first
+            runs, or a study loaded to be read.
 
     Raises:
         ConfigError: the first setting that is wrong, named.
@@ -273,13 +296,30 @@ def _validate(s: StudySettings, *, disk: bool = True) -> _Plan:
         json.dumps(doc, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"the study's settings cannot be recorded in config.json: {e}") from None
-    if not disk:
-        return _Plan(s, pipeline, method, config, params, policy, "", write, doc)
-    out = check_writable_dir(s.out, s.name("out"))
-    cache_dir = check_writable_dir(s.cache_dir or os.path.join(out, "cache"), s.name("cache_dir"))
-    if s.jax_cache_dir is not None:
-        check_writable_dir(s.jax_cache_dir, s.name("jax_cache_dir"))
-    return _Plan(s, pipeline, method, config, params, policy, cache_dir, write, doc)
+    return _Plan(s, pipeline, method, config, params, policy, _directories(s, check=disk), write, doc)
+
+
+def _directories(s: StudySettings, check: bool) -> str:
+    """The stage cache directory (absolute; ``""`` without ``out``), after checking, with
+    ``check``, that ``out``, ``cache_dir`` and ``jax_cache_dir`` are (or can be made) writable
+    directories (:func:`~eeipu_jax.runtime.settings.check_writable_dir`: nothing is left behind).
+
+    Raises:
+        ConfigError: a path that is not one, or (``check``) not writable.
+    """
+    if check:
+        out = check_writable_dir(s.out, s.name("out"))
+        cache_dir = check_writable_dir(s.cache_dir or os.path.join(out, "cache"), s.name("cache_dir"))
+        if s.jax_cache_dir is not None:
+            check_writable_dir(s.jax_cache_dir, s.name("jax_cache_dir"))
+        return cache_dir
+    if not s.out:
+        return ""
+    for field in ("out", "cache_dir", "jax_cache_dir"):
+        value = getattr(s, field)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ConfigError(f"{s.name(field)}: expected a directory path, got {value!r}")
+    return os.path.abspath(s.cache_dir or os.path.join(s.out, "cache"))
 
 
 def _settings_from_options(out_dir, pipeline, method, budget, seed, options: Mapping, cli: bool) -> StudySettings:
@@ -310,6 +350,9 @@ def _read_config(run_dir: str, what: str) -> dict:
             raise ValueError(f"it holds a {type(saved).__name__}, not an object")
     except (OSError, ValueError) as e:
         raise ConfigError(f"{what}: {path} is unreadable ({e}); the run directory was altered") from None
+    if saved.get("format") != FORMAT:
+        raise ConfigError(f"{what}: {path} has format {saved.get('format')!r}; this version of eeipu_jax reads "
+                          f"format {FORMAT} (a run written by another version, or an edited file)")
     # Runs recorded before the option existed charged trials only.
     saved.setdefault("charge_optimizer", False)
     # Runs recorded before cache_q was removed have it: it never changed a study (a study's top_q
@@ -320,6 +363,69 @@ def _read_config(run_dir: str, what: str) -> dict:
 
 def _has_run(run_dir: str) -> bool:
     return any(os.path.exists(os.path.join(run_dir, f)) for f in ("config.json", "trials.jsonl"))
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The directories ``os.makedirs(path)`` would create, deepest first."""
+    missing = []
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_created(paths: list[str]) -> None:
+    """Undo a study's creation that failed: remove ``paths`` (files, then directories if empty)."""
+    for path in sorted(set(paths), key=lambda p: (os.path.isdir(p), -p.count(os.sep))):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.remove(path)
+
+
+def check_optimize(settings: StudySettings, max_trials: int | None = None, workers: int = 1,
+                   address: str | None = None, resources: Mapping | None = None,
+                   placement_timeout: float | None = None, timeout: float | None = None):
+    """Check the options of :meth:`Study.optimize` without touching anything (the command line
+    checks them before it creates the run directory).
+
+    Returns:
+        The parallel trials' :class:`~eeipu_jax.runtime.parallel.TrialResources`
+        (``None``: a serial study).
+
+    Raises:
+        ConfigError: the first wrong option, named.
+    """
+    s = settings
+    if max_trials is not None and not (is_int(max_trials) and max_trials >= 1):
+        raise ConfigError(f"{s.name('max_trials')}: must be an integer of at least 1, got {max_trials!r}")
+    if timeout is not None and not (is_real(timeout) and math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"{s.name('timeout')}: must be positive seconds, got {timeout!r}")
+    if not (is_int(workers) and 1 <= workers <= 4096):
+        raise ConfigError(f"{s.name('workers')}: must be an integer from 1 to 4096, got {workers!r}")
+    if placement_timeout is not None and not (
+        is_real(placement_timeout) and math.isfinite(placement_timeout) and placement_timeout > 0
+    ):
+        raise ConfigError(f"{s.name('placement_timeout')}: must be positive seconds, got {placement_timeout!r}")
+    from eeipu_jax.runtime import parallel as par  # Ray itself is imported only when a parallel study runs
+
+    if address is not None:
+        try:
+            par.check_address(address)
+        except ValueError as e:
+            raise ConfigError(f"{s.name('address')}: {e}") from None
+    res_name = "/".join(s.name(f) for f in ("worker_cpus", "worker_gpus")) if s.cli else "resources"
+    try:
+        trial_resources = par.TrialResources.of(resources)
+    except ValueError as e:
+        raise ConfigError(f"{res_name}: {e}") from None
+    if workers > 1 or address is not None:
+        return trial_resources
+    for name, value in ((res_name, resources), (s.name("placement_timeout"), placement_timeout)):
+        if value is not None:
+            raise ConfigError(f"{name}: only for parallel studies (workers > 1 or an address)")
+    return None
 
 
 # ------------------------------------------------------------------ study
@@ -342,12 +448,13 @@ class Study:
 
     # ------------------------------------------------------ construction
     @classmethod
-    def create(cls, out_dir: str, pipeline: Any, method: str = "eeipu", budget: float | None = None,
+    def create(cls, out_dir: str | os.PathLike, pipeline: Any, method: str = "eeipu", budget: float | None = None,
                seed: int = 0, *, load_if_exists: bool = False, **options) -> "Study":
         """A new study in ``out_dir`` (created; it must not hold a run).
 
         Args:
-            out_dir: run directory.
+            out_dir: run directory (``str`` or ``os.PathLike``; so are
+                ``cache_dir`` and ``jax_cache_dir``).
             pipeline: a :class:`~eeipu_jax.runtime.Pipeline`, a registered
                 name or ``"module:attribute"`` (a name or path is recorded, so
                 :meth:`load` can rebuild the pipeline without being given it).
@@ -371,6 +478,8 @@ class Study:
             ConfigError: a wrong setting (nothing is written), or ``out_dir``
                 already holds a run (another one, or this one without
                 ``load_if_exists``).
+            StorageError: the run directory could not be written (a full
+                disk); what was created is removed again.
         """
         if budget is None:
             raise ConfigError("budget: required (wall seconds of trials to spend)")
@@ -378,11 +487,15 @@ class Study:
         return cls.open(settings, "create_or_resume" if load_if_exists else "create")
 
     @classmethod
-    def load(cls, out_dir: str, pipeline: Any = None, **runtime) -> "Study":
+    def load(cls, out_dir: str | os.PathLike, pipeline: Any = None, **runtime) -> "Study":
         """Reopen the study in ``out_dir`` with the settings it was created with.
 
+        Reads only (no lock, nothing written: a run on a read-only file
+        system can be loaded, summarized and its trials read); :meth:`optimize`
+        checks that the directories are writable.
+
         Args:
-            out_dir: run directory.
+            out_dir: run directory (``str`` or ``os.PathLike``).
             pipeline: needed only if the study was created with a
                 ``Pipeline`` object, or under a name this process has not
                 registered; it must have the recorded name and version.
@@ -397,6 +510,8 @@ class Study:
             ConfigError: no readable study, a pipeline that cannot be
                 resolved or does not match, or a wrong runtime setting.
         """
+        if not isinstance(out_dir, (str, os.PathLike)):
+            raise ConfigError(f"Study.load: out_dir must be a directory path, got {out_dir!r}")
         run_dir = os.path.abspath(out_dir)
         saved = _read_config(run_dir, "Study.load")
         unknown = sorted(set(runtime) - set(_RUNTIME))
@@ -432,7 +547,7 @@ class Study:
             cache_dir=recorded.get("cache_dir"), cache_max_bytes=recorded.get("cache_max_bytes"),
             stage_timeout=recorded.get("stage_timeout"), jax_cache_dir=recorded.get("jax_cache_dir"),
         )
-        plan = _validate(settings)
+        plan = _validate(settings, disk=False)  # optimize() checks the directories
         got = (plan.pipeline.name, plan.pipeline.version)
         if got != (saved["pipeline_name"], saved["pipeline_version"]):
             raise ConfigError(
@@ -469,6 +584,9 @@ class Study:
             ConfigError: a wrong setting (nothing is written), no run to
                 resume, a run already there for ``"create"``, or a run with
                 other settings (the differing fields are named).
+            StorageError: the run directory could not be written (a full
+                disk): the directories and files this call created are
+                removed again, so a new attempt starts from scratch.
         """
         if mode not in ("create", "resume", "create_or_resume"):
             raise ValueError(f"mode must be 'create', 'resume' or 'create_or_resume', got {mode!r}")
@@ -482,26 +600,34 @@ class Study:
                 else "use Study.load(out_dir) or load_if_exists=True to continue it, or choose another out_dir")
         if mode == "create" and _has_run(run_dir):
             raise ConfigError(f"{settings.name('out')} {run_dir!r} already holds a run; {hint}")
+        lock_path = os.path.join(run_dir, ".lock")
+        created = _missing_dirs(run_dir) + _missing_dirs(plan.cache_dir) + (
+            [] if os.path.exists(lock_path) else [lock_path])
         try:
-            os.makedirs(run_dir, exist_ok=True)
-            os.makedirs(plan.cache_dir, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"{settings.name('out')}/{settings.name('cache_dir')}: cannot create the directory: {e}") from None
-        with rundir.lock(run_dir):
-            config_path = os.path.join(run_dir, "config.json")
-            if mode == "create" and _has_run(run_dir):  # created by another process since the check above
-                raise ConfigError(f"{settings.name('out')} {run_dir!r} already holds a run; {hint}")
-            if os.path.exists(config_path):
-                saved = _read_config(run_dir, "--resume" if cli else "Study.create")
-                diffs = [f"{k}: run has {saved.get(k)!r}, {'this command' if cli else 'given'} {plan.doc[k]!r}"
-                         for k in _IDENTITY if saved.get(k) != plan.doc[k]]
-                if diffs:
-                    what = "--resume" if cli else "Study.create(load_if_exists=True)"
-                    raise ConfigError(f"{what}: settings differ from the run's config.json: " + "; ".join(diffs))
-            elif os.path.exists(os.path.join(run_dir, "trials.jsonl")):
-                raise ConfigError(f"{run_dir!r} holds trials.jsonl without config.json; the run directory was altered")
-            else:
-                atomic_write_json(config_path, plan.doc)
+            with writing(f"the run directory {run_dir}"):
+                os.makedirs(run_dir, exist_ok=True)
+                os.makedirs(plan.cache_dir, exist_ok=True)
+                with rundir.lock(run_dir):
+                    config_path = os.path.join(run_dir, "config.json")
+                    if mode == "create" and _has_run(run_dir):  # created by another process since the check above
+                        raise ConfigError(f"{settings.name('out')} {run_dir!r} already holds a run; {hint}")
+                    if os.path.exists(config_path):
+                        saved = _read_config(run_dir, "--resume" if cli else "Study.create")
+                        diffs = [f"{k}: run has {saved.get(k)!r}, {'this command' if cli else 'given'} "
+                                 f"{plan.doc[k]!r}" for k in _IDENTITY if saved.get(k) != plan.doc[k]]
+                        if diffs:
+                            what = "--resume" if cli else "Study.create(load_if_exists=True)"
+                            raise ConfigError(f"{what}: settings differ from the run's config.json: " + "; ".join(diffs))
+                        created = []  # an existing run: nothing of it is removed
+                    elif os.path.exists(os.path.join(run_dir, "trials.jsonl")):
+                        raise ConfigError(f"{run_dir!r} holds trials.jsonl without config.json; the run directory "
+                                          "was altered")
+                    else:
+                        with writing(config_path):
+                            atomic_write_json(config_path, plan.doc)
+        except StorageError:
+            _remove_created(created)
+            raise
         return cls(plan)
 
     # ------------------------------------------------------------ reading
@@ -615,8 +741,8 @@ class Study:
     # ------------------------------------------------------------ running
     def optimize(self, max_trials: int | None = None, *, progress: bool = False, workers: int = 1,
                  address: str | None = None, resources: Mapping | None = None,
-                 placement_timeout: float | None = None) -> dict:
-        """Run trials until the budget is spent, or ``max_trials`` more trials ran.
+                 placement_timeout: float | None = None, timeout: float | None = None) -> dict:
+        """Run trials until the budget is spent, ``max_trials`` more trials ran, or ``timeout`` seconds passed.
 
         Resumes from the directory's checkpoint and records first (see the
         module docstring), so a study reopened after a crash continues
@@ -645,51 +771,49 @@ class Study:
                 on Ray before stopping with an error that names what was
                 asked for and what the cluster has (default
                 :data:`~eeipu_jax.runtime.parallel.PLACEMENT_TIMEOUT`).
+            timeout: wall-clock seconds for this call (like Optuna's
+                ``optimize(timeout=...)``): no trial starts after them, and a
+                stage still running then is interrupted (``SIGALRM`` in a
+                serial study, as ``stage_timeout``; a single long XLA call
+                stops when it returns) and its trial recorded as failed; the
+                call then returns its summary. ``None``: no limit.
 
         Returns:
             The :meth:`summary`, plus the cache's statistics (also written to
-            ``summary.json``) and, for a parallel study, a ``parallel`` entry
+            ``summary.json``), ``stopped`` (``"budget"``, ``"max_trials"`` or
+            ``"timeout"``) and, for a parallel study, a ``parallel`` entry
             (workers, resources, duplicated stage computations, trials that
             waited for a prefix, workers replaced: counted over the whole run).
 
         Raises:
-            ConfigError: a wrong ``max_trials`` or parallel setting, another
-                process holds the directory, the directory's records were
-                altered, or (:class:`~eeipu_jax.runtime.parallel.PlacementError`)
-                the workers could not be placed in time.
+            ConfigError: a wrong ``max_trials`` or parallel setting, a
+                directory that is not writable, another process holds the
+                directory, the directory's records were altered (the line is
+                named), (:class:`~eeipu_jax.runtime.pipeline.PrepareError`)
+                the pipeline's ``prepare()`` raised, or
+                (:class:`~eeipu_jax.runtime.parallel.PlacementError`) the
+                workers could not be placed in time.
+            StorageError: a file of the run could not be written (a full
+                disk); every trial recorded before it is kept, and the study
+                continues from there once the cause is fixed.
         """
         s = self._plan.settings
-        if max_trials is not None and not (is_int(max_trials) and max_trials >= 1):
-            raise ConfigError(f"{s.name('max_trials')}: must be an integer of at least 1, got {max_trials!r}")
-        if not (is_int(workers) and 1 <= workers <= 4096):
-            raise ConfigError(f"{s.name('workers')}: must be an integer from 1 to 4096, got {workers!r}")
-        if address is not None and not (isinstance(address, str) and address):
-            raise ConfigError(f"{s.name('address')}: must be a Ray cluster address, got {address!r}")
-        if placement_timeout is not None and not (
-            is_real(placement_timeout) and math.isfinite(placement_timeout) and placement_timeout > 0
-        ):
-            raise ConfigError(f"{s.name('placement_timeout')}: must be positive seconds, got {placement_timeout!r}")
-        parallel = workers > 1 or address is not None
+        trial_resources = check_optimize(s, max_trials, workers, address, resources, placement_timeout, timeout)
+        parallel = trial_resources is not None
         if parallel:
             from eeipu_jax.runtime import parallel as par
 
-            try:
-                trial_resources = par.TrialResources.of(resources)
-            except ValueError as e:
-                raise ConfigError(f"resources: {e}") from None
             par.require_ray()
             executor = par.RayExecutor(workers, trial_resources, address,
                                        par.PLACEMENT_TIMEOUT if placement_timeout is None else placement_timeout)
-        else:
-            for name, value in (("resources", resources), ("placement_timeout", placement_timeout)):
-                if value is not None:
-                    raise ConfigError(f"{s.name(name)}: only for parallel studies (workers > 1 or an address)")
+        _directories(s, check=True)  # a study loaded to be read was not checked
         if s.jax_cache_dir is not None:
             try:
                 enable_compilation_cache(os.path.abspath(s.jax_cache_dir))
             except OSError as e:
                 raise ConfigError(f"{s.name('jax_cache_dir')}: cannot use the compilation cache: {e}") from None
-        os.makedirs(self._plan.cache_dir, exist_ok=True)
+        with writing(f"the stage cache directory {self._plan.cache_dir}"):
+            os.makedirs(self._plan.cache_dir, exist_ok=True)
         spec = self._spec()
         with rundir.lock(self.out_dir):
             _read_config(self.out_dir, "Study.optimize")
@@ -698,7 +822,8 @@ class Study:
                 if self._worker is None:  # one per study, so prepare() runs once per process
                     self._worker = driver.TrialWorker(**spec.worker_kwargs())
                 executor = driver.InProcess(self._worker)
-            return driver.TrialDriver(spec, executor, progress=progress).run(state, key, records, max_trials)
+            return driver.TrialDriver(spec, executor, progress=progress).run(state, key, records, max_trials,
+                                                                             timeout=timeout)
 
     def _spec(self) -> driver.RunSpec:
         plan = self._plan

@@ -25,7 +25,7 @@ imports it.
   (:mod:`eeipu_jax.runtime.driver`): ``suggest`` is
   :func:`~eeipu_jax.runtime.driver.ask_trial` (trials Tune is still running
   enter ``ask`` as pending rows; a reused prefix is copied bit for bit) and
-  ``on_trial_complete`` is :func:`~eeipu_jax.runtime.driver.tell_record`
+  ``on_trial_complete`` is :func:`~eeipu_jax.runtime.driver.tell_or_fail`
   (finished trials are told in completion order). ``suggest`` returns ``None``
   (Tune asks again later) while ``max_concurrent`` trials are in flight: the
   pending capacity is fixed, so ``ask`` compiles once.
@@ -49,7 +49,7 @@ import time
 import jax
 import numpy as np
 
-from eeipu_jax.runtime.driver import Flight, ask_trial, initial_state, optimizer_config, tell_record
+from eeipu_jax.runtime.driver import Flight, ask_trial, initial_state, optimizer_config, tell_or_fail
 from eeipu_jax.runtime.parallel import require_ray
 from eeipu_jax.runtime.pipeline import Pipeline
 
@@ -151,7 +151,7 @@ class EEIPUSearcher(Searcher):
             if "stage_costs" in result:
                 told.update(stage_costs=result["stage_costs"], memo_depth=int(result.get("memo_depth", 0)),
                             charged=float(result.get("charged", 0.0)))
-        self.state = tell_record(self.state, told)
+        self.state, _ = tell_or_fail(self.state, told)
         self.told.append({"trial_id": trial_id, "params": flight.params})
 
     def get_state(self) -> dict:

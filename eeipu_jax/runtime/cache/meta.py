@@ -18,7 +18,11 @@ This module owns the two defences:
   ``prefix_costs`` finite and ``>= 0`` with one cost per stored stage, leaf
   shapes and dtypes well formed, the leaves of each pack tiling it from offset
   0 without gap or overlap, the structure referencing every leaf exactly once,
-  ``data_bytes`` the sum of the listed file sizes, file names inside ``data/``.
+  ``data_bytes`` the sum of the listed file sizes, file names inside ``data/``,
+  and the entry's key recomputed from its ``pipeline``, ``version``,
+  ``stage``, ``seed`` and ``params`` (:func:`~eeipu_jax.runtime.cache.keys.stage_cache_key`):
+  an entry directory swapped for another's, its ``meta.json`` re-sealed under
+  this key, would otherwise restore the other parameters' output.
 
 Any failure raises :class:`CorruptEntry`; the cache then discards the entry
 and the stage is recomputed.
@@ -36,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from eeipu_jax.runtime.cache.keys import stage_cache_key
+
 __all__ = ["CorruptEntry", "FORMAT_VERSION", "CHECKSUM_FIELD", "meta_digest", "seal_meta", "check_meta",
            "pack_totals"]
 
@@ -46,6 +52,7 @@ CHECKSUM_FIELD = "meta_sha256"
 LEAF_KINDS = ("jax", "key", "numpy", "npscalar")
 _NODE_TYPES = ("leaf", "none", "bool", "int", "float", "str", "dict", "list", "tuple", "namedtuple")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class CorruptEntry(Exception):
@@ -87,8 +94,9 @@ def check_prefix_costs(costs: Any, stage: int) -> None:
     if not isinstance(costs, list) or len(costs) != stage + 1:
         raise CorruptEntry(f"prefix_costs must list {stage + 1} cost(s) for stage {stage}, got {costs!r}")
     for c in costs:
-        if not (_is_number(c) and math.isfinite(c) and c >= 0):
-            raise CorruptEntry(f"prefix_costs must be finite and >= 0, got {costs!r}")
+        if not (_is_number(c) and math.isfinite(c) and 0 <= c <= _F32_MAX):
+            raise CorruptEntry(f"prefix_costs must be finite and >= 0 (seconds the optimizer stores in float32), "
+                               f"got {costs!r}")
 
 
 def _check_leaf(i: int, lf: Any) -> int:
@@ -198,6 +206,15 @@ def check_meta(meta: Any, key: str) -> dict:
         if not ok:
             raise CorruptEntry(f"metadata field {field!r} is {meta.get(field)!r}")
     check_prefix_costs(meta.get("prefix_costs"), meta["stage"])
+    try:  # the key is the hash of what the entry says it holds: another entry's directory under this name fails
+        own = stage_cache_key(meta["pipeline"], meta["version"], meta["stage"], meta["params"], meta["seed"])
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CorruptEntry(f"metadata parameters have no cache key ({type(e).__name__}: {e})") from None
+    if own != key:
+        raise CorruptEntry(
+            f"the entry's pipeline, stage, seed and parameters hash to key {own[:12]}..., not to its own key "
+            "(another entry's files under this key)"
+        )
 
     files = meta.get("files")
     if not isinstance(files, dict):

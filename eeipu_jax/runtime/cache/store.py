@@ -21,7 +21,8 @@ This module owns everything on disk under a cache directory (keys come from
 * **Trust.** ``meta.json`` carries its own SHA-256 and the SHA-256 of every
   data file, so the checksums cover the whole entry; every restore checks the
   metadata's checksum and values (:mod:`eeipu_jax.runtime.cache.meta`: costs
-  finite and non-negative, leaf shapes and pack offsets consistent, ...),
+  finite and non-negative, leaf shapes and pack offsets consistent, the key
+  recomputed from the recorded pipeline, stage, seed and parameters, ...),
   re-hashes the data files and refuses files it does not list. A missing,
   truncated or altered file, an altered or unreadable ``meta.json``, or any
   error while restoring marks the entry corrupted: it is logged with
@@ -48,6 +49,7 @@ one: writes are atomic renames and reads verify checksums).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -66,10 +68,13 @@ import jax
 import numpy as np
 
 from eeipu_jax.runtime.cache.codec import decode, encode, to_device
+from eeipu_jax.runtime.cache.keys import stage_cache_key
 from eeipu_jax.runtime.cache.meta import (
     FORMAT_VERSION, CorruptEntry, check_meta, check_prefix_costs, pack_totals, seal_meta,
 )
 from eeipu_jax.runtime.cache.policy import CachePolicy
+from eeipu_jax.runtime.records import ensure_free_space
+from eeipu_jax.utils import interrupts_deferred
 
 __all__ = ["CacheStats", "StageCache"]
 
@@ -294,6 +299,10 @@ class StageCache:
             os.replace(tmp, path)  # readers never see a half-written clock
         except FileNotFoundError:
             pass  # the entry was deleted meanwhile (evicted by another worker)
+        except OSError as e:  # a full disk: the entry stands, only its LRU clock is not refreshed
+            logger.warning("could not refresh the LRU clock of cache entry %s: %s", key, e.strerror or e)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
     def _remove(self, key: str) -> bool:
         """Delete an entry (rename into trash first, so readers never see half of it)."""
@@ -358,6 +367,11 @@ class StageCache:
 
         Raises:
             TypeError: the output holds a node or leaf the cache cannot store.
+            OSError: the entry could not be written (``ENOSPC`` before
+                anything is written when the disk has no room for it).
+            ValueError: bad ``prefix_costs``, or ``key`` is not the
+                :func:`stage_cache_key` of ``meta``'s pipeline, version,
+                stage, params and seed.
         """
         for field in ("pipeline", "version", "stage", "seed", "params", "prefix_costs"):
             if field not in meta:
@@ -366,6 +380,10 @@ class StageCache:
             check_prefix_costs(list(meta["prefix_costs"]), int(meta["stage"]))
         except CorruptEntry as e:
             raise ValueError(f"cache entry metadata: {e}") from None
+        own = stage_cache_key(meta["pipeline"], meta["version"], meta["stage"], meta["params"], meta["seed"])
+        if own != key:  # every restore checks this too: an entry holds what its key names
+            raise ValueError(f"cache key {key} is not the key of the metadata's pipeline, stage, seed and "
+                             f"parameters ({own})")
         if key in self:
             self._touch(key)
             return 0
@@ -379,13 +397,15 @@ class StageCache:
             self.stats.skipped_too_large += 1
             return 0
         tmp = os.path.join(self._tmp_dir, _tmp_name(key))
+        ensure_free_space(self._tmp_dir, raw)  # a full disk: one OSError, not orbax's thread tracebacks
         os.makedirs(tmp)
         try:
             import orbax.checkpoint as ocp
 
             data = os.path.join(tmp, "data")
             if arrays:
-                self.checkpointer.save(data, args=ocp.args.PyTreeSave(arrays))
+                with interrupts_deferred():  # orbax's threads would outlive an interrupted save
+                    self.checkpointer.save(data, args=ocp.args.PyTreeSave(arrays))
             files = _digest_dir(data)
             record = dict(meta)
             record["prefix_costs"] = [float(c) for c in meta["prefix_costs"]]

@@ -1,0 +1,121 @@
+"""Sweeps: seeds x settings of one method as one compiled program, equal to the
+per-seed driver's runs, the same on 4 simulated devices, and the ablation command."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eeipu_jax import loop, simulate
+from pipelines.synthetic import get_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPE = get_pipeline("synthetic3")
+SMALL = dict(n_warmup=5, n_random=64, n_per_prefix=8, mc_samples=64, refine_steps=5)
+CFG = loop.BOConfig.from_space(PIPE.space, method="eeipu", **SMALL)
+EPS, SEEDS = (0.05, 0.5), (0, 1)
+KW = dict(max_trials=14, capacity=16)
+BUDGET = 100.0
+
+
+def _grid():
+    keys = jnp.stack([jax.random.key(s) for _ in EPS for s in SEEDS])
+    params = simulate.stack_params([loop.default_params(CFG, epsilon=e) for e in EPS for _ in SEEDS])
+    return keys, params
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    keys, params = _grid()
+    return simulate.run_jitted(keys, PIPE, CFG, BUDGET, params=params, batching="map", **KW)
+
+
+def test_a_sweep_equals_the_per_seed_driver_and_compiles_one_program_per_capacity(sweep, caplog):
+    for i, e in enumerate(EPS):
+        for j, s in enumerate(SEEDS):
+            r = sweep[i * len(SEEDS) + j]
+            one = simulate.run_python(jax.random.key(s), PIPE, CFG, BUDGET, params=loop.default_params(CFG, epsilon=e),
+                                      **KW)
+            assert len(r.y) == len(one.y)
+            np.testing.assert_array_equal(r.memo_depth, one.memo_depth)
+            np.testing.assert_allclose(r.X, one.X, atol=2e-3)
+            np.testing.assert_allclose(r.charged, one.charged, rtol=1e-4)
+            # the setting reached the run: memoized stages are charged this epsilon
+            memo = r.memo_depth > 0
+            want = [e * j + float(jnp.sum(PIPE.stage_costs(jnp.asarray(x))[j:])) for x, j in
+                    zip(r.X[memo], r.memo_depth[memo])]
+            np.testing.assert_allclose(r.charged[memo], want, rtol=1e-4)
+    # settings are traced: a sweep over them compiles what a single setting's run compiles
+    caplog.set_level(logging.WARNING)
+    keys, params = _grid()
+    with jax.log_compiles():
+        simulate.run_jitted(keys[::-1], PIPE, CFG, BUDGET, params=jax.tree.map(lambda a: a[::-1], params),
+                            batching="map", **KW)
+    assert not [r for r in caplog.records if "Compiling jit(_segment)" in r.getMessage()]
+
+
+def test_batched_params_are_checked_run_by_run():
+    keys, params = _grid()
+    bad = params._replace(epsilon=np.asarray([0.1, -1.0, 0.1, 0.1], np.float32))
+    with pytest.raises(ValueError, match="epsilon"):
+        simulate.run_jitted(keys, PIPE, CFG, BUDGET, params=bad, **KW)
+    with pytest.raises(ValueError, match="leading axis of 3"):
+        simulate.run_jitted(keys[:3], PIPE, CFG, BUDGET, params=params, **KW)
+
+
+_ON_FOUR = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from eeipu_jax.cpu import pin_xla_threads
+pin_xla_threads()
+from eeipu_jax import loop, simulate
+from tests import test_sweep as t
+assert len(jax.devices()) == 4
+keys, params = t._grid()
+rs = simulate.run_jitted(keys[:3], t.PIPE, t.CFG, t.BUDGET, params=jax.tree.map(lambda a: a[:3], params),
+                         batching=sys.argv[1], **t.KW)
+print("RESULT " + json.dumps([r.X.tolist() for r in rs]))
+"""
+
+
+@pytest.mark.parametrize("batching", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
+def test_the_same_sweep_on_four_simulated_devices_gives_the_same_numbers(sweep, batching):
+    """Three runs over four devices (padded to four shards, the copy dropped)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", _ON_FOUR, batching], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    xs = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    ref = sweep if batching == "map" else None
+    if ref is None:  # lockstep on one device, the same batch
+        keys, params = _grid()
+        ref = simulate.run_jitted(keys[:3], PIPE, CFG, BUDGET, params=jax.tree.map(lambda a: a[:3], params),
+                                  batching="vmap", **KW)
+    # map: each run is the same scalar program wherever it runs; vmap: batched kernels of another
+    # batch size round differently (the bound of the Python vs jitted driver test)
+    for x, r in zip(xs, ref):
+        np.testing.assert_allclose(np.asarray(x), r.X, atol=1e-5 if batching == "map" else 2e-3)
+
+
+def test_the_ablation_command_writes_a_table_and_a_figure(tmp_path):
+    from experiments import sweep
+    from paper_figures import sweep as figure
+
+    out = str(tmp_path / "eps")
+    assert sweep.main(["epsilon", "--seeds", "2", "--pipelines", "synthetic3", "--max-trials", "12",
+                       "--out", out] + [f"--bo={k}={v}" for k, v in SMALL.items()]) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    rows = summary["pipelines"]["synthetic3"]
+    assert list(rows) == ["0.01", "0.03", "0.1", "0.3", "1"] and all(r["n"] == 2 for r in rows.values())
+    assert len(os.listdir(os.path.join(out, "runs"))) == 10
+    assert "| epsilon | BO iterations |" in open(os.path.join(out, "summary.md")).read()
+    paths = figure.draw(out)
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    assert sweep.main(["epsilon", "--bo", "nonsense=1", "--out", out]) == 2
