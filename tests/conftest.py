@@ -28,3 +28,19 @@ def module_data_dir(tmp_path_factory):
     mp.setenv("EEIPU_JAX_DATA_DIR", str(d))
     yield d
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _undo_tunes_sigint_handler():
+    """Ray Tune's ``Tuner.fit()`` leaves its own SIGINT handler installed after it returns (it
+    only sets a stop flag), so a later test of Ctrl-C in the same worker would see no
+    ``KeyboardInterrupt``. Put Python's back after a test that ran Tune; any other handler a
+    test leaves behind stays, so a leak of our own still shows."""
+    import signal
+    import threading
+
+    yield
+    if threading.current_thread() is threading.main_thread():
+        h = signal.getsignal(signal.SIGINT)
+        if "signal_interrupt_tune_run" in getattr(h, "__qualname__", ""):
+            signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -181,7 +181,8 @@ def test_synthetic_main_job_end_to_end(tmp_path, capsys):
 
     out = str(tmp_path / "res")
     assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
-                           "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
+                           "--set", "pipelines=['synthetic3']", "--set", "methods=['ei']", "--set", "seeds=2",
+                           "--set", "budget=110.0"]) == 0
     with open(os.path.join(out, "summary.json")) as f:
         first = json.load(f)
     rows = first["table"]["synthetic3"]["ei"]
@@ -200,7 +201,8 @@ def test_synthetic_main_job_end_to_end(tmp_path, capsys):
     # A second invocation finds every results file and reruns nothing (resume / add methods).
     mtimes = {r: os.path.getmtime(os.path.join(out, "runs", r)) for r in os.listdir(os.path.join(out, "runs"))}
     assert synthetic.main(["--config", "synthetic_smoke", "--out", out, "--workers", "1",
-                           "--set", "methods=['ei']", "--set", "seeds=2", "--set", "budget=110.0"]) == 0
+                           "--set", "pipelines=['synthetic3']", "--set", "methods=['ei']", "--set", "seeds=2",
+                           "--set", "budget=110.0"]) == 0
     with open(os.path.join(out, "summary.json")) as f:
         second = json.load(f)
     assert second["table"]["synthetic3"]["ei"] == rows
