@@ -17,6 +17,6 @@ def get_config():
     c.cache_policy = "top_q"
     c.warmup = "cost_aware"
     c.max_trials = 256  # a run may stop here before its budget is spent (reported as final spend < budget)
-    c.capacity = 32
+    c.capacity = 256  # the state never grows: one compiled BO step per (pipeline, method)
     c.bo = ml_collections.ConfigDict(dict(n_warmup=10))
     return c
