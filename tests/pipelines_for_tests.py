@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import time
 
+import jax
 import jax.numpy as jnp
 
 from eeipu_jax.space import Categorical, Float
@@ -294,3 +295,31 @@ def extreme_objectives() -> Pipeline:
 
     stages = (Stage("prep", fixed_prep, (Float("a", 0.0, 1.0),)), Stage("fit", mode_fit, (Float("b", 0.0, 1.0),)))
     return dataclasses.replace(base, name="extreme_objectives", stages=stages)
+
+
+#: Seconds :func:`compiling`'s jitted function sleeps while JAX traces it (compile time, not compute).
+TRACE_SLEEP = 0.4
+#: Seconds :func:`compiling`'s first stage sleeps at every call (its compute).
+COMPUTE_SLEEP = 0.05
+
+
+@jax.jit
+def _slow_to_trace(x, a):
+    time.sleep(TRACE_SLEEP)  # runs once, while JAX traces: the first call's compile, not a trial's compute
+    return jnp.sum(x) * a
+
+
+@functools.lru_cache(maxsize=None)
+def compiling() -> Pipeline:
+    """Two stages; the first calls a jitted function whose tracing takes ``TRACE_SLEEP`` s (only in
+    a process's first trial) and sleeps ``COMPUTE_SLEEP`` s (every trial)."""
+
+    def first(data, p, key):
+        time.sleep(COMPUTE_SLEEP)
+        return _slow_to_trace(jnp.ones(4), p["a"])
+
+    def second(x, p, key):
+        return {"objective": -float((x - p["b"]) ** 2)}
+
+    return Pipeline("compiling", "1", (Stage("first", first, (Float("a", 0.0, 1.0),)),
+                                       Stage("second", second, (Float("b", 0.0, 4.0),))))

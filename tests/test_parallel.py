@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -391,21 +393,23 @@ def test_cli_runs_more_workers_than_the_local_rays_cpus(local_ray, tmp_path, cap
 def test_a_tune_experiment_runs_with_the_eeipu_searcher(local_ray, tmp_path):
     from ray import tune
 
-    from eeipu_jax.runtime.tune_search import CONFIG_KEY, EEIPUSearcher, pipeline_trainable
+    from eeipu_jax.runtime.tune_search import EEIPUSearcher, nested_config
 
     pipeline = tp.sleepy_small()
-    searcher = EEIPUSearcher(pipeline, seed=0, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
-    tuner = tune.Tuner(
-        tune.with_resources(pipeline_trainable(pipeline, cache_dir=str(tmp_path / "cache"), seed=0), {"cpu": 1}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2,
-                                    metric="objective", mode="max"),
+    searcher = EEIPUSearcher(pipeline, seed=0, budget=1e6, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
+    tuner = tune.Tuner(  # one object: the searcher gives the trainable (no second pipeline, no second limit)
+        tune.with_resources(searcher.trainable(cache_dir=str(tmp_path / "cache")), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, metric="objective", mode="max"),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="eeipu", verbose=0),
     )
     results = tuner.fit()
     assert len(results) == 6 and not results.errors
+    keys = {f"stage{s}/x{j}" for s, d in enumerate(synthetic.get_pipeline("synthetic3").dims) for j in range(d)}
     for r in results:  # every reported objective is the pipeline's at the suggested parameters
         assert r.metrics["status"] == "ok"
-        assert math.isclose(r.metrics["objective"], _objective(r.config[CONFIG_KEY]), rel_tol=1e-5, abs_tol=1e-5)
+        assert set(r.config) == keys  # flat "stage/param" keys, nothing else
+        assert math.isclose(r.metrics["objective"], _objective(nested_config(pipeline, r.config)), rel_tol=1e-5,
+                            abs_tol=1e-5)
     # the searcher told every trial, with the costs the trainable measured
     assert int(searcher.state.n) == 6 and not searcher.live
     told_y = np.sort(np.asarray(searcher.state.y[:6], np.float64))
@@ -416,8 +420,178 @@ def test_a_tune_experiment_runs_with_the_eeipu_searcher(local_ray, tmp_path):
     # save / restore: a new searcher continues from the same state and key
     path = str(tmp_path / "searcher.pkl")
     searcher.save(path)
-    again = EEIPUSearcher(pipeline, seed=123, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
+    again = EEIPUSearcher(pipeline, seed=123, budget=1e6, max_concurrent=2, n_warmup=3, bo_options=SMALL_BO)
     again.restore(path)
     assert int(again.state.n) == 6
     a, b = searcher.suggest("next-a"), again.suggest("next-b")
     assert a == b  # same state, same key: the same proposal
+
+
+def test_the_searcher_suggests_flat_keys_keeps_the_wait_out_of_the_config_and_ends_with_its_budget(
+        tmp_path, monkeypatch):
+    """Like Tune's own searchers: a flat "stage/param" config; the trial to wait for travels in the
+    cache directory, not in the config; Searcher.FINISHED once the trials told spent the budget."""
+    from ray.tune.search import Searcher
+
+    from eeipu_jax.runtime.tune_search import WAIT_KEY, EEIPUSearcher, nested_config
+
+    pipeline = tp.sleepy_small()
+    searcher = EEIPUSearcher(pipeline, seed=0, budget=1.0, max_concurrent=2, n_warmup=N_WARMUP, bo_options=SMALL_BO)
+    searcher.cache_dir = str(tmp_path / "cache")  # what searcher.trainable(cache_dir=...) sets
+    _reuse_the_first_pending_prefix(monkeypatch, asks={2})
+    a, b = searcher.suggest("a"), searcher.suggest("b")
+    assert WAIT_KEY not in b and all("/" in k for k in b)
+    assert nested_config(pipeline, b)["stage0"] == nested_config(pipeline, a)["stage0"]  # b reuses a's prefix
+    with open(tmp_path / "cache" / "tune_wait" / "b.wait") as f:
+        assert f.read() == "a"
+    assert searcher.suggest("c") is None  # two in flight
+    done = {"objective": 1.0, "stage_costs": [0.2] * 3, "memo_depth": 0, "charged": 0.6}
+    searcher.on_trial_complete("a", done)
+    assert searcher.suggest("c") not in (None, Searcher.FINISHED)
+    searcher.on_trial_complete("b", dict(done, memo_depth=1))  # 1.2 s spent of 1.0
+    assert searcher.suggest("d") == Searcher.FINISHED
+    with pytest.raises(ValueError, match="budget"):
+        EEIPUSearcher(pipeline, seed=0, budget=0)
+
+
+def test_trial_resources_take_custom_resources_such_as_tpu_chips(tmp_path):
+    res = parallel.TrialResources.of({"num_cpus": 1, "TPU": 4})
+    assert res.custom == {"TPU": 4.0} and res.bundle() == {"CPU": 1.0, "TPU": 4.0}
+    assert res.actor_options() == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {"TPU": 4.0}}
+    assert res.describe() == {"num_cpus": 1.0, "num_gpus": 0.0, "TPU": 4.0}
+    # the actor a RayExecutor starts carries them
+    seen = {}
+
+    class Actor:
+        @staticmethod
+        def options(**options):
+            seen.update(options)
+            return Actor
+
+        @staticmethod
+        def remote(**kwargs):
+            return "actor"
+
+    executor = parallel.RayExecutor(2, res, None)
+    executor._actor_cls, executor._spec = Actor, _create(tmp_path)._spec()
+    assert executor._new_actor(0) == "actor"
+    assert seen["resources"] == {"TPU": 4.0} and seen["num_cpus"] == 1.0
+    for bad in ({"TPU": -1}, {"TPU": float("inf")}, {"TPU": "4"}, {"TPU": True}, {1: 2}, {"": 1},
+                {"CPU": 1}, {"GPU": 1}, {"num_tpus": 4}, {"memory": 1e9}):
+        with pytest.raises(ValueError):
+            parallel.TrialResources.of(bad)
+    study = _create(tmp_path, name="refused")
+    with pytest.raises(ConfigError, match="resources: custom resource 'TPU' must be a non-negative finite number"):
+        study.optimize(2, workers=2, resources={"TPU": -4})
+
+
+def test_cli_worker_resources_are_checked_before_anything_is_written(tmp_path, capsys):
+    from eeipu_jax.runtime.cli import main
+
+    out = tmp_path / "cli"
+    base = ["tune", "--pipeline", PIPELINE, "--budget", "10", "--out", str(out), "--workers", "2"]
+    with pytest.raises(SystemExit):
+        main(base + ["--worker-resources", "TPU"])
+    assert "NAME=AMOUNT" in capsys.readouterr().err
+    assert main(base + ["--worker-resources", "TPU=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --worker-cpus/--worker-gpus/--worker-resources: custom resource 'TPU'")
+    assert not out.exists()
+
+
+# ------------------------------------------------ processes of their own
+def _python(code: str, timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python (no Ray, no JAX backend yet, no RAY_* settings of this process), from
+    the repository root."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    environ.update(PYTHONPATH=ROOT, PYTHONWARNINGS="default", **env)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow  # starts a Ray of its own
+def test_a_local_ray_started_after_jax_gives_no_fork_warning():
+    """JAX warns at every fork of a process whose backend is up; Ray's fork+exec of its servers
+    cannot deadlock and connect() silences exactly that warning, there only."""
+    proc = _python("import jax, ray; jax.devices()\n"
+                   "from eeipu_jax.runtime import parallel\n"
+                   "assert parallel.connect(num_cpus=1)\n"
+                   "ray.shutdown(); print('started')")
+    assert proc.returncode == 0 and "started" in proc.stdout, proc.stderr[-3000:]
+    assert "os.fork() was called" not in proc.stderr
+
+
+@pytest.mark.slow  # starts a Ray of its own
+def test_the_tune_trainable_starts_ray_on_localhost_only(tmp_path):
+    """Tune would start a Ray listening on every interface; building the trainable starts it through
+    connect(), bound to 127.0.0.1, as a study does."""
+    proc = _python("import ray\n"
+                   "from eeipu_jax.runtime.tune_search import EEIPUSearcher\n"
+                   "from tests.pipelines_for_tests import sleepy_small\n"
+                   "searcher = EEIPUSearcher(sleepy_small(), seed=0, budget=60)\n"
+                   "assert not ray.is_initialized()\n"
+                   f"searcher.trainable(cache_dir={str(tmp_path / 'cache')!r})\n"
+                   "print('node', ray.util.get_node_ip_address()); ray.shutdown()")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "node 127.0.0.1" in proc.stdout
+
+
+@pytest.mark.slow  # starts a Ray head of its own (`ray start --head`) and joins it twice
+def test_joining_a_token_cluster_without_ray_auth_mode_fails_at_once_naming_it(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a free port outside Ray's worker port range (10002-19999)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef")
+    auth = dict(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
+    # a head bound to 127.0.0.1 (as connect() binds a local Ray), in this test's own temp dir;
+    # stopped by ending its processes, not `ray stop`, which stops every Ray of the machine
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", "--port", str(port),
+         "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--include-dashboard=false",
+         "--disable-usage-stats", "--temp-dir", temp],
+        env=dict(env, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **auth), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and head.poll() is None, "the Ray head did not start"
+                time.sleep(0.5)
+        join = (f"from eeipu_jax.runtime import parallel\n"
+                f"try:\n"
+                f"    parallel.connect(address='127.0.0.1:{port}')\n"
+                f"except parallel.ClusterAuthError as e:\n"
+                f"    print('refused:', e)\n"
+                f"else:\n"
+                f"    import ray; print('joined', ray.cluster_resources().get('CPU')); ray.shutdown()\n")
+        t0 = time.time()
+        refused = _python(join)
+        assert "refused: the Ray cluster at 127.0.0.1:" in refused.stdout, refused.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in refused.stdout
+        assert time.time() - t0 < 60  # not Ray's 20 s of retries on top of starting Python
+        assert refused.stderr.count("InvalidAuthToken") <= 2  # one probe, not a retry loop
+        # a driver on this machine joining a loopback head takes the loopback address as its node IP too
+        joined = _python(join, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **auth)
+        assert "joined 1.0" in joined.stdout, joined.stderr[-3000:]
+    finally:
+        try:
+            children = psutil.Process(head.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        gone, alive = psutil.wait_procs(children, timeout=20)
+        for p in alive:
+            p.kill()
+        shutil.rmtree(temp, ignore_errors=True)

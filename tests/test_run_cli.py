@@ -619,3 +619,23 @@ def test_timeout_from_the_command_line_interrupts_a_hanging_stage(tmp_path, caps
     assert json.load(open(out / "summary.json"))["stopped"] == "timeout"
     (trial,) = read_trials(str(out / "trials.jsonl"))
     assert "the study's time limit ran out" in trial["error"]
+
+
+def test_the_eeipu_command_imports_the_pipeline_from_the_working_directory(tmp_path, monkeypatch, capsys):
+    """`eeipu tune --pipeline mymodule:pipe` finds mymodule.py in the working directory, as
+    `python -m` would (a console script's sys.path[0] is its bin directory); --total-trials stops
+    the run when it holds that many trials, the resumed invocation's included."""
+    (tmp_path / "my_cwd_pipeline.py").write_text(
+        "from tests.pipelines_for_tests import counting_toy\npipe = counting_toy()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_cwd_pipeline", raising=False)
+    out = tmp_path / "run"
+    argv = ["tune", "--pipeline", "my_cwd_pipeline:pipe", "--budget", "1e6", "--out", str(out), "--n-warmup",
+            str(N_WARMUP), "--no-progress", *SMALL_BO_ARGS]
+    assert cli.main(argv + ["--max-trials", "2"]) == 0, capsys.readouterr().err
+    assert cli.main(argv + ["--resume", "--total-trials", "3"]) == 0, capsys.readouterr().err
+    assert len(read_trials(str(out / "trials.jsonl"))) == 3
+    assert json.load(open(out / "summary.json"))["stopped"] == "total_trials"
+    assert cli.main(argv + ["--resume", "--total-trials", "0"]) == 2
+    assert "error: --total-trials: must be an integer of at least 1" in capsys.readouterr().err

@@ -490,3 +490,35 @@ def test_timeout_stops_dispatching_and_the_run_continues_where_it_stopped(tmp_pa
     assert study.trials[-1].ok or "time limit" in study.trials[-1].error  # unless the time ran out in a stage
     assert Study.load(study.out_dir).optimize(1)["stopped"] == "max_trials"
     assert [t.index for t in study.trials] == list(range(n + 1))
+
+
+# ------------------------------------------------------------ limits
+def test_max_trials_counts_per_call_and_total_trials_the_whole_study(tmp_path):
+    study = _create(tmp_path)
+    assert study.optimize(2)["stopped"] == "max_trials"
+    summary = study.optimize(5, total_trials=3)  # 2 earlier trials count: one more runs
+    assert summary["n_trials"] == 3 and summary["stopped"] == "total_trials"
+    again = Study.load(study.out_dir).optimize(total_trials=3)  # a resumed study that holds them runs none
+    assert again["n_trials"] == 3 and again["stopped"] == "total_trials"
+    assert Study.load(study.out_dir).optimize(1, total_trials=10)["stopped"] == "max_trials"
+    assert [t.index for t in study.trials] == list(range(4))
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ConfigError, match="total_trials: must be an integer of at least 1"):
+            study.optimize(total_trials=bad)
+
+
+def test_jax_compile_time_is_recorded_and_not_charged(tmp_path):
+    """The first trial of a process compiles the stages' jitted functions (here: TRACE_SLEEP seconds
+    of tracing); that is set-up, recorded as compile_seconds and left out of the charge and of the
+    stage costs the cost models learn; the next trial compiles nothing."""
+    study = _create(tmp_path, pipeline="tests.pipelines_for_tests:compiling", n_warmup=2)
+    summary = study.optimize(2)
+    first, second = read_trials(os.path.join(study.out_dir, "trials.jsonl"))
+    assert first["compile_seconds"] >= tp.TRACE_SLEEP
+    assert tp.COMPUTE_SLEEP <= first["charged"] < tp.TRACE_SLEEP  # the stage's compute, not its compile
+    assert first["stage_costs"][0] < tp.TRACE_SLEEP
+    # the fields add up: wall seconds of the stages = their costs + the compile time
+    assert sum(first["stage_seconds"]) == pytest.approx(sum(first["stage_costs"]) + first["compile_seconds"], abs=1e-6)
+    assert second["compile_seconds"] < 0.05 and second["charged"] < tp.TRACE_SLEEP
+    assert summary["compile_seconds"] == pytest.approx(first["compile_seconds"] + second["compile_seconds"])
+    assert study.trials[0].compile_seconds == first["compile_seconds"]

@@ -4,6 +4,9 @@
     eeipu tune --pipeline mypackage.rff:pipe --budget 600 --out runs/rff --resume
     eeipu summary runs/rff                                                   # a run's summary
 
+``--pipeline module:attribute`` and ``--import module`` import from the
+working directory first, as ``python -m`` does.
+
 This module owns the command line over the study: its options (one per
 :meth:`Study.create` setting), the exit statuses and the CPU set-up a script
 opts in to (:func:`eeipu_jax.cpu.pin_xla_threads`). Every error is one line
@@ -50,6 +53,17 @@ def _bo_option(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = None
+    if not sep or not name.strip() or amount is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT (a custom Ray resource, e.g. TPU=4), got {text!r}")
+    return name.strip(), amount
 
 
 def _byte_size(text: str) -> int:
@@ -113,7 +127,10 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
            "they are recorded either way (ask_seconds in trials.jsonl, optimizer_fraction in summary.json)")
     p("--bo", type=_bo_option, action="append", default=[], metavar="NAME=VALUE",
       help="set another BO setting (a BOConfig field, a float param or the method's own), e.g. --bo n_random=256 --bo refine_lr=0.1 (repeatable)")
-    p("--max-trials", type=int, default=None, help="stop after this many trials in this invocation")
+    p("--max-trials", type=int, default=None,
+      help="stop after this many trials in this invocation (counted per invocation, like Optuna's n_trials)")
+    p("--total-trials", type=int, default=None,
+      help="stop when the run holds this many trials in all, those of earlier invocations (--resume) included")
     p("--timeout", type=float, default=None,
       help="wall-clock seconds for this invocation: no trial starts after them, a stage still running is "
            "interrupted (its trial recorded as failed) and the run ends with its summary (default: none; "
@@ -129,6 +146,8 @@ def build_parser(prog: str = "eeipu tune") -> argparse.ArgumentParser:
            "workers than cores can run; 1 with --address)")
     p("--worker-gpus", type=float, default=None,
       help="GPUs each parallel trial reserves; 1 runs one trial per GPU (default: 0)")
+    p("--worker-resources", type=_resource, action="append", default=[], metavar="NAME=AMOUNT",
+      help="a custom Ray resource each parallel trial reserves, e.g. TPU=4 for four TPU chips (repeatable)")
     p("--placement-timeout", type=float, default=None,
       help="seconds to wait for Ray to place the workers before stopping with an error that names the "
            "resources asked for and those the cluster has (default: 120)")
@@ -175,15 +194,16 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         cli=True,
     )
     try:
-        resources = {k: v for k, v in (("num_cpus", args.worker_cpus), ("num_gpus", args.worker_gpus))
-                     if v is not None} or None
+        resources = {k: v for k, v in (("num_cpus", args.worker_cpus), ("num_gpus", args.worker_gpus),
+                                       *args.worker_resources) if v is not None} or None
         run = dict(workers=args.workers, address=args.address, resources=resources,
                    placement_timeout=args.placement_timeout, timeout=args.timeout)
         # every option is checked before Study.open creates --out and config.json, so a refused
         # command leaves nothing behind and the corrected one runs
-        check_optimize(settings, args.max_trials, **run)
+        check_optimize(settings, args.max_trials, total_trials=args.total_trials, **run)
         study = Study.open(settings, "resume" if args.resume else "create")
-        summary = study.optimize(args.max_trials, progress=not args.no_progress, **run)
+        summary = study.optimize(args.max_trials, progress=not args.no_progress, total_trials=args.total_trials,
+                                 **run)
     except (ConfigError, ImportError) as e:  # ImportError: --workers without the ray extra
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -205,7 +225,8 @@ def tune(argv: Sequence[str] | None = None, prog: str = "eeipu tune") -> int:
         f"spent {summary['spent']:.1f}/{summary['budget']:.1f} s, best {best_text}, "
         f"cache I/O {100 * summary['cache_io_fraction']:.1f}% of spend, optimizer {summary['optimizer_seconds']:.1f} s "
         f"({100 * summary['optimizer_fraction']:.1f}% of optimizer + trial seconds"
-        f"{', charged' if summary['charge_optimizer'] else ', not charged'}) -> {os.path.join(args.out, 'summary.json')}"
+        f"{', charged' if summary['charge_optimizer'] else ', not charged'}), JAX compiling "
+        f"{summary['compile_seconds']:.1f} s (not charged) -> {os.path.join(args.out, 'summary.json')}"
     )
     if "parallel" in summary:
         par = summary["parallel"]
@@ -238,9 +259,19 @@ _COMMANDS = {
 }
 
 
+def _import_from_cwd() -> None:
+    """Put the working directory first on ``sys.path``, as ``python -m`` does, so that
+    ``--pipeline mymodule:pipe`` and ``--import mymodule`` find a module in it (a console
+    script's ``sys.path[0]`` is its own directory)."""
+    cwd = os.getcwd()
+    if not sys.path or sys.path[0] not in ("", cwd):
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``eeipu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _import_from_cwd()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
         lines = [f"  {name:<8} {desc}" for name, desc in _COMMANDS.items()]
         print("usage: eeipu COMMAND [options]\n\ncommands:\n" + "\n".join(lines))

@@ -301,13 +301,13 @@ def trial_record(index: int, flight: Flight, result: TrialResult | None, *, n_st
     if result is None:
         unknown = [math.nan] * n_stages
         status, y, depth = "failed", math.nan, 0
-        fields = dict(stage_costs=unknown, stage_seconds=unknown, restore_seconds=0.0, save_seconds=0.0, metrics={},
-                      error=error, failed_stage=None, traceback=None, saved_keys=[])
+        fields = dict(stage_costs=unknown, stage_seconds=unknown, restore_seconds=0.0, save_seconds=0.0,
+                      compile_seconds=0.0, metrics={}, error=error, failed_stage=None, traceback=None, saved_keys=[])
     else:
         status, y, depth = result.status, result.objective, result.memo_depth
         fields = dict(stage_costs=result.stage_costs, stage_seconds=result.stage_seconds,
                       restore_seconds=result.restore_seconds, save_seconds=result.save_seconds + commit_seconds,
-                      metrics=result.metrics, error=result.error, failed_stage=result.failed_stage,
+                      compile_seconds=result.compile_seconds, metrics=result.metrics, error=result.error, failed_stage=result.failed_stage,
                       traceback=result.traceback, saved_keys=list(result.saved_keys) + list(committed))
     return {
         "index": index,
@@ -490,6 +490,8 @@ def summarize(records: Sequence[Mapping], *, pipeline: str, method: str, seed: i
         "best": None if best is None else {k: best[k] for k in ("index", "y", "params", "metrics")},
         "cache_io_seconds": io,
         "cache_io_fraction": io / spent if spent > 0 else 0.0,
+        # JAX's tracing and compiling in the stages: set-up, not charged (records without the field: 0)
+        "compile_seconds": sum(float(r.get("compile_seconds", 0.0)) for r in records),
         "charge_optimizer": charge_optimizer,
         "optimizer_seconds": optimizer,
         "optimizer_fraction": optimizer / wall if wall > 0 else 0.0,
@@ -663,7 +665,9 @@ class TrialWorker:
         return os.getpid()
 
     def warm(self) -> int:
-        """Prepare the pipeline now (its data loaded once, untimed); returns the process id."""
+        """Start JAX's backend and prepare the pipeline now (its data loaded once), untimed: set-up
+        a worker's first trial is not charged; returns the process id."""
+        jax.devices()
         self.runner.data()
         return os.getpid()
 
@@ -847,10 +851,13 @@ class TrialDriver:
 
     # --------------------------------------------------------------- run
     def run(self, state: bo.BOState, key, records: list[dict], max_trials: int | None = None,
-            timeout: float | None = None) -> dict:
+            timeout: float | None = None, total_trials: int | None = None) -> dict:
         """Run trials from a resumed ``(state, key, records)`` (:func:`resume`); returns the summary
         (also written to ``summary.json``), with the cache's statistics and ``stopped`` (what ended
-        this call: ``"budget"``, ``"max_trials"`` or ``"timeout"``).
+        this call: ``"budget"``, ``"max_trials"``, ``"total_trials"`` or ``"timeout"``).
+
+        ``max_trials`` counts the trials of this call; ``total_trials`` those of
+        the study (``records`` included): no trial is proposed once it holds that many.
 
         ``timeout``: wall seconds for this call. No trial is proposed after it
         (a proposal whose ask ends after it is dropped, state and key as before
@@ -865,6 +872,7 @@ class TrialDriver:
         spec = self.spec
         self.state, self.key, self.records = state, key, records
         self.max_trials = max_trials
+        self.total_trials = total_trials
         self.deadline = None if timeout is None else time.time() + float(timeout)
         self._timed_out = False
         self.started = self.proposed = len(records)
@@ -919,7 +927,9 @@ class TrialDriver:
                             budget=float(spec.budget), charge_optimizer=spec.charge_optimizer)
         summary["cache"] = self.cache.summary()
         summary["stopped"] = ("timeout" if self._timed_out else
-                              "budget" if float(self.state.spent) >= budget else "max_trials")
+                              "budget" if float(self.state.spent) >= budget else
+                              "total_trials" if total_trials is not None and self.proposed >= total_trials else
+                              "max_trials")
         described = self.executor.describe()
         if described is not None:
             summary["parallel"] = {**described, **run_counters(self.records, spec.pipeline.n_stages)}
@@ -945,7 +955,8 @@ class TrialDriver:
 
     def _can_propose(self) -> bool:
         return self._can_start() and float(self.state.spent) < self.spec.budget and (
-            self.max_trials is None or self.proposed - self.started < self.max_trials)
+            self.max_trials is None or self.proposed - self.started < self.max_trials) and (
+            self.total_trials is None or self.proposed < self.total_trials)
 
     def _dispatch(self) -> None:
         """Give the free workers trials: first the held trials whose prefix is written (in proposal

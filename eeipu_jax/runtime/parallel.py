@@ -59,7 +59,8 @@ from eeipu_jax.runtime.driver import Executor, Flight, Outcome, RunSpec, TrialWo
 from eeipu_jax.runtime.pipeline import PrepareError
 from eeipu_jax.runtime.settings import ConfigError
 
-__all__ = ["require_ray", "connect", "check_address", "TrialResources", "RayExecutor", "PlacementError", "PLACEMENT_TIMEOUT"]
+__all__ = ["require_ray", "connect", "check_address", "TrialResources", "RayExecutor", "PlacementError",
+           "ClusterAuthError", "PLACEMENT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,61 @@ def _loopback_node(ray):
             os.environ[name] = old_env
 
 
+class ClusterAuthError(ConfigError):
+    """The Ray cluster to join requires token authentication this process is not set up for."""
+
+
+#: JAX's warning when a process that initialized its backend forks (``xla_bridge._at_fork``).
+_FORK_WARNING = r"os\.fork\(\) was called"
+
+
+@contextlib.contextmanager
+def _fork_exec_warning_silenced():
+    """Silence JAX's ``os.fork() was called ... deadlock`` warning for the block only.
+
+    Ray starts its processes (GCS, raylet, agents) with ``subprocess.Popen(...,
+    preexec_fn=...)``, and CPython runs the ``os.register_at_fork`` hooks, JAX's
+    among them, only for a fork with ``preexec_fn``. The child runs Ray's
+    ``preexec_fn`` (it blocks SIGINT and asks the kernel to end it with its
+    parent) and then ``exec``s the Ray binary: no JAX code, and no lock of
+    JAX's threads, runs in it, so the deadlock the warning foresees cannot
+    happen. Only that warning, of the Ray start only, is silenced.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_FORK_WARNING, category=RuntimeWarning)
+        yield
+
+
+def _check_cluster_auth(address: str) -> None:
+    """Refuse, at once and on one line, to join a cluster that requires token authentication when
+    this process does not use it (``RAY_AUTH_MODE`` is not ``token``).
+
+    ``ray start --head`` turns token authentication on when a token exists
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN_PATH``); ``ray.init(address=HOST:PORT)``
+    turns it on only when ``RAY_AUTH_MODE=token`` is set, and otherwise retries
+    for about 20 s, logging ``InvalidAuthToken`` every second, before it fails.
+    One request to the cluster's GCS tells: it answers an unauthenticated
+    client with an :class:`ray.exceptions.AuthenticationError` at once. Any
+    other outcome (no cluster there, a network error) is left to ``ray.init``.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" or address == "auto" or address.startswith("ray://"):
+        return
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        raise ClusterAuthError(
+            f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token in this "
+            "process's environment, with the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+            "RAY_AUTH_TOKEN (docs/parallel.md, 'Joining a cluster safely')") from None
+    except Exception:  # noqa: BLE001 - unreachable, refused...: ray.init says what it says
+        return
+
+
 def connect(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None) -> bool:
     """Make sure this process is connected to Ray.
 
@@ -124,6 +180,11 @@ def connect(address: str | None = None, *, num_cpus: float | None = None, num_gp
     Returns:
         ``True`` if this call started or joined Ray, ``False`` if the process
         was connected already (its Ray is used as it is).
+
+    Raises:
+        ClusterAuthError: the cluster at ``address`` requires token
+            authentication and ``RAY_AUTH_MODE=token`` is not set here (a
+            :class:`ConfigError`: the command line prints it on one line).
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -132,9 +193,11 @@ def connect(address: str | None = None, *, num_cpus: float | None = None, num_gp
     # from) travels to the workers, which unpickle pipelines by reference.
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}}
     if address is not None:
-        ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=True)
+        _check_cluster_auth(address)
+        with _fork_exec_warning_silenced():
+            ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=True)
         return True
-    with _loopback_node(ray):
+    with _loopback_node(ray), _fork_exec_warning_silenced():
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  runtime_env=env)
     return True
@@ -163,6 +226,17 @@ class PlacementError(ConfigError):
     """A parallel study's workers could not be placed on the Ray cluster in time."""
 
 
+#: Ray resource names a trial sets with their own options, not as custom resources.
+_OWN_OPTIONS = {"CPU": "num_cpus", "GPU": "num_gpus"}
+_NOT_CUSTOM = ("memory", "object_store_memory")
+
+
+def _amount(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a non-negative finite number, got {v!r}")
+    return float(v)  # as recorded in the summary: 1 and 1.0 alike
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialResources:
     """What one trial (one worker actor) reserves on the cluster.
@@ -174,38 +248,51 @@ class TrialResources:
             1 on a cluster joined by address.
         num_gpus: GPUs (0 or 1: one trial per GPU; JAX in the worker then sees
             only that device).
+        custom: Ray custom resources by name, e.g. ``{"TPU": 4}`` (the TPU
+            chips of a host, as Ray's TPU nodes advertise them); passed to the
+            actor's ``.options(resources=...)`` and to its placement bundle.
     """
 
     num_cpus: float | None = None
     num_gpus: float = 0.0
+    custom: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("num_cpus", "num_gpus"):
-            v = getattr(self, name)
-            if v is None and name == "num_cpus":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-            object.__setattr__(self, name, float(v))  # as recorded in the summary: 1 and 1.0 alike
+        if self.num_cpus is not None:
+            object.__setattr__(self, "num_cpus", _amount("num_cpus", self.num_cpus))
+        object.__setattr__(self, "num_gpus", _amount("num_gpus", self.num_gpus))
+        if not isinstance(self.custom, Mapping):
+            raise ValueError(f"custom resources must be a dict of name -> amount, got {self.custom!r}")
+        custom = {}
+        for name, v in self.custom.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"a custom resource name must be a non-empty string, got {name!r}")
+            if name in _OWN_OPTIONS:
+                raise ValueError(f"{name} is reserved with {_OWN_OPTIONS[name]}, not as a custom resource")
+            if name in _NOT_CUSTOM or name.startswith(("num_", "node:")):
+                raise ValueError(f"unknown trial resource {name!r}: trial resources take num_cpus, num_gpus and "
+                                 "custom Ray resources such as TPU")
+            custom[name] = _amount(f"custom resource {name!r}", v)
+        object.__setattr__(self, "custom", custom)
 
     @classmethod
     def of(cls, spec) -> "TrialResources":
         """Resources from ``None`` (the defaults), a :class:`TrialResources` or a dict with
-        ``num_cpus`` and/or ``num_gpus``.
+        ``num_cpus`` and/or ``num_gpus``, its other keys naming custom Ray resources
+        (``{"num_cpus": 1, "TPU": 4}``).
 
         Raises:
-            ValueError: another key, or a negative or non-finite number.
+            ValueError: a key that is no resource name (not a string, ``CPU``/``GPU``, an unknown
+                ``num_*`` option), or a negative or non-finite amount.
         """
         if spec is None:
             return cls()
         if isinstance(spec, cls):
             return spec
         if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"num_cpus", "num_gpus"})
-            if unknown:
-                raise ValueError(f"trial resources take num_cpus and num_gpus, got {unknown}")
-            return cls(**spec)
-        raise ValueError(f"trial resources must be a dict with num_cpus/num_gpus, got {spec!r}")
+            own = {k: v for k, v in spec.items() if k in ("num_cpus", "num_gpus")}
+            return cls(**own, custom={k: v for k, v in spec.items() if k not in own})
+        raise ValueError(f"trial resources must be a dict with num_cpus/num_gpus and custom resources, got {spec!r}")
 
     def resolved(self, workers: int, cluster_cpus: float, local: bool) -> "TrialResources":
         """These resources with ``num_cpus`` decided (see the attribute): on a local Ray, a share of
@@ -217,7 +304,18 @@ class TrialResources:
 
     def bundle(self) -> dict[str, float]:
         """One trial's placement-group bundle (Ray's resource names; zero amounts left out)."""
-        return {k: float(v) for k, v in (("CPU", self.num_cpus), ("GPU", self.num_gpus)) if v}
+        return {k: float(v) for k, v in (("CPU", self.num_cpus), ("GPU", self.num_gpus), *self.custom.items()) if v}
+
+    def actor_options(self) -> dict:
+        """The options of a trial's actor (``ActorClass.options(**...)``), placement aside."""
+        options = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
+
+    def describe(self) -> dict[str, float]:
+        """``num_cpus``, ``num_gpus`` and each custom resource: the summary's ``resources``."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.custom}
 
 
 def _resource_text(resources: Mapping[str, float]) -> str:
@@ -290,20 +388,20 @@ class RayExecutor(Executor):
         if ready:
             return group
         remove_placement_group(group)
-        per = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
+        per = self.resources.describe()
         total = {k: v * self.workers for k, v in bundles[0].items()}
         raise PlacementError(
             f"could not place {self.workers} trial workers of {per} each ({_resource_text(total)} in all) within "
             f"{self.placement_timeout:g} s: the Ray cluster has {_resource_text(ray.cluster_resources())} "
             f"({_resource_text(ray.available_resources())} free now). Ask for fewer workers or less per trial "
-            "(workers=, resources= / --workers, --worker-cpus, --worker-gpus), or wait longer "
+            "(workers=, resources= / --workers, --worker-cpus, --worker-gpus, --worker-resources), or wait longer "
             "(placement_timeout= / --placement-timeout)"
         )
 
     def _new_actor(self, slot: int):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        options = dict(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0)
+        options = dict(self.resources.actor_options(), max_restarts=0)
         if self._group is not None:  # slot i lives in bundle i: a replacement reuses its reservation
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 self._group, placement_group_bundle_index=slot)
@@ -362,4 +460,4 @@ class RayExecutor(Executor):
         return {"driver": cache.stats.to_dict(), "workers": self._worker_stats} if final else None
 
     def describe(self) -> dict:
-        return {"workers": self.workers, "resources": dataclasses.asdict(self.resources)}
+        return {"workers": self.workers, "resources": self.resources.describe()}

@@ -182,6 +182,7 @@ _FIELDS = {
     "cache_keys": (True, _list_of(lambda v: isinstance(v, str)), "a list of strings"),
     "trial_seconds": (False, _seconds, _SECONDS),
     "ask_seconds": (False, _seconds, _SECONDS),
+    "compile_seconds": (False, _seconds, _SECONDS),
     "saved_keys": (False, _list_of(lambda v: isinstance(v, str)), "a list of strings"),
     "metrics": (False, lambda v: v is None or isinstance(v, dict), "an object"),
     "error": (False, lambda v: v is None or isinstance(v, str), "a string or null"),
@@ -306,7 +307,10 @@ class Trial:
         score: acquisition value of the proposal (NaN during warm-up).
         time: Unix time when the trial was recorded.
         trial_seconds: wall seconds of the trial itself (restore, stages,
-            cache writes).
+            cache writes), less its ``compile_seconds``.
+        compile_seconds: wall seconds JAX spent tracing and compiling in the
+            trial's stages (a worker's first trial, new shapes): set-up, not
+            charged; 0 in records written before they were recorded.
         ask_seconds: the optimizer's wall seconds before the trial (the
             previous trial's tell in this process and the ask that proposed
             it); NaN in records written before they were recorded.
@@ -332,6 +336,7 @@ class Trial:
     time: float = math.nan
     trial_seconds: float = math.nan
     ask_seconds: float = math.nan
+    compile_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -366,4 +371,5 @@ class Trial:
             time=num(rec.get("time")),
             trial_seconds=num(rec.get("trial_seconds", rec["charged"])),
             ask_seconds=num(rec.get("ask_seconds")),
+            compile_seconds=float(rec.get("compile_seconds", 0.0)),
         )

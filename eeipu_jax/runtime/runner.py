@@ -28,7 +28,15 @@ Costs reported:
   ``0`` on shallower restored stages (nothing was done for them), measured
   time for stages that ran.
 * ``charged``: wall seconds of the whole trial (cache lookup and restore,
-  stages, cache writes): what the trial costs the budget.
+  stages, cache writes): what the trial costs the budget, less
+  ``compile_seconds``.
+* ``compile_seconds``: wall seconds JAX spent tracing, lowering and compiling
+  inside the stages (its monitoring events, :func:`compile_timer`): a
+  process's first trial compiles every jitted stage function, a trial whose
+  parameters change array shapes compiles again. It is set-up, like the
+  pipeline's ``prepare()``: recorded, left out of ``charged`` and of
+  ``stage_costs`` (the cost models learn what a configuration costs once
+  compiled), kept in ``stage_seconds`` (wall time).
 
 Inputs are read-only: every stage gets its input (the prepared data, a
 restored output or the previous stage's output) with each NumPy array leaf as
@@ -77,7 +85,7 @@ from eeipu_jax.runtime.cache import StageCache, prefix_keys
 from eeipu_jax.runtime.pipeline import Pipeline, PrepareError, objective_of, stage_key
 
 __all__ = ["Runner", "TrialResult", "StageTimeout", "nested_params", "read_only", "MAX_SEED", "check_seed",
-           "F32_MAX"]
+           "F32_MAX", "compile_timer"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +113,54 @@ F32_MAX = float(np.finfo(np.float32).max)
 
 class StageTimeout(Exception):
     """A stage ran past its time limit."""
+
+
+#: JAX's monitoring events of tracing, lowering and compiling a function (``jax._src.dispatch``).
+_COMPILE_EVENTS = frozenset((
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+))
+_compiling = threading.local()  # .spans: the (start, end) of those events in this thread, while timed
+_listening = False
+_listening_lock = threading.Lock()
+
+
+def _on_span(event: str, start: float, end: float, **kwargs) -> None:
+    spans = getattr(_compiling, "spans", None)
+    if spans is not None and event in _COMPILE_EVENTS:
+        spans.append((start, end))
+
+
+@contextlib.contextmanager
+def compile_timer():
+    """Measure the wall seconds JAX spends tracing, lowering and compiling in this thread.
+
+    Yields a list that, on exit, holds one number: those seconds, the union of
+    the spans of JAX's compile events (nested traces counted once). A
+    persistent compilation cache hit counts as the compile it replaces (its
+    read).
+    """
+    global _listening
+    with _listening_lock:
+        if not _listening:
+            jax.monitoring.register_event_time_span_listener(_on_span)
+            _listening = True
+    outer = getattr(_compiling, "spans", None)
+    _compiling.spans = spans = []
+    result: list[float] = []
+    try:
+        yield result
+    finally:
+        _compiling.spans = outer
+        if outer is not None:
+            outer.extend(spans)
+        total, reach = 0.0, -math.inf
+        for start, end in sorted(spans):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        result.append(total)
 
 
 def read_only(tree: Any) -> Any:
@@ -158,10 +214,14 @@ class TrialResult:
             values: :func:`~eeipu_jax.runtime.pipeline.objective_of`).
         stage_costs: ``(K,)`` compute seconds per stage (see module docstring).
         stage_seconds: ``(K,)`` wall seconds spent per stage in this trial.
-        charged: wall seconds of the whole trial (the budget's charge).
+        charged: wall seconds of the whole trial (the budget's charge), less
+            the pipeline's preparation and ``compile_seconds``.
         memo_depth: number of leading stages restored from the cache.
         restore_seconds: wall seconds spent looking up and restoring.
         save_seconds: wall seconds spent writing cache entries.
+        compile_seconds: wall seconds JAX spent tracing and compiling in the
+            stages (a process's first trial, new shapes): not charged, and
+            not in ``stage_costs``.
         cache_keys: the ``K - 1`` prefix keys of this configuration.
         saved_keys: keys written by this trial.
         error: what failed (``None`` if ok).
@@ -186,6 +246,7 @@ class TrialResult:
     failed_stage: int | None = None
     traceback: str | None = None
     outputs: list | None = None
+    compile_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -389,7 +450,7 @@ class Runner:
         eager = self.write and self.cache.policy.eager
         pending: list[tuple[int, Any]] = []
         saved: list[str] = []
-        save_seconds = 0.0
+        save_seconds = compile_seconds = 0.0
         error = tb = None
         failed_stage = None
         out = None
@@ -402,8 +463,9 @@ class Runner:
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
             t0 = time.perf_counter()
+            compiled = [0.0]
             try:
-                with _time_limit(limit, what):
+                with _time_limit(limit, what), compile_timer() as compiled:
                     out = stage.fn(inp, dict(params[stage.name]), stage_key(self.seed, j))
                     jax.block_until_ready(out)
             except StageTimeout as e:
@@ -418,7 +480,10 @@ class Runner:
                               "stage returned: copy an array before changing it in place, e.g. x = np.array(x))")
                 tb = traceback.format_exc()
             dt = time.perf_counter() - t0
-            stage_costs[j] = stage_seconds[j] = dt
+            stage_seconds[j] = dt
+            compiling = min(compiled[-1] if compiled else 0.0, dt)
+            compile_seconds += compiling
+            stage_costs[j] = dt - compiling  # what the stage costs once compiled
             if error is None and limit is not None and dt > limit:
                 error = (f"{what} was interrupted: the study's time limit ran out" if by_deadline
                          else f"{what} took {dt:.3g} s, over its time limit of {self.stage_timeout:g} s")
@@ -462,7 +527,7 @@ class Runner:
             metrics=metrics,
             stage_costs=stage_costs,
             stage_seconds=stage_seconds,
-            charged=time.perf_counter() - t_start - prepare_seconds,
+            charged=max(0.0, time.perf_counter() - t_start - prepare_seconds - compile_seconds),
             memo_depth=int(depth),
             restore_seconds=restore_seconds if self.restore else 0.0,
             save_seconds=save_seconds,
@@ -472,4 +537,5 @@ class Runner:
             failed_stage=failed_stage,
             traceback=tb,
             outputs=outputs,
+            compile_seconds=compile_seconds,
         )

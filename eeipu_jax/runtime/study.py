@@ -386,7 +386,8 @@ def _remove_created(paths: list[str]) -> None:
 
 def check_optimize(settings: StudySettings, max_trials: int | None = None, workers: int = 1,
                    address: str | None = None, resources: Mapping | None = None,
-                   placement_timeout: float | None = None, timeout: float | None = None):
+                   placement_timeout: float | None = None, timeout: float | None = None,
+                   total_trials: int | None = None):
     """Check the options of :meth:`Study.optimize` without touching anything (the command line
     checks them before it creates the run directory).
 
@@ -400,6 +401,9 @@ def check_optimize(settings: StudySettings, max_trials: int | None = None, worke
     s = settings
     if max_trials is not None and not (is_int(max_trials) and max_trials >= 1):
         raise ConfigError(f"{s.name('max_trials')}: must be an integer of at least 1, got {max_trials!r}")
+    if total_trials is not None and not (is_int(total_trials) and total_trials >= 1):
+        raise ConfigError(f"{s.name('total_trials')}: must be an integer of at least 1 (the study's trials in all, "
+                          f"earlier calls included), got {total_trials!r}")
     if timeout is not None and not (is_real(timeout) and math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"{s.name('timeout')}: must be positive seconds, got {timeout!r}")
     if not (is_int(workers) and 1 <= workers <= 4096):
@@ -415,7 +419,7 @@ def check_optimize(settings: StudySettings, max_trials: int | None = None, worke
             par.check_address(address)
         except ValueError as e:
             raise ConfigError(f"{s.name('address')}: {e}") from None
-    res_name = "/".join(s.name(f) for f in ("worker_cpus", "worker_gpus")) if s.cli else "resources"
+    res_name = "/".join(s.name(f) for f in ("worker_cpus", "worker_gpus", "worker_resources")) if s.cli else "resources"
     try:
         trial_resources = par.TrialResources.of(resources)
     except ValueError as e:
@@ -741,8 +745,10 @@ class Study:
     # ------------------------------------------------------------ running
     def optimize(self, max_trials: int | None = None, *, progress: bool = False, workers: int = 1,
                  address: str | None = None, resources: Mapping | None = None,
-                 placement_timeout: float | None = None, timeout: float | None = None) -> dict:
-        """Run trials until the budget is spent, ``max_trials`` more trials ran, or ``timeout`` seconds passed.
+                 placement_timeout: float | None = None, timeout: float | None = None,
+                 total_trials: int | None = None) -> dict:
+        """Run trials until the budget is spent, ``max_trials`` more trials ran, the study holds
+        ``total_trials`` trials, or ``timeout`` seconds passed.
 
         Resumes from the directory's checkpoint and records first (see the
         module docstring), so a study reopened after a crash continues
@@ -756,17 +762,20 @@ class Study:
         (:class:`~eeipu_jax.runtime.driver.TrialDriver`).
 
         Args:
-            max_trials: stop after this many trials of this call (``None``:
-                only the budget stops it).
+            max_trials: stop after this many trials of this call: it counts
+                per call, like Optuna's ``n_trials`` (``None``: no limit).
+            total_trials: stop when the study holds this many trials in all,
+                those of earlier calls and runs resumed included (``None``: no
+                limit; a study that holds them already runs none).
             progress: show a progress bar (tqdm).
             workers: trials run at once (Ray actors when more than one).
             address: a Ray cluster to join (``None``: a local Ray bound to
                 localhost, started unless this process is connected already).
-            resources: what each trial reserves, ``num_cpus`` and
-                ``num_gpus`` (default: no GPU, and ``min(1, CPUs / workers)``
-                CPUs on a local Ray, so more workers than cores can run; 1 CPU
-                on a cluster joined by address; ``num_gpus=1``: one trial per
-                GPU).
+            resources: what each trial reserves, ``num_cpus``, ``num_gpus``
+                and custom Ray resources by name, e.g. ``{"TPU": 4}`` (default:
+                no GPU, and ``min(1, CPUs / workers)`` CPUs on a local Ray, so
+                more workers than cores can run; 1 CPU on a cluster joined by
+                address; ``num_gpus=1``: one trial per GPU).
             placement_timeout: seconds to wait for the workers to be placed
                 on Ray before stopping with an error that names what was
                 asked for and what the cluster has (default
@@ -780,13 +789,13 @@ class Study:
 
         Returns:
             The :meth:`summary`, plus the cache's statistics (also written to
-            ``summary.json``), ``stopped`` (``"budget"``, ``"max_trials"`` or
-            ``"timeout"``) and, for a parallel study, a ``parallel`` entry
+            ``summary.json``), ``stopped`` (``"budget"``, ``"max_trials"``,
+            ``"total_trials"`` or ``"timeout"``) and, for a parallel study, a ``parallel`` entry
             (workers, resources, duplicated stage computations, trials that
             waited for a prefix, workers replaced: counted over the whole run).
 
         Raises:
-            ConfigError: a wrong ``max_trials`` or parallel setting, a
+            ConfigError: a wrong ``max_trials``, ``total_trials`` or parallel setting, a
                 directory that is not writable, another process holds the
                 directory, the directory's records were altered (the line is
                 named), (:class:`~eeipu_jax.runtime.pipeline.PrepareError`)
@@ -798,7 +807,8 @@ class Study:
                 continues from there once the cause is fixed.
         """
         s = self._plan.settings
-        trial_resources = check_optimize(s, max_trials, workers, address, resources, placement_timeout, timeout)
+        trial_resources = check_optimize(s, max_trials, workers, address, resources, placement_timeout, timeout,
+                                         total_trials)
         parallel = trial_resources is not None
         if parallel:
             from eeipu_jax.runtime import parallel as par
@@ -823,7 +833,8 @@ class Study:
                     self._worker = driver.TrialWorker(**spec.worker_kwargs())
                 executor = driver.InProcess(self._worker)
             return driver.TrialDriver(spec, executor, progress=progress).run(state, key, records, max_trials,
-                                                                             timeout=timeout)
+                                                                             timeout=timeout,
+                                                                             total_trials=total_trials)
 
     def _spec(self) -> driver.RunSpec:
         plan = self._plan

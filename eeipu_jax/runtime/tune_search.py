@@ -1,14 +1,14 @@
-"""EEIPU as a Ray Tune search algorithm: :class:`EEIPUSearcher` and :func:`pipeline_trainable`.
+"""EEIPU as a Ray Tune search algorithm: :class:`EEIPUSearcher` and its trainable.
 
-Usage::
+Usage (one object, as with Tune's ``OptunaSearch``)::
 
     from ray import tune
-    from eeipu_jax.runtime.tune_search import EEIPUSearcher, pipeline_trainable
+    from eeipu_jax.runtime.tune_search import EEIPUSearcher
 
-    searcher = EEIPUSearcher(pipeline, seed=0, max_concurrent=4)
+    searcher = EEIPUSearcher(pipeline, seed=0, budget=600, max_concurrent=4)
     tuner = tune.Tuner(
-        pipeline_trainable(pipeline, cache_dir="/shared/cache", seed=0),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=50, max_concurrent_trials=4),
+        searcher.trainable(cache_dir="/shared/cache"),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1),
     )
     tuner.fit()
 
@@ -26,18 +26,33 @@ imports it.
   :func:`~eeipu_jax.runtime.driver.ask_trial` (trials Tune is still running
   enter ``ask`` as pending rows; a reused prefix is copied bit for bit) and
   ``on_trial_complete`` is :func:`~eeipu_jax.runtime.driver.tell_or_fail`
-  (finished trials are told in completion order). ``suggest`` returns ``None``
-  (Tune asks again later) while ``max_concurrent`` trials are in flight: the
-  pending capacity is fixed, so ``ask`` compiles once.
-* :func:`pipeline_trainable` is the function Tune runs: one trial of the
-  pipeline through the :class:`~eeipu_jax.runtime.runner.Runner` and the
-  shared stage cache (policy ``"all"``: Tune has no driver that knows the
-  optimizer's prefix pool, so every stage output is kept; bound it with
-  ``cache_max_bytes``). A trial whose proposal reuses the prefix of a trial
-  still running waits for that trial's completion marker (single flight),
-  then restores the prefix. It reports ``objective``, the stage costs, the
-  memo depth and the charged seconds, which :meth:`EEIPUSearcher.on_trial_complete`
-  tells.
+  (finished trials are told in completion order). A trial's config is flat,
+  one ``"stage/param"`` key per hyperparameter (the columns Tune shows).
+  ``suggest`` returns ``None`` (Tune asks again later) while
+  ``max_concurrent`` trials are in flight (the pending capacity is fixed, so
+  ``ask`` compiles once; Tune's ``max_concurrent_trials`` need not be set),
+  and ``Searcher.FINISHED`` once the trials told have spent ``budget``
+  charged seconds: the budget ends the search, as it ends a study
+  (``num_samples=-1``; a finite ``num_samples`` caps the trials too). The
+  budget also drives the acquisition's cost cooling, as in a study.
+* :meth:`EEIPUSearcher.trainable` (or :func:`pipeline_trainable`, the same
+  function for a pipeline and seed given again) is the function Tune runs:
+  one trial of the pipeline through the
+  :class:`~eeipu_jax.runtime.runner.Runner` and the shared stage cache
+  (policy ``"all"``: Tune has no driver that knows the optimizer's prefix
+  pool, so every stage output is kept; bound it with ``cache_max_bytes``). A
+  trial whose proposal reuses the prefix of a trial still running waits for
+  that trial's completion marker (single flight), then restores the prefix;
+  the searcher names the trial to wait for in a marker file of the cache
+  directory when it knows that directory (:meth:`EEIPUSearcher.trainable`),
+  else under the internal config key :data:`WAIT_KEY`. The trainable reports
+  ``objective``, the stage costs, the memo depth and the charged seconds,
+  which :meth:`EEIPUSearcher.on_trial_complete` tells.
+* Ray: building the trainable connects this process to Ray through
+  :func:`eeipu_jax.runtime.parallel.connect` when it is not connected yet, so
+  a Ray that Tune would start listening on every interface is started bound
+  to 127.0.0.1 instead (call ``ray.init(address=...)`` or ``connect(address)``
+  first to use a cluster).
 """
 
 from __future__ import annotations
@@ -50,23 +65,52 @@ import jax
 import numpy as np
 
 from eeipu_jax.runtime.driver import Flight, ask_trial, initial_state, optimizer_config, tell_or_fail
-from eeipu_jax.runtime.parallel import require_ray
+from eeipu_jax.runtime.parallel import connect, require_ray
 from eeipu_jax.runtime.pipeline import Pipeline
 
 require_ray()
 from ray.tune.search import Searcher  # noqa: E402
 
-__all__ = ["EEIPUSearcher", "pipeline_trainable", "CONFIG_KEY", "WAIT_KEY"]
+__all__ = ["EEIPUSearcher", "pipeline_trainable", "flat_config", "nested_config", "WAIT_KEY"]
 
-#: Key of the nested parameters in a Tune trial's config.
-CONFIG_KEY = "eeipu_params"
-#: Key of the trial id whose prefix a trial waits for (``None``: none).
-WAIT_KEY = "eeipu_wait_for"
+#: Internal config key naming the trial whose prefix a trial waits for, used only when the
+#: searcher does not know the cache directory (a trainable built by :func:`pipeline_trainable`).
+WAIT_KEY = "_eeipu_wait_for"
 _DONE_DIR = "tune_done"
+_WAIT_DIR = "tune_wait"
 
 
 def _done_path(cache_dir: str, trial_id: str) -> str:
     return os.path.join(cache_dir, _DONE_DIR, f"{trial_id}.done")
+
+
+def _wait_path(cache_dir: str, trial_id: str) -> str:
+    return os.path.join(cache_dir, _WAIT_DIR, f"{trial_id}.wait")
+
+
+def flat_config(params: dict) -> dict:
+    """``{stage: {param: value}}`` as Tune's flat ``{"stage/param": value}``."""
+    return {f"{stage}/{name}": value for stage, values in params.items() for name, value in values.items()}
+
+
+def nested_config(pipeline: Pipeline, config: dict) -> dict:
+    """A trial's flat ``"stage/param"`` config as ``{stage: {param: value}}`` (other keys ignored).
+
+    Raises:
+        ValueError: a hyperparameter of the pipeline is missing.
+    """
+    params, missing = {}, []
+    for stage in pipeline.space.stages:
+        for p in stage.params:
+            key = f"{stage.name}/{p.name}"
+            if key in config:
+                params.setdefault(stage.name, {})[p.name] = config[key]
+            else:
+                missing.append(key)
+    if missing:
+        raise ValueError(f"the trial's config lacks {missing}: EEIPUSearcher suggests the pipeline's parameters as "
+                         "flat 'stage/param' keys (pass no param_space to the Tuner)")
+    return params
 
 
 class EEIPUSearcher(Searcher):
@@ -75,28 +119,38 @@ class EEIPUSearcher(Searcher):
     Args:
         pipeline: the :class:`~eeipu_jax.runtime.Pipeline` (its search space
             is the Tune search space; do not pass ``param_space`` to the Tuner).
-        seed: seeds the optimizer's PRNG key.
+        seed: seeds the optimizer's PRNG key, and is the run seed of the
+            trials :meth:`trainable` runs (stage PRNG keys, cache keys).
+        budget: charged seconds of trials the search may spend (their
+            restores, stages and cache writes, as a study's budget): once the
+            trials told have spent it, :meth:`suggest` returns
+            ``Searcher.FINISHED`` and Tune ends the experiment when the trials
+            in flight finish. It also drives the acquisition's cost cooling.
         method: a registered method (:func:`eeipu_jax.methods.registered`).
         metric: the reported metric to optimize (default ``"objective"``, what
-            :func:`pipeline_trainable` reports).
+            :meth:`trainable` reports).
         mode: ``"max"`` or ``"min"``.
-        max_concurrent: trials in flight at most (the pending capacity).
-        budget: the cost budget the acquisition's cooling counts down (the
-            summed charged seconds Tune will spend).
+        max_concurrent: trials in flight at most (the pending capacity); Tune
+            keeps to it without its own ``max_concurrent_trials``.
         n_warmup: random initial trials.
         epsilon: price of a memoized stage.
         bo_options: other settings (:func:`eeipu_jax.loop.configure`).
     """
 
-    def __init__(self, pipeline: Pipeline, *, seed: int, method: str = "eeipu", metric: str = "objective",
-                 mode: str = "max", max_concurrent: int = 4, budget: float = 3600.0, n_warmup: int = 10,
+    def __init__(self, pipeline: Pipeline, *, seed: int, budget: float, method: str = "eeipu",
+                 metric: str = "objective", mode: str = "max", max_concurrent: int = 4, n_warmup: int = 10,
                  epsilon: float = 0.1, bo_options: dict | None = None):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if not (isinstance(max_concurrent, int) and max_concurrent >= 1):
             raise ValueError(f"max_concurrent must be a positive integer, got {max_concurrent!r}")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (np.isfinite(budget) and budget > 0):
+            raise ValueError(f"budget must be positive seconds, got {budget!r}")
         super().__init__(metric=metric, mode=mode)
         self.pipeline = pipeline
+        self.seed = seed
+        self.budget = float(budget)
+        self.cache_dir: str | None = None  # set by trainable(): wait markers go there, not in the config
         self.space = pipeline.space
         self.config, params = optimizer_config(self.space, method, n_warmup, epsilon, bo_options or {})
         self.max_concurrent = max_concurrent
@@ -119,13 +173,29 @@ class EEIPUSearcher(Searcher):
         self.max_concurrent = int(max_concurrent)
         return True
 
-    def suggest(self, trial_id: str) -> dict | None:
-        """The next trial's config (``None``: ``max_concurrent`` trials are in flight; Tune asks later).
+    def trainable(self, *, cache_dir: str, memoize: bool = True, stage_timeout: float | None = None,
+                  wait_timeout: float = 3600.0):
+        """The Tune trainable of this searcher's pipeline and seed (:func:`pipeline_trainable`);
+        the searcher then tells it which trial to wait for through ``cache_dir`` (nothing extra in
+        the trial's config). Connects to Ray first when this process is not connected (a local Ray
+        bound to 127.0.0.1)."""
+        trainable = pipeline_trainable(self.pipeline, cache_dir=cache_dir, seed=self.seed, memoize=memoize,
+                                       stage_timeout=stage_timeout, wait_timeout=wait_timeout)
+        self.cache_dir = os.path.abspath(cache_dir)
+        return trainable
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """The next trial's flat ``{"stage/param": value}`` config; ``None`` while
+        ``max_concurrent`` trials are in flight (Tune asks later); ``Searcher.FINISHED`` once the
+        trials told have spent the budget.
 
         The trials in flight are ``ask``'s pending rows (capacity
         ``max_concurrent``); a proposal reusing the prefix of one of them
-        names it under :data:`WAIT_KEY`, so the trainable waits for it.
+        names it (a marker file in the cache directory, or :data:`WAIT_KEY`),
+        so the trainable waits for it.
         """
+        if float(self.state.spent) >= self.budget:
+            return Searcher.FINISHED
         if len(self.live) >= self.max_concurrent:
             return None
         in_flight = list(self.live.values())
@@ -134,7 +204,16 @@ class EEIPUSearcher(Searcher):
                                        self.max_concurrent)
         wait = next(tid for tid, f in self.live.items() if f is flight.after) if flight.after else None
         self.live[trial_id] = flight
-        return {CONFIG_KEY: flight.params, WAIT_KEY: wait}
+        config = flat_config(flight.params)
+        if wait is not None and self.cache_dir is not None:
+            os.makedirs(os.path.join(self.cache_dir, _WAIT_DIR), exist_ok=True)
+            tmp = f"{_wait_path(self.cache_dir, trial_id)}.tmp"
+            with open(tmp, "w") as f:
+                f.write(wait)
+            os.replace(tmp, _wait_path(self.cache_dir, trial_id))  # complete before Tune starts the trial
+        elif wait is not None:
+            config[WAIT_KEY] = wait
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tell the trial's reported metric (a failed or errored trial: NaN, the worst seen), stage
@@ -161,6 +240,8 @@ class EEIPUSearcher(Searcher):
             "live": self.live,
             "told": self.told,
             "max_concurrent": self.max_concurrent,
+            "budget": self.budget,
+            "cache_dir": self.cache_dir,
             "metric": self._metric,
             "mode": self._mode,
         }
@@ -170,6 +251,8 @@ class EEIPUSearcher(Searcher):
         self.key = jax.random.wrap_key_data(jax.numpy.asarray(state["key"]))
         self.live, self.told = dict(state["live"]), list(state["told"])
         self.max_concurrent = state["max_concurrent"]
+        self.budget = state.get("budget", self.budget)
+        self.cache_dir = state.get("cache_dir", self.cache_dir)
         self._metric, self._mode = state["metric"], state["mode"]
 
     def save(self, checkpoint_path: str) -> None:
@@ -189,7 +272,12 @@ _RUNNERS: dict = {}
 
 def pipeline_trainable(pipeline: Pipeline, *, cache_dir: str, seed: int, memoize: bool = True,
                        stage_timeout: float | None = None, wait_timeout: float = 3600.0):
-    """A Tune function trainable running one trial of ``pipeline`` per call.
+    """A Tune function trainable running one trial of ``pipeline`` per call
+    (:meth:`EEIPUSearcher.trainable` builds it from the searcher's pipeline and seed).
+
+    Connects this process to Ray when it is not connected
+    (:func:`eeipu_jax.runtime.parallel.connect`: a local Ray bound to
+    127.0.0.1, where Tune would start one listening on every interface).
 
     Args:
         pipeline: the pipeline.
@@ -203,8 +291,10 @@ def pipeline_trainable(pipeline: Pipeline, *, cache_dir: str, seed: int, memoize
     Returns:
         ``trainable(config) -> metrics``: ``objective`` (NaN when the trial
         failed), ``status``, ``memo_depth``, ``stage_costs``, ``charged``,
-        ``wait_seconds``, ``error`` and the last stage's other metrics.
+        ``compile_seconds`` (JAX's compiling, not charged), ``wait_seconds``,
+        ``error`` and the last stage's other metrics.
     """
+    connect()  # no-op when connected: a Ray Tune would start itself listens on every interface
     from eeipu_jax.runtime.cache import CachePolicy, StageCache
     from eeipu_jax.runtime.runner import Runner
 
@@ -217,18 +307,23 @@ def pipeline_trainable(pipeline: Pipeline, *, cache_dir: str, seed: int, memoize
             cache = StageCache(cache_dir, CachePolicy("all"))
             runner = _RUNNERS[ident] = Runner(pipeline, seed=seed, cache=cache, restore=memoize, write=memoize,
                                               stage_timeout=stage_timeout)
+            jax.devices()  # JAX's start-up is the worker's set-up, not the first trial's charge
+        from ray import tune
+
+        trial_id = tune.get_context().get_trial_id()
+        params = nested_config(pipeline, config)
         t0 = time.perf_counter()
         wait_for = config.get(WAIT_KEY)
+        if wait_for is None and os.path.exists(_wait_path(cache_dir, trial_id)):
+            with open(_wait_path(cache_dir, trial_id)) as f:
+                wait_for = f.read().strip() or None
         if wait_for is not None:
             deadline = time.monotonic() + wait_timeout
             while not os.path.exists(_done_path(cache_dir, wait_for)) and time.monotonic() < deadline:
                 time.sleep(0.02)
         waited = time.perf_counter() - t0
-        from ray import tune
-
-        trial_id = tune.get_context().get_trial_id()
         try:
-            result = runner.run(config[CONFIG_KEY])
+            result = runner.run(params)
         finally:  # written even if the trial raised, so no trial waits for it in vain
             os.makedirs(os.path.join(cache_dir, _DONE_DIR), exist_ok=True)
             with open(_done_path(cache_dir, trial_id), "w"):
@@ -240,6 +335,7 @@ def pipeline_trainable(pipeline: Pipeline, *, cache_dir: str, seed: int, memoize
             "memo_depth": result.memo_depth,
             "stage_costs": [float(c) for c in result.stage_costs],
             "charged": result.charged,
+            "compile_seconds": result.compile_seconds,
             "wait_seconds": waited,
             "error": result.error,
         }
