@@ -11,6 +11,9 @@ from eeipu_jax import acquisition as acq
 from eeipu_jax import methods
 from eeipu_jax import costs
 
+# One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("acquisition")
+
 
 def ei_scipy(mean, sd, best, xi=0.0):
     u = (mean - best - xi) / sd

@@ -8,6 +8,9 @@ import pytest
 from eeipu_jax import gp, loop
 from eeipu_jax.space import Float, SearchSpace, StageSpace
 
+# One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("objective_scale")
+
 SPACE = SearchSpace(
     [
         StageSpace("prep", [Float("a", 0.0, 1.0), Float("b", 0.0, 1.0)]),

@@ -15,6 +15,9 @@ import zipfile
 
 import pytest
 
+# One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("packaging")
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Who may import whom: a package may not import any package ranked after it.

@@ -35,6 +35,9 @@ from pipelines import synthetic  # noqa: E402
 from tests import pipelines_for_tests as tp  # noqa: E402
 from tests.processes import wait_for_records  # noqa: E402
 
+# One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("parallel")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_BO = dict(n_random=64, mc_samples=64, n_refine=0, n_per_prefix=8)
 N_WARMUP = 3

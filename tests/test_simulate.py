@@ -10,6 +10,9 @@ import pytest
 from eeipu_jax import loop, simulate
 from pipelines.synthetic import get_pipeline
 
+# One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("simulate")
+
 PIPE = get_pipeline("synthetic3")
 CFG = loop.BOConfig.from_space(PIPE.space, method="eeipu", n_warmup=5, n_random=128, n_per_prefix=16)
 BUDGET = 75.0

@@ -15,6 +15,9 @@ import pytest
 from eeipu_jax import loop, simulate
 from pipelines.synthetic import get_pipeline
 
+# One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sweep")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPE = get_pipeline("synthetic3")
 SMALL = dict(n_warmup=5, n_random=64, n_per_prefix=8, mc_samples=64, refine_steps=5)
