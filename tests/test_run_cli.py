@@ -529,13 +529,19 @@ def test_ctrl_c_during_a_checkpoint_save_exits_130_with_orbax_finished(tmp_path,
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
 
-    with monkeypatch.context() as m:
-        m.setattr(ocp.StandardCheckpointer, "save", save)
-        code = main(_cli_args(out, "--max-trials", "5"))
+    # A user's process: Python's own SIGINT handler (whatever an earlier test in this worker left).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ocp.StandardCheckpointer, "save", save)
+            code = main(_cli_args(out, "--max-trials", "5"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     left = _orbax_threads()
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 130 and err.strip().splitlines() == [
-        f"interrupted; finished trials are in {out}; continue with --resume"], err
+        f"interrupted; finished trials are in {out}; continue with --resume"], (code, len(calls), err, captured.out)
     assert left == []
     # the interrupted save completed (the older ones are pruned by the next save)
     assert sorted(os.listdir(out / "checkpoints")) == ["00000001", "00000002", "00000003"]

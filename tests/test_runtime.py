@@ -115,6 +115,16 @@ def test_interrupts_deferred_holds_one_ctrl_c_until_the_block_ends_and_restores_
 
     from eeipu_jax.utils import interrupts_deferred
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a user's process: Python's handler
+    try:
+        _check_interrupts_deferred(interrupts_deferred)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_interrupts_deferred(interrupts_deferred):
+    import signal
+
     done = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts_deferred():
