@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 
 from eeipu_jax import candidates as candlib
+from eeipu_jax.cpu import jit
 from eeipu_jax.config import (
     BOConfig,
     Params,
@@ -278,16 +279,16 @@ def _observe(state: BOState, config: BOConfig) -> BOState:
     return state._replace(method_state=ms, n_observed=state.n)
 
 
-def _bo_step(k_random, k_bo, state: BOState, config: BOConfig, pending: Pending | None = None):
-    """A BO proposal, or the documented fallback when no candidate scored finite."""
+def _bo_step(rnd: Proposal, k_bo, state: BOState, config: BOConfig, pending: Pending | None = None):
+    """A BO proposal, or the documented fallback (``rnd``, a warm-up
+    proposal) when no candidate scored finite."""
     method = config.method_def
     propose = method.propose if method.propose is not None else generic_proposal
     prop, new_state = propose(k_bo, state, config, pending)
     # Every candidate non-finite (argmax would silently return row 0): propose
-    # a uniform random point instead, flag it and count it. ``k_random`` is
-    # the warm-up branch's key, unused on this branch.
+    # the uniform random point instead, flag it and count it.
     bad = ~jnp.isfinite(prop.score)
-    rnd = warmup_proposal(k_random, state, config)._replace(score=prop.score, eta=prop.eta, fallback=bad)
+    rnd = rnd._replace(score=prop.score, eta=prop.eta, fallback=bad)
     prop = jax.tree.map(lambda a, b: jnp.where(bad, a, b), rnd, prop)
     return prop, new_state._replace(n_fallback=new_state.n_fallback + bad.astype(jnp.int32))
 
@@ -298,17 +299,16 @@ def ask_traced(key, state: BOState, config: BOConfig, pending: Pending | None = 
     k_warm, k_bo = jax.random.split(key)
     state = _observe(state, config)
     in_warmup = state.n < state.n_warmup
-    return jax.lax.cond(
-        in_warmup,
-        lambda: (warmup_proposal(k_warm, state, config), state),
-        lambda: _bo_step(k_warm, k_bo, state, config, pending),
-    )
+    # The warm-up point is also the BO step's fallback (same key): drawn once,
+    # outside the branches, so the program holds one copy of it.
+    rnd = warmup_proposal(k_warm, state, config)
+    return jax.lax.cond(in_warmup, lambda: (rnd, state), lambda: _bo_step(rnd, k_bo, state, config, pending))
 
 
 _TRACES = [0]
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jit, static_argnames=("config",))
 def _ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     _TRACES[0] += 1  # runs only while jax traces a new program
     return ask_traced(key, state, config, pending)

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eeipu_jax import design as designlib
+from eeipu_jax.cpu import jit
 from eeipu_jax import loop
 
 __all__ = ["RunResult", "AsyncResult", "warmup_design", "initial_state", "sim_step", "run_python", "run_jitted",
@@ -153,7 +154,7 @@ def _init_run(key, budget, params, problem, config, kind, capacity):
     return state._replace(space_id=jnp.full_like(state.space_id, config.space_id)), key
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "config", "kind", "capacity"))
+@functools.partial(jit, static_argnames=("problem", "config", "kind", "capacity"))
 def _init_run_jit(key, budget, params, problem, config, kind, capacity):
     """The state after the warm-up design is told, and the key of the BO loop
     (``budget`` and ``params`` traced: one compile for every setting)."""
@@ -196,7 +197,7 @@ def sim_step(key, state, problem, config, policy):
     return loop.tell_traced(state, prop.x, y, costs, depth), prop
 
 
-_sim_step = jax.jit(sim_step, static_argnames=("problem", "config", "policy"))
+_sim_step = jit(sim_step, static_argnames=("problem", "config", "policy"))
 
 
 def _done(state, max_trials):
@@ -279,16 +280,21 @@ def _grow_batched(state, trace, capacity):
     return grown, jnp.concatenate([trace, jnp.full((trace.shape[0], pad, 2), jnp.nan, trace.dtype)], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "config", "policy", "max_trials", "batching", "n_shards"))
-def _segment(state, key, trace, problem, config, policy, max_trials, batching, n_shards=1):
+@functools.partial(jit, static_argnames=("problem", "config", "policy", "max_trials", "batching", "mesh"))
+def _segment(state, key, trace, problem, config, policy, max_trials, batching, mesh=None):
     """Run BO iterations of every run until done or the capacity is full.
 
     ``batching="vmap"`` runs the batch in lockstep as one batched program
     (every step costs the whole batch until the slowest run stops);
     ``"map"`` runs them one after the other inside the same compiled program
-    (``lax.map``), each for its own number of steps; with ``n_shards > 1``
-    (the batch sharded over that many devices) each shard is mapped on its
-    own device, the shards side by side.
+    (``lax.map``), each for its own number of steps. With a ``mesh`` (a
+    1-D mesh of devices named ``"runs"``), each device runs the same program
+    on its own share of the batch (``jax.shard_map``), the shares side by
+    side: under ``"map"`` a run executes the program it executes on one
+    device, so the results do not depend on the number of devices (bit for
+    bit under XLA's default compile options; with the library's CPU options,
+    :mod:`eeipu_jax.cpu`, the partitioned program may round a few ulps
+    differently).
     """
 
     def one(state, key, trace):
@@ -318,14 +324,17 @@ def _segment(state, key, trace, problem, config, policy, max_trials, batching, n
 
         return jax.lax.while_loop(cond, body, (state, key, trace))
 
-    if batching == "vmap":
-        return jax.vmap(one)(state, key, trace)
-    if n_shards == 1:
+    def local(state, key, trace):
+        if batching == "vmap":
+            return jax.vmap(one)(state, key, trace)
         return jax.lax.map(lambda a: one(*a), (state, key, trace))
-    # (B,) -> (D, B / D): the device axis vmapped (and sharded), each shard mapped in turn.
-    split = jax.tree.map(lambda a: a.reshape((n_shards, a.shape[0] // n_shards) + a.shape[1:]), (state, key, trace))
-    out = jax.vmap(lambda chunk: jax.lax.map(lambda a: one(*a), chunk))(split)
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+    if mesh is None:
+        return local(state, key, trace)
+    from jax.sharding import PartitionSpec
+
+    spec = PartitionSpec("runs")
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(state, key, trace)
 
 
 def resolve_batching(batching: str) -> str:
@@ -400,10 +409,11 @@ def run_jitted(
     state, keys = init(keys, p)
     N = state.X.shape[1]
     trace = jnp.full((B + pad, N, 2), jnp.nan, jnp.float32)  # (eta, proposed memo depth) per trial
-    shard = _sharder(devices[:D]) if D > 1 else (lambda tree: tree)
+    mesh = _mesh(devices[:D]) if D > 1 else None
+    shard = _sharder(mesh) if mesh is not None else (lambda tree: tree)
     state, keys, trace = shard((state, keys, trace))
     while True:
-        state, keys, trace = _segment(state, keys, trace, problem, config, cache_policy, max_trials, batching, D)
+        state, keys, trace = _segment(state, keys, trace, problem, config, cache_policy, max_trials, batching, mesh)
         done = np.asarray(_done(state, max_trials))[:B]
         if on_segment is not None:
             on_segment(int(done.sum()), B)
@@ -447,11 +457,16 @@ def _batched_params(config, params, B: int):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
 
 
-def _sharder(devices):
-    """Put a batched pytree on ``devices``, split along its leading axis."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+def _mesh(devices):
+    """A 1-D mesh over ``devices``, its axis named ``"runs"``."""
+    from jax.sharding import Mesh
 
-    mesh = Mesh(np.asarray(devices), ("runs",))
+    return Mesh(np.asarray(devices), ("runs",))
+
+
+def _sharder(mesh):
+    """Put a batched pytree on ``mesh``'s devices, split along its leading axis."""
+    from jax.sharding import NamedSharding, PartitionSpec
 
     def put(tree):
         return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, PartitionSpec("runs"))), tree)
@@ -494,7 +509,7 @@ class AsyncResult(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _problem_fns(problem):
-    return jax.jit(problem.objective), jax.jit(problem.stage_costs)
+    return jit(problem.objective), jit(problem.stage_costs)
 
 
 def run_async(

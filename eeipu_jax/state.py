@@ -66,6 +66,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from eeipu_jax import checks
+from eeipu_jax.cpu import jit
 from eeipu_jax import candidates as candlib
 from eeipu_jax import gp as gplib
 from eeipu_jax.config import BOConfig, Params, as_arrays, check_config, check_params, default_params
@@ -557,7 +558,7 @@ def tell(state: BOState, x, y, stage_costs, memo_depth=0, charged=None) -> BOSta
 
 # One compiled record per capacity (``has_charged`` is traced, so telling with
 # and without a charge share it).
-_record_jit = jax.jit(_record)
+_record_jit = jit(_record)
 
 
 def canonicalize(state: BOState) -> BOState:

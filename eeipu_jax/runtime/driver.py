@@ -56,6 +56,7 @@ import jax
 import numpy as np
 
 from eeipu_jax import loop as bo
+from eeipu_jax.cpu import jit
 from eeipu_jax.runtime import rundir
 from eeipu_jax.runtime.cache import CachePolicy, StageCache, prefix_keys
 from eeipu_jax.runtime.pipeline import Pipeline
@@ -382,7 +383,7 @@ def tell_or_fail(state: bo.BOState, record: dict) -> tuple[bo.BOState, dict]:
 
 
 # --------------------------------------------------------- the keep-set
-_prefix_pool = jax.jit(bo.prefix_pool, static_argnums=1)
+_prefix_pool = jit(bo.prefix_pool, static_argnums=1)
 
 
 def pool_keys(state: bo.BOState, config: bo.BOConfig, records: Sequence[Mapping]) -> set[str]:
