@@ -10,6 +10,7 @@ from scipy import stats
 from eeipu_jax import acquisition as acq
 from eeipu_jax import methods
 from eeipu_jax import costs
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 
 # One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("acquisition")
@@ -144,7 +145,7 @@ def _fitted(method, budget_fraction_left):
     # put the spend where linear cooling gives eta = budget_fraction_left
     spent = float(state.b0) + (1.0 - budget_fraction_left) * (1e3 - float(state.b0))
     state = loop.canonicalize(state._replace(spent=jnp.asarray(spent, jnp.float32)))
-    acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
+    acq_fn = jit(loop.acquisition_state, static_argnums=2)
     acq, fitted, _ = acq_fn(jax.random.key(0), state, cfg)
     obj_params = jax.tree.map(lambda a: a[0], fitted.gp_params)
     cost_params = jax.tree.map(lambda a: a[1:], fitted.gp_params)
@@ -182,7 +183,7 @@ POINTS = [np.array([0.3, 0.7, 0.45, 0.2, 0.9]), np.array([0.85, 0.1, 0.6, 0.5, 0
 def test_stagewise_acquisitions_match_numpy_gp_and_monte_carlo(stagewise, method):
     cfg, state, acqs, obj_params, cost_params = stagewise
     assert float(acqs.eta) == pytest.approx(0.6, abs=1e-5)
-    fn = jax.jit(methods.get_method(method).score)
+    fn = jit(methods.get_method(method).score)
     for x in POINTS:
         for depth in (0, 1, 2):
             got = float(fn(jnp.asarray(x, jnp.float32), depth, acqs, None))
@@ -200,7 +201,7 @@ def test_stagewise_acquisitions_match_numpy_gp_and_monte_carlo(stagewise, method
 @pytest.mark.parametrize("method", ["eips", "carbo"])
 def test_total_cost_acquisitions_match_the_lognormal_closed_form(total, method):
     cfg, state, acqs, obj_params, cost_params = total
-    fn = jax.jit(methods.get_method(method).score)
+    fn = jit(methods.get_method(method).score)
     for x in POINTS:
         got = float(fn(jnp.asarray(x, jnp.float32), 0, acqs, None))
         want = _reference(method, cfg, state, obj_params, cost_params, x, 0, 0.6)

@@ -14,6 +14,7 @@ from eeipu_jax import costs as costlib
 from eeipu_jax import gp, loop, methods
 from eeipu_jax.methods import ei_family
 from eeipu_jax.space import Float, Int, SearchSpace, StageSpace
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 from tests import reference as ref
 
 # ----------------------------------------------------------- integer spaces
@@ -37,7 +38,7 @@ def test_integer_proposals_are_chosen_on_snapped_scores(data_seed):
         u = INT_SPACE.to_unit_array(np.array([p // 4, p % 4], np.float64))
         state = loop.tell(state, u, _int_objective(u), np.ones(2))
     X = np.asarray(state.X[:6])
-    acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
+    acq_fn = jit(loop.acquisition_state, static_argnums=2)
     for k in range(4):
         key = jax.random.key(k)
         prop, _ = loop.ask(key, state, cfg)
@@ -111,7 +112,7 @@ def test_all_non_finite_scores_fall_back_to_a_flagged_random_point():
 # ------------------------------------------ what the objective GP is fitted on
 # The same settings as test_objective_scale's, so the compiled ask is shared through the XLA cache.
 CFG = loop.BOConfig.from_space(SPACE, method="eeipu", n_warmup=4, n_random=128, n_per_prefix=16, mc_samples=256)
-acquisition_state = jax.jit(loop.acquisition_state, static_argnums=2)
+acquisition_state = jit(loop.acquisition_state, static_argnums=2)
 
 
 def _obj_targets(acq, state):

@@ -10,6 +10,7 @@ import pytest
 
 from eeipu_jax import gp, loop, methods, simulate
 from eeipu_jax.methods import lambo, msbo
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 from tests.test_gp import reference_posterior
 
 SOC = (0, 0, 1, 1, 1, 2, 3, 3)  # K = 4 stages: 3 tree levels, 8 leaves
@@ -91,7 +92,7 @@ def test_prefix_gps_match_numpy_posteriors_on_their_prefixes():
     y = np.sin(3 * X[:, 0]) + X[:, 2] - X[:, 3] ** 2
     for x, v in zip(X, y):
         state = loop.tell(state, x, float(v), np.ones(3, np.float32))
-    posts, best, fitted = jax.jit(msbo.fit_prefix_gps, static_argnums=2)(jax.random.key(0), state, cfg)
+    posts, best, fitted = jit(msbo.fit_prefix_gps, static_argnums=2)(jax.random.key(0), state, cfg)
     params = fitted.gp_params  # the prefix GPs' hyperparameters (the state keeps K GPs for MS_BO)
     masks = msbo.prefix_input_masks(cfg.stage_of_column, 3)
     assert masks.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]

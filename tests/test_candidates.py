@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from eeipu_jax import candidates as cand
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 
 SOC = (0, 0, 1, 1, 2)
 MASKS = jnp.asarray(cand.prefix_masks_array(SOC, 3))
@@ -162,8 +163,8 @@ def test_memoizing_ask_reaches_the_brute_force_maximum_of_its_acquisition():
         y = float(np.sin(3 * x[0]) * np.cos(2 * x[1]) - (x[2] - 0.6) ** 2 - 0.5 * (x[3] - 0.3) ** 2)
         state = loop.tell(state, x, y, np.array([1.0 + 3 * x[0], 0.5 + 2 * x[1] + x[2], 0.2 + x[3]]))
     prop, _ = loop.ask(jax.random.key(7), state, cfg)
-    acq, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(7), state, cfg)
-    score = jax.jit(jax.vmap(lambda x, j: ei_family.eeipu(x, j, acq, None), in_axes=(0, None)), static_argnums=1)
+    acq, _, _ = jit(loop.acquisition_state, static_argnums=2)(jax.random.key(7), state, cfg)
+    score = jit(jax.vmap(lambda x, j: ei_family.eeipu(x, j, acq, None), in_axes=(0, None)), static_argnums=1)
 
     X = np.asarray(state.X[:10], np.float64)
     y = np.asarray(state.y[:10], np.float64)

@@ -10,8 +10,6 @@ import pytest
 from eeipu_jax import cpu, loop
 from eeipu_jax.space import Float, SearchSpace, StageSpace
 
-pytestmark = pytest.mark.xdist_group("compile_options")
-
 
 @pytest.fixture
 def env(monkeypatch):

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from eeipu_jax import gp
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 
 CFG = gp.GPConfig()
 
 # Jitted entry points (eager op-by-op execution of the GP code is slow).
-fit = jax.jit(gp.fit, static_argnums=(5,))
-loss_fn = jax.jit(gp.loss_fn, static_argnums=(4,))
-grad_loss = jax.jit(jax.grad(gp.loss_fn), static_argnums=(4,))
-lml_fn = jax.jit(gp.log_marginal_likelihood, static_argnums=(4,))
-fit_stacked = jax.jit(gp.fit_stacked, static_argnums=(6,))
+fit = jit(gp.fit, static_argnums=(5,))
+loss_fn = jit(gp.loss_fn, static_argnums=(4,))
+grad_loss = jit(jax.grad(gp.loss_fn), static_argnums=(4,))
+lml_fn = jit(gp.log_marginal_likelihood, static_argnums=(4,))
+fit_stacked = jit(gp.fit_stacked, static_argnums=(6,))
 
 
 @jax.jit
@@ -25,7 +26,7 @@ def predict_many(post, xs):
 
 
 def posterior(p, X, y, m, cfg, im=None):
-    return jax.jit(gp.posterior, static_argnums=(4,))(p, X, y, m, cfg, im)
+    return jit(gp.posterior, static_argnums=(4,))(p, X, y, m, cfg, im)
 
 
 def matern52_np(A, B, ls, amp):
@@ -225,7 +226,7 @@ def test_a_non_finite_step_leaves_parameters_and_adam_state_unchanged():
         return jnp.where(ok, (w - 5.0) ** 2, jnp.nan), {"w": jnp.where(ok, 2.0 * (w - 5.0), jnp.nan)}
 
     opt = optax.adam(0.3)
-    run = jax.jit(lambda n: gp._descend(vg, {"w": jnp.float32(0.0)}, n, opt))
+    run = jit(lambda n: gp._descend(vg, {"w": jnp.float32(0.0)}, n, opt))
     b10, l10, p10, s10 = run(10)
     b30, l30, p30, s30 = run(30)
     ref_best, ref_loss, ref_final = _adam_reference(np_loss, 0.0, 30, 0.3)
@@ -257,7 +258,7 @@ def test_fit_returns_its_best_finite_iterate_when_it_meets_a_non_finite_region(m
     out = {}
     for steps in (60, 120):
         cfg = dataclasses.replace(CFG, steps=steps, cold_steps=7)  # a config no other test traces
-        p, loss = jax.jit(gp.fit, static_argnums=(5,))(jax.random.key(0), init, X, ys, mask, cfg, None, False)
+        p, loss = jit(gp.fit, static_argnums=(5,))(jax.random.key(0), init, X, ys, mask, cfg, None, False)
         out[steps] = (p, float(loss))
     start = float(poisoned(init, X, ys, mask, CFG, None, False))
     p, loss = out[60]
@@ -290,8 +291,8 @@ def test_appended_rows_give_the_factor_and_posterior_of_a_fresh_factorization():
     p = some_params(d, seed=2)
     Xj, yj = jnp.asarray(Xp, jnp.float32), jnp.asarray(yp, jnp.float32)
     first = jnp.asarray(used & (np.arange(N) < 12))
-    L0 = jax.jit(gp.factor, static_argnums=3)(p, Xj, first, CFG, im)
-    append = jax.jit(gp.append_rows, static_argnums=4)
+    L0 = jit(gp.factor, static_argnums=3)(p, Xj, first, CFG, im)
+    append = jit(gp.append_rows, static_argnums=4)
     L = append(L0, p, Xj, jnp.asarray(used), CFG, im, 12, 30)
     L = append(L, p, Xj, jnp.asarray(used), CFG, im, 30, n)  # in two calls, as asks do
 
@@ -304,7 +305,7 @@ def test_appended_rows_give_the_factor_and_posterior_of_a_fresh_factorization():
     np.testing.assert_array_equal(L[:, unused], np.eye(N)[:, unused])
 
     Xs = np.random.default_rng(9).uniform(size=(6, d))
-    post = jax.jit(gp.condition, static_argnums=5)(p, jnp.asarray(L), Xj, yj, jnp.asarray(used), CFG, im)
+    post = jit(gp.condition, static_argnums=5)(p, jnp.asarray(L), Xj, yj, jnp.asarray(used), CFG, im)
     mu, var = predict_many(post, jnp.asarray(Xs, jnp.float32))
     keep = np.asarray(im) > 0
     mu_ref, var_ref = (
@@ -326,8 +327,8 @@ def test_hand_written_gradient_matches_autodiff_and_finite_differences():
     im = np.array([1.0, 0.0, 1.0])
     p = some_params(d, seed=4)
     args = (jnp.asarray(Xp, jnp.float32), jnp.asarray(yp, jnp.float32), jnp.asarray(mask))
-    loss, g = jax.jit(gp.loss_and_grad, static_argnums=4)(p, *args, CFG, jnp.asarray(im))
-    g_ad = jax.jit(jax.grad(gp.loss_fn), static_argnums=4)(p, *args, CFG, jnp.asarray(im))
+    loss, g = jit(gp.loss_and_grad, static_argnums=4)(p, *args, CFG, jnp.asarray(im))
+    g_ad = jit(jax.grad(gp.loss_fn), static_argnums=4)(p, *args, CFG, jnp.asarray(im))
     assert float(loss) == pytest.approx(float(loss_fn(p, *args, CFG, jnp.asarray(im))), rel=1e-5)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ad)):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
@@ -369,13 +370,13 @@ def test_fit_rows_keep_the_best_quarter_and_sample_the_rest():
     N = 64
     valid = jnp.arange(N) < 50
     prio = jnp.asarray(np.random.default_rng(0).normal(size=N), jnp.float32)
-    idx = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), valid, prio, 16))
+    idx = np.asarray(jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), valid, prio, 16))
     assert len(set(idx.tolist())) == 16 and np.all(idx < 50)
     top4 = np.argsort(-np.where(np.arange(N) < 50, np.asarray(prio), -np.inf))[:4]
     assert set(top4.tolist()) <= set(idx.tolist())
-    other = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(1), valid, prio, 16))
+    other = np.asarray(jit(gp.fit_rows, static_argnums=3)(jax.random.key(1), valid, prio, 16))
     assert set(other.tolist()) != set(idx.tolist())  # the sample changes with the key
-    few = np.asarray(jax.jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), jnp.arange(N) < 10, prio, 16))
+    few = np.asarray(jit(gp.fit_rows, static_argnums=3)(jax.random.key(0), jnp.arange(N) < 10, prio, 16))
     assert set(few[:10].tolist()) == set(range(10))
 
 
@@ -402,7 +403,7 @@ def test_predict_gradient_is_finite_and_exact_at_a_training_input(cols):
     x = X[3].copy()  # the GP's columns equal training row 3's
     if len(cols) < d:
         x[len(cols):] = [0.15, 0.85]  # the free columns differ from the source row
-    jac = jax.jit(jax.jacobian(lambda z: jnp.stack(gp.predict(post, z))))(jnp.asarray(x, jnp.float32))
+    jac = jit(jax.jacobian(lambda z: jnp.stack(gp.predict(post, z))))(jnp.asarray(x, jnp.float32))
     jac = np.asarray(jac)
     assert np.all(np.isfinite(jac))
     h = 1e-5

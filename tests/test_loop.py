@@ -11,6 +11,7 @@ import pytest
 
 from eeipu_jax import checkpoint, loop
 from eeipu_jax.space import Float, Int, SearchSpace, StageSpace
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 
 SPACE = SearchSpace(
     [
@@ -132,7 +133,7 @@ def test_failed_trials_are_seen_at_the_worst_finished_value(warm_state):
     for i in (1, 3):
         x = np.asarray(warm_state.X[i]) * 0.5 + 0.25
         s = loop.tell(s, x, float("nan"), stage_costs(x), 0)
-    acq, _, _ = jax.jit(loop.acquisition_state, static_argnums=2)(jax.random.key(0), s, CFG)
+    acq, _, _ = jit(loop.acquisition_state, static_argnums=2)(jax.random.key(0), s, CFG)
     n = int(s.n)
     got = np.asarray(acq.obj.y + acq.obj.mean)[:n]
     y = loop.objective_values(s)
@@ -265,7 +266,7 @@ def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
     rng = np.random.default_rng(1)
     for u in SPACE.sample(rng, 5):
         state = loop.tell(state, u, objective(u), stage_costs(u), 0)
-    acq_fn = jax.jit(loop.acquisition_state, static_argnums=2)
+    acq_fn = jit(loop.acquisition_state, static_argnums=2)
     Xs = SPACE.sample(np.random.default_rng(2), 4)
     masks = np.ones((3, 5), bool)
     for k in range(3):

@@ -11,6 +11,7 @@ import pytest
 
 from eeipu_jax import acquisition, loop, methods
 from eeipu_jax.space import Float, SearchSpace, StageSpace
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 
 SPACE = SearchSpace([StageSpace("a", [Float("x", 0.0, 1.0)]), StageSpace("b", [Float("y", 0.0, 1.0)]),
                      StageSpace("c", [Float("z", 0.0, 1.0)])])
@@ -84,7 +85,7 @@ def test_a_batch_of_params_is_vmapped_like_separate_asks():
     settings = [dict(epsilon=e, eta_end=c) for e, c in [(0.1, 0.0), (0.01, 0.5), (1.0, 0.0)]]
     states = [loop.set_params(state, config, **s) for s in settings]
     batched = jax.tree.map(lambda *a: jnp.stack(a), *states)
-    ask = jax.jit(jax.vmap(lambda s: loop.ask_traced(jax.random.key(5), s, config)))
+    ask = jit(jax.vmap(lambda s: loop.ask_traced(jax.random.key(5), s, config)))
     props, _ = ask(batched)
     for i, s in enumerate(states):
         prop, _ = loop.ask(jax.random.key(5), s, config)

@@ -16,10 +16,11 @@ from eeipu_jax import costs as costlib
 from eeipu_jax import gp as gplib
 from eeipu_jax import loop
 from eeipu_jax.methods import ei_family
+from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 from tests import reference as ref
 from tests.test_ask import CFG, SPACE, filled, objective, stage_costs
 
-acquisition_state = jax.jit(loop.acquisition_state, static_argnums=2)
+acquisition_state = jit(loop.acquisition_state, static_argnums=2)
 K = 3
 PREFIX_COLS = {1: 2, 2: 4}  # memo depth -> number of leading columns of SPACE (2 + 2 + 1 columns)
 
