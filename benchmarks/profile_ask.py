@@ -1,7 +1,8 @@
 """Where the time of one EEIPU ``ask`` goes: its phases jitted and timed one by one.
 
 Same problem and state as benchmarks/ask_overhead.py (bo_step_problem.py: d = 10
-in K = 3 stages, default EEIPU config) at n = 100, 200, 400, 800 observations
+in K = 3 stages by default, ``--dim`` and ``--stages`` otherwise; default EEIPU
+config) at n = 100, 200, 400, 800 observations
 (capacities 128, 256, 512, 1024 with today's power-of-two buckets). Each phase
 of ``loop.ask`` is jitted on its own, at the same shapes, with the same inputs
 ``ask`` builds, through the library's own functions:
@@ -49,7 +50,7 @@ rate measured in the same run (XLA dot, 1024 x 1024), the arithmetic limit of
 this core; "% of peak" is that over the measured time.
 
 Usage:
-    python benchmarks/profile_ask.py [--sizes 100 200 400 800] [--repeats 5] [--trace DIR]
+    python benchmarks/profile_ask.py [--sizes 100 200 400 800] [--repeats 5] [--trace DIR] [--dim 10 --stages 3]
 
 ``--trace DIR`` also records one warm ask with ``jax.profiler`` (TensorBoard /
 Perfetto format) and prints the XLA ops that took the most time in it.
@@ -172,7 +173,7 @@ def flop_model(cfg: loop.BOConfig, N: int) -> dict:
         "fit warm": fit(cfg.gp.steps, M),
         "fit cold": fit(cfg.gp.cold_steps, M),
         "fit warm, objective GP only": fit(cfg.gp.steps, 1),
-        "fit warm, 3 cost GPs only": fit(cfg.gp.steps, M - 1),
+        "fit warm, the cost GPs only": fit(cfg.gp.steps, M - 1),
         "condition": M * (chol + kern),
         "candidates": 0.0,
         "score": B * predict,
@@ -212,7 +213,7 @@ def profile(cfg: loop.BOConfig, space, n: int, repeats: int, peak: float) -> dic
     t["fit warm, objective GP only"] = median_time(
         lambda: ph["fit"](k_fit, sub(init, slice(0, 1)), state.X, targets[:, :1], masks[:, :1], imasks[:1], False,
                           valid, y_eff), repeats)
-    t["fit warm, 3 cost GPs only"] = median_time(
+    t["fit warm, the cost GPs only"] = median_time(
         lambda: ph["fit"](k_fit, sub(init, slice(1, None)), state.X, targets[:, 1:], masks[:, 1:], imasks[1:],
                           False, valid, y_eff), repeats)
     params, mean, std = ph["fit"](k_fit, init, state.X, targets, masks, imasks, False, valid, y_eff)
@@ -326,11 +327,13 @@ def main():
     ap = arg_parser(__doc__, "profile_ask", [100, 200, 400, 800], 5, "timed calls per phase (median)")
     ap.add_argument("--trace", default=None, metavar="DIR",
                     help="also record one warm ask at the largest size with jax.profiler into DIR")
+    ap.add_argument("--dim", type=int, default=10, help="unit-interval hyperparameters (default 10)")
+    ap.add_argument("--stages", type=int, default=3, help="stages K they are split into (default 3)")
     args = ap.parse_args()
     if args.repeats < 1 or any(n < 12 for n in args.sizes):
         ap.error("--repeats must be >= 1 and every size >= 12 (past the 10 warm-up trials)")
 
-    space = make_space()
+    space = make_space(args.dim, args.stages)
     cfg = loop.BOConfig.from_space(space, method="eeipu")
     peak = matmul_peak()
     print(f"single-thread float32 matmul (XLA, 1024^3): {peak / 1e9:.1f} GFLOP/s", flush=True)
