@@ -12,11 +12,14 @@ devices elsewhere) with each batching asked for (``--batchings``, default ``map`
 
 On a 2-core CPU, 4 simulated devices share one pinned XLA thread (the scripts'
 set-up, :mod:`eeipu_jax.cpu`), so expect no gain: the point of the CPU figures
-is that the sharded program runs; the gain is an accelerator's (``gpu_check.py``
-runs the same sweep on a GPU). The default batching is ``map``, the CPU's: with
-``--batchings vmap`` this sweep hung on the 2-core machine (jaxlib 0.10.2, every
-XLA thread asleep, pinned or not), the hang :mod:`eeipu_jax.cpu` describes for
-batched LAPACK calls; ``vmap`` is for accelerators.
+is that the multi-device path runs; the gain is an accelerator's (``gpu_check.py``
+runs the same sweep on a GPU). On a CPU ``run_jitted`` runs the devices' shares
+one after the other (``concurrent=False``, its CPU default: the sharded
+program, with the devices at once, deadlocked in jaxlib on this sweep, README
+"Accelerators"), and each device compiles the program for itself, so the first
+sweep pays one compilation per device. The default batching is ``map``, the
+CPU's: with ``--batchings vmap`` this sweep hung on one device too (jaxlib
+0.10.2, every XLA thread asleep); ``vmap`` is for accelerators.
 
 Usage:
     PYTHONPATH=. python benchmarks/sweep_throughput.py [--devices 1 4] [--seeds 4] [--max-trials 40]

@@ -360,6 +360,7 @@ def run_jitted(
     on_segment=None,
     batching: str = "auto",
     devices=None,
+    concurrent: bool | None = None,
 ) -> list[RunResult]:
     """Simulated runs for a batch of keys (one per run), fully jitted: a sweep of
     seeds, or of seeds x settings, as one compiled program per capacity.
@@ -388,6 +389,15 @@ def run_jitted(
     ``"vmap"``, one run after the other under ``"map"``), and the results do
     not depend on ``D`` beyond float rounding.
 
+    ``concurrent``: whether the devices run their shards at the same time,
+    as one program sharded over a mesh (``jax.shard_map``), or one device
+    after the other, each running the one-device program on its shard.
+    Default: at the same time on accelerators, one after the other on a CPU,
+    where several (simulated) CPU devices share XLA's CPU thread pool and
+    jaxlib's batched LAPACK kernels can deadlock in it when the devices run
+    at once (README, "Accelerators"); one after the other gives each run
+    the program it runs on one device.
+
     Returns:
         One :class:`RunResult` per key.
     """
@@ -409,11 +419,20 @@ def run_jitted(
     state, keys = init(keys, p)
     N = state.X.shape[1]
     trace = jnp.full((B + pad, N, 2), jnp.nan, jnp.float32)  # (eta, proposed memo depth) per trial
-    mesh = _mesh(devices[:D]) if D > 1 else None
+    if concurrent is None:
+        concurrent = devices[0].platform != "cpu"
+    mesh = _mesh(devices[:D]) if D > 1 and concurrent else None
     shard = _sharder(mesh) if mesh is not None else (lambda tree: tree)
     state, keys, trace = shard((state, keys, trace))
+
+    def segment(state, keys, trace):
+        args = (problem, config, cache_policy, max_trials, batching)
+        if D == 1 or mesh is not None:
+            return _segment(state, keys, trace, *args, mesh)
+        return _one_device_after_another(devices[:D], lambda *t: _segment(*t, *args, None), (state, keys, trace))
+
     while True:
-        state, keys, trace = _segment(state, keys, trace, problem, config, cache_policy, max_trials, batching, mesh)
+        state, keys, trace = segment(state, keys, trace)
         done = np.asarray(_done(state, max_trials))[:B]
         if on_segment is not None:
             on_segment(int(done.sum()), B)
@@ -455,6 +474,19 @@ def _batched_params(config, params, B: int):
     for i in range(B):  # each run's settings validated like a single run's
         _params(config, jax.tree.map(lambda a: float(np.asarray(a)[i]), params))
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def _one_device_after_another(devices, fn, tree):
+    """``fn(*tree)`` on each device's equal share of the batch (the leading
+    axis), one device after the other (each waits for the previous one), the
+    results gathered on the first device."""
+    m = jax.tree.leaves(tree)[0].shape[0] // len(devices)
+    outs = []
+    for i, device in enumerate(devices):
+        share = jax.device_put(jax.tree.map(lambda a: a[i * m:(i + 1) * m], tree), device)
+        out = jax.block_until_ready(fn(*share))
+        outs.append(jax.device_put(out, devices[0]))
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
 def _mesh(devices):

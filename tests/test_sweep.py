@@ -81,19 +81,44 @@ from eeipu_jax import loop, simulate
 from tests import test_sweep as t
 assert len(jax.devices()) == 4
 keys, params = t._grid()
+concurrent = {"concurrent": True, "one-after-another": False, "default": None}[sys.argv[2]]
 out = {}
 for n in (1, 4):
     rs = simulate.run_jitted(keys[:3], t.PIPE, t.CFG, t.BUDGET, params=jax.tree.map(lambda a: a[:3], params),
-                             batching=sys.argv[1], devices=jax.devices()[:n], **t.KW)
+                             batching=sys.argv[1], devices=jax.devices()[:n], concurrent=concurrent, **t.KW)
     out[n] = [r.X.tolist() for r in rs]
 print("RESULT " + json.dumps(out))
 """
 
 
+def _one_and_four(batching, mode, xla_defaults):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT)
+    if xla_defaults:
+        env["EEIPU_JAX_FAST_COMPILE"] = "0"
+    out = subprocess.run([sys.executable, "-c", _ON_ONE_AND_FOUR, batching, mode], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert len(res["4"]) == len(res["1"]) == 3
+    assert not np.allclose(np.asarray(res["1"][0]), np.asarray(res["1"][1]))  # the runs are different runs
+    return [np.asarray(x) for x in res["1"]], [np.asarray(x) for x in res["4"]]
+
+
+def test_on_four_cpu_devices_each_device_runs_its_share_after_the_other_with_the_same_numbers():
+    """The CPU default: three runs over four simulated devices (padded to four
+    shares, the copy dropped), one device after the other, each running the
+    one-device program: the same numbers as on one device, with the library's
+    compile options."""
+    ones, fours = _one_and_four("map", "default", xla_defaults=False)
+    for x4, x1 in zip(fours, ones):
+        np.testing.assert_array_equal(x4, x1)
+
+
 @pytest.mark.parametrize("batching", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
-def test_the_same_sweep_on_four_simulated_devices_gives_the_same_numbers(batching):
-    """Three runs on one device and over four (padded to four shards, the copy
-    dropped), in one process with four simulated devices.
+def test_the_same_sweep_sharded_over_four_simulated_devices_gives_the_same_numbers(batching):
+    """The accelerators' default (``concurrent=True``: one program sharded over
+    a mesh, ``jax.shard_map``) on four simulated CPU devices against one device.
 
     Under XLA's default compile options (``EEIPU_JAX_FAST_COMPILE=0``): there a
     run's program rounds the same inside the four-device program as alone.
@@ -101,20 +126,14 @@ def test_the_same_sweep_on_four_simulated_devices_gives_the_same_numbers(batchin
     rounds a few ulps differently, which a BO run amplifies in its last
     proposals (seen: 1.5e-5 on the last of 14 trials under ``map``); what this
     test pins is the sharding (which run goes where, padding, keys), not the
-    emitter.
+    emitter. These sweeps are small: the devices running at once on a CPU can
+    deadlock in jaxlib on larger ones (README, "Accelerators").
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT, EEIPU_JAX_FAST_COMPILE="0")
-    out = subprocess.run([sys.executable, "-c", _ON_ONE_AND_FOUR, batching], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    ones, fours = _one_and_four(batching, "concurrent", xla_defaults=True)
     # map: each run is the same program wherever it runs; vmap: batched kernels of another
     # batch size round differently (the bound of the Python vs jitted driver test)
-    assert len(res["4"]) == len(res["1"]) == 3
-    for x4, x1 in zip(res["4"], res["1"]):
-        np.testing.assert_allclose(np.asarray(x4), np.asarray(x1), atol=1e-5 if batching == "map" else 2e-3)
-    assert not np.allclose(np.asarray(res["1"][0]), np.asarray(res["1"][1]))  # the runs are different runs
+    for x4, x1 in zip(fours, ones):
+        np.testing.assert_allclose(x4, x1, atol=1e-5 if batching == "map" else 2e-3)
 
 
 def test_the_ablation_command_writes_a_table_and_a_figure(tmp_path):
