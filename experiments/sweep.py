@@ -9,7 +9,8 @@ Usage::
 For each pipeline the whole grid (every seed x every setting) is one batch of
 :func:`eeipu_jax.simulate.run_jitted`: the settings are :class:`~eeipu_jax.config.Params`
 floats (traced), so one program per capacity runs them all, and with several
-devices the batch is sharded over them (``--devices``; on a CPU,
+devices the batch is split over them (``--devices``; at once on accelerators,
+one device after the other on a CPU, where
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` simulates four).
 The memoization ablation (Q = 0) is a method of its own, ``eeipu_nomemo``:
 ``python -m experiments.synthetic --set "methods=['eeipu','eeipu_nomemo']"``.
