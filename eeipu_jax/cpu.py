@@ -127,11 +127,9 @@ def compiler_options() -> dict | None:
     return options or None
 
 
-def jit(fun=None, **kwargs):
+def jit(fun, **kwargs):
     """``jax.jit`` with :func:`compiler_options`; same arguments, usable as
     ``functools.partial(jit, static_argnames=...)`` like ``jax.jit``."""
-    if fun is None:
-        return lambda f: jit(f, **kwargs)
     import jax
 
     kwargs.setdefault("compiler_options", compiler_options())
