@@ -67,6 +67,9 @@ _DONE: dict | None = None  # what pin_xla_threads did in this process, once it p
 
 # XLA's CPU compile options for the library's programs (see the module doc).
 FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+# XLA's own values of the same options: passed as ``compiler_options`` they give XLA's
+# defaults whatever ``XLA_FLAGS`` says (explicit options override the flags).
+XLA_CPU_DEFAULTS = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 2}
 
 
 def _cpu_index(n: int) -> int:

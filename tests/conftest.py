@@ -1,6 +1,16 @@
 """Shared test settings: CPU, XLA's threads on one core (as the scripts set it up),
-quiet logs, and a persistent XLA cache shared by the test workers (compiling the
-BO step dominates test time on a CPU)."""
+quiet logs, a persistent XLA cache shared by the test workers, and the library's
+fast CPU compile options for every program of the test processes.
+
+Compiling dominates the suite's time on a CPU (about two thirds of it: the BO
+step for each test's configuration, and the pipelines' own training steps,
+which outside the tests keep XLA's defaults as user code does). ``XLA_FLAGS``
+gets ``eeipu_jax.cpu.FAST_CPU_COMPILE`` (each option unless the user's
+``XLA_FLAGS`` names it), so the pipelines' programs in tests, and in the Ray
+workers and command-line runs the tests start, compile like the library's.
+Tests that need XLA's defaults pass ``eeipu_jax.cpu.XLA_CPU_DEFAULTS`` as
+``compiler_options`` (explicit options override the flags) or set
+``XLA_FLAGS`` for a subprocess of their own."""
 
 import os
 
@@ -13,7 +23,11 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"),
 )
 
-from eeipu_jax.cpu import pin_xla_threads  # noqa: E402
+from eeipu_jax.cpu import FAST_CPU_COMPILE, pin_xla_threads  # noqa: E402
+
+_flags = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join(
+    [_flags] + [f"--{k}={str(v).lower()}" for k, v in FAST_CPU_COMPILE.items() if f"--{k}" not in _flags]).strip()
 from eeipu_jax.utils import enable_compilation_cache  # noqa: E402
 
 pin_xla_threads()  # before any test creates the JAX backend (the scripts opt in the same way)
