@@ -586,8 +586,8 @@ def loss_and_grad(params: GPParams, X, y, mask, cfg: GPConfig, input_mask=None):
     return _loss(params, X, y, mask, cfg, input_mask, with_grad=True)
 
 
-def _descend(value_and_grad, p0, n_steps, opt, data=(), batch=None):
-    """Adam on ``value_and_grad(p, *data) -> (loss, grad)`` from ``p0`` for ``n_steps``.
+def _descend(value_and_grad, p0, n_steps, opt):
+    """Adam on ``value_and_grad(p) -> (loss, grad)`` from ``p0`` for ``n_steps``.
 
     A step whose loss or gradient is non-finite is skipped: the parameters and
     the optimizer state stay exactly as they were (zeroing the gradient alone
@@ -595,20 +595,11 @@ def _descend(value_and_grad, p0, n_steps, opt, data=(), batch=None):
     region). The best finite iterate seen is returned, so the result never
     depends on where a run wandered after it.
 
-    ``batch`` runs many independent descents at once: it maps a function of
-    one descent's ``(carry, *data)`` to its batched version (nested
-    ``jax.vmap``, say, over GPs and restarts). The loop stays outside the
-    batching (one ``fori_loop`` whose body is the batched step), so the step
-    is traced once per batching level instead of through the batching rule of
-    a loop (a fixpoint that traces the body several times per level). Every
-    descent runs ``n_steps`` (an unbatched value) either way.
-
     Returns:
         ``(best_params, best_loss, params, opt_state)``: the best finite
         iterate and its loss (``inf`` if none was finite), and the final
         parameters and optimizer state.
     """
-    batch = batch or (lambda f: f)
 
     def finite(tree):
         return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), tree))
@@ -616,12 +607,9 @@ def _descend(value_and_grad, p0, n_steps, opt, data=(), batch=None):
     def keep(ok, new, old):
         return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-    def start(p, *data):
-        return p, opt.init(p), p, jnp.asarray(jnp.inf, jax.tree.leaves(p)[0].dtype)
-
-    def step(carry, *data):
+    def step(_, carry):
         p, s, best_p, best_l = carry
-        loss, g = value_and_grad(p, *data)
+        loss, g = value_and_grad(p)
         ok = jnp.isfinite(loss) & finite(g)
         better = ok & (loss < best_l)
         best_p, best_l = keep(better, p, best_p), jnp.where(better, loss, best_l)
@@ -629,55 +617,12 @@ def _descend(value_and_grad, p0, n_steps, opt, data=(), batch=None):
         upd, s_new = opt.update(g, s, p)
         return keep(ok, optax.apply_updates(p, upd), p), keep(ok, s_new, s), best_p, best_l
 
-    def finish(carry, *data):
-        p, s, best_p, best_l = carry
-        # The final iterate was never evaluated inside the loop.
-        loss = value_and_grad(p, *data)[0]
-        better = jnp.isfinite(loss) & (loss < best_l)
-        return keep(better, p, best_p), jnp.where(better, loss, best_l), p, s
-
-    carry = batch(start)(p0, *data)
-    carry = jax.lax.fori_loop(0, n_steps, lambda _, c: batch(step)(c, *data), carry)
-    return batch(finish)(carry, *data)
-
-
-def _starts(key, init: GPParams, dim: int, cfg: GPConfig, dtype, cold):
-    """``cfg.restarts`` starting points of a fit: fresh draws (the default
-    point first) when ``cold``, else ``init`` repeated."""
-    keys = jax.random.split(key, cfg.restarts)
-    fresh = jax.vmap(lambda k: _random_params(k, dim, cfg, dtype))(keys)
-    fresh = jax.tree.map(lambda s, w: s.at[0].set(w), fresh, default_params(dim, cfg, dtype))
-    warm = jax.tree.map(lambda w: jnp.broadcast_to(w, (cfg.restarts,) + w.shape), init)
-    return jax.tree.map(lambda f, w: jnp.where(cold, f, w), fresh, warm)
-
-
-def _best_of(params: GPParams, losses, init: GPParams, X, y, mask, cfg: GPConfig, input_mask):
-    """The best of the restarts' results and ``init`` (a fit never makes things worse)."""
-    params = jax.tree.map(lambda a, w: jnp.concatenate([a, w[None]]), params, init)
-    losses = jnp.append(losses, _loss(init, X, y, mask, cfg, input_mask, with_grad=False))
-    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
-    best = jnp.argmin(losses)
-    return jax.tree.map(lambda a: a[best], params), losses[best]
-
-
-def _fit_batched(keys, init: GPParams, X, ys, masks, input_masks, cfg: GPConfig, cold):
-    """:func:`fit` of G GPs on shared inputs ``X``: ``keys``, ``init``, ``ys``,
-    ``masks`` and ``input_masks`` stacked over a leading axis G. One loop runs
-    every GP's restarts together (see :func:`_descend`)."""
-    dim, dtype = X.shape[-1], X.dtype
-    starts = jax.vmap(lambda k, p: _starts(k, p, dim, cfg, dtype, cold))(keys, init)  # (G, R, ...)
-    n_steps = jnp.where(cold, cfg.cold_steps, cfg.steps)
-
-    def vg(p, y, m, im):
-        return loss_and_grad(p, X, y, m, cfg, im)
-
-    def batch(f):  # over restarts (sharing one GP's data), then over GPs
-        return jax.vmap(jax.vmap(f, in_axes=(0, None, None, None)), in_axes=(0, 0, 0, 0))
-
-    best_p, best_l, _, _ = _descend(vg, starts, n_steps, optax.adam(cfg.learning_rate), (ys, masks, input_masks),
-                                    batch)
-    return jax.vmap(lambda p, l, w, y, m, im: _best_of(p, l, w, X, y, m, cfg, im))(
-        best_p, best_l, init, ys, masks, input_masks)
+    inf = jnp.asarray(jnp.inf, jax.tree.leaves(p0)[0].dtype)
+    p, s, best_p, best_l = jax.lax.fori_loop(0, n_steps, step, (p0, opt.init(p0), p0, inf))
+    # The final iterate was never evaluated inside the loop.
+    loss = value_and_grad(p)[0]
+    better = jnp.isfinite(loss) & (loss < best_l)
+    return keep(better, p, best_p), jnp.where(better, loss, best_l), p, s
 
 
 def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=False):
@@ -685,7 +630,7 @@ def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=Fa
 
     A *warm* fit continues from ``init`` for ``cfg.steps`` Adam steps. A
     *cold* fit runs ``cfg.cold_steps`` steps from ``cfg.restarts`` fresh
-    starts (the default point and random draws), all at once. Each run
+    starts (the default point and random draws), all under ``vmap``. Each run
     returns its best finite iterate, and ``init`` itself competes with the
     results, so a fit never returns parameters worse than it was given. A
     step whose loss or gradient is non-finite is skipped (parameters and
@@ -705,16 +650,34 @@ def fit(key, init: GPParams, X, y, mask, cfg: GPConfig, input_mask=None, cold=Fa
     Returns:
         ``(params, loss)``: the best parameters found and their loss.
     """
-    if input_mask is None:
-        input_mask = jnp.ones(X.shape[-1], X.dtype)
-    one = lambda a: jnp.asarray(a)[None]  # noqa: E731  (a stack of one GP)
-    params, loss = _fit_batched(key[None], jax.tree.map(one, init), X, y[None], mask[None], input_mask[None], cfg,
-                                cold)
-    return jax.tree.map(lambda a: a[0], params), loss[0]
+    dim = X.shape[-1]
+    dtype = X.dtype
+    keys = jax.random.split(key, cfg.restarts)
+    fresh = jax.vmap(lambda k: _random_params(k, dim, cfg, dtype))(keys)
+    fresh = jax.tree.map(lambda s, w: s.at[0].set(w), fresh, default_params(dim, cfg, dtype))
+    warm = jax.tree.map(lambda w: jnp.broadcast_to(w, (cfg.restarts,) + w.shape), init)
+    starts = jax.tree.map(lambda f, w: jnp.where(cold, f, w), fresh, warm)
+    n_steps = jnp.where(cold, cfg.cold_steps, cfg.steps)
+    opt = optax.adam(cfg.learning_rate)
+
+    def vg(p):
+        return loss_and_grad(p, X, y, mask, cfg, input_mask)
+
+    def run(p0):
+        best_p, best_l, _, _ = _descend(vg, p0, n_steps, opt)
+        return best_p, best_l
+
+    params, losses = jax.vmap(run)(starts)
+    # The incoming parameters compete too: a fit never makes things worse.
+    params = jax.tree.map(lambda a, w: jnp.concatenate([a, w[None]]), params, init)
+    losses = jnp.append(losses, _loss(init, X, y, mask, cfg, input_mask, with_grad=False))
+    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+    best = jnp.argmin(losses)
+    return jax.tree.map(lambda a: a[best], params), losses[best]
 
 
 def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConfig, cold, rows=None):
-    """Standardize and fit M GPs on shared inputs in one batched call.
+    """Standardize and fit M GPs on shared inputs in one vmapped call.
 
     Args:
         key: PRNG key.
@@ -735,13 +698,16 @@ def fit_stacked(key, init: GPParams, X, targets, masks, input_masks, cfg: GPConf
         standardization applied to each GP's targets.
     """
     keys = jax.random.split(key, targets.shape[1])
-    ys, mean, std = jax.vmap(standardize)(targets.T, masks.T)
-    ms = masks.T
-    Xf = X
-    if rows is not None:
-        Xf, ys, ms = X[rows], ys[:, rows], ms[:, rows]
-    params, _ = _fit_batched(keys, init, Xf, ys, ms, input_masks, cfg, cold)
-    return params, mean, std
+    Xf = X if rows is None else X[rows]
+
+    def one(k, p, t, m, im):
+        ys, mean, std = standardize(t, m)
+        if rows is not None:
+            ys, m = ys[rows], m[rows]
+        params, _ = fit(k, p, Xf, ys, m, cfg, im, cold)
+        return params, mean, std
+
+    return jax.vmap(one)(keys, init, targets.T, masks.T, input_masks)
 
 
 def fit_rows(key, valid, priority, size: int):
