@@ -15,9 +15,9 @@ each option set (``--options``), in one process (XLA's persistent cache off):
   study).
 
 Option sets: ``library`` (``eeipu_jax.cpu.compiler_options()``, what the
-library compiles its programs with), ``xla-default`` (XLA's own values, ``eeipu_jax.cpu.XLA_CPU_DEFAULTS``), ``o1``
-(``xla_backend_optimization_level=1`` alone), ``classic`` (classic emitters
-alone). Code generation runs on XLA's CPU pool, which the scripts pin to one
+library compiles its programs with), ``xla-default`` (XLA's own values,
+``eeipu_jax.cpu.XLA_CPU_DEFAULTS``), ``o1`` (``xla_backend_optimization_level=1``
+alone), ``classic`` (classic emitters alone). Code generation runs on XLA's CPU pool, which the scripts pin to one
 thread (bo_step_problem.py): on 2 threads it would take about half as long.
 
 Usage:

@@ -5,8 +5,8 @@ fast CPU compile options for every program of the test processes.
 Compiling dominates the suite's time on a CPU (about two thirds of it: the BO
 step for each test's configuration, and the pipelines' own training steps,
 which outside the tests keep XLA's defaults as user code does). ``XLA_FLAGS``
-gets ``eeipu_jax.cpu.FAST_CPU_COMPILE`` (each option unless the user's
-``XLA_FLAGS`` names it), so the pipelines' programs in tests, and in the Ray
+gets ``eeipu_jax.cpu.compiler_options()`` (the options the user's
+``XLA_FLAGS`` does not name), so the pipelines' programs in tests, and in the Ray
 workers and command-line runs the tests start, compile like the library's.
 Tests that need XLA's defaults pass ``eeipu_jax.cpu.XLA_CPU_DEFAULTS`` as
 ``compiler_options`` (explicit options override the flags) or set
@@ -23,11 +23,13 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"),
 )
 
-from eeipu_jax.cpu import FAST_CPU_COMPILE, pin_xla_threads  # noqa: E402
+from eeipu_jax.cpu import compiler_options, pin_xla_threads  # noqa: E402
 
-_flags = os.environ.get("XLA_FLAGS", "")
+# The library's options that XLA_FLAGS does not name already (none when the user
+# sets EEIPU_JAX_FAST_COMPILE=0: then the tests run under XLA's defaults too).
 os.environ["XLA_FLAGS"] = " ".join(
-    [_flags] + [f"--{k}={str(v).lower()}" for k, v in FAST_CPU_COMPILE.items() if f"--{k}" not in _flags]).strip()
+    [os.environ.get("XLA_FLAGS", "")] + [f"--{k}={str(v).lower()}" for k, v in (compiler_options() or {}).items()]
+).strip()
 from eeipu_jax.utils import enable_compilation_cache  # noqa: E402
 
 pin_xla_threads()  # before any test creates the JAX backend (the scripts opt in the same way)

@@ -2,6 +2,8 @@
 who gets them, how a user turns them off, and that they change a BO step only at
 float rounding (against the same step compiled with XLA's defaults)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +56,9 @@ def test_jit_compiles_with_the_options_and_only_its_own_functions():
     # compiler_options() leaves them to the flags; explicit options override flags.
     fast = jax.jit(f, compiler_options=cpu.FAST_CPU_COMPILE).lower(x).compile().as_text()
     default = jax.jit(f, compiler_options=cpu.XLA_CPU_DEFAULTS).lower(x).compile().as_text()
-    assert ours == fast
-    assert ours != default
+    assert fast != default
+    fast_in_use = bool(cpu.compiler_options()) or "--xla_cpu_use_fusion_emitters=false" in os.environ.get("XLA_FLAGS", "")
+    assert ours == (fast if fast_in_use else default)  # XLA's defaults under EEIPU_JAX_FAST_COMPILE=0
     want = np.tanh(np.exp(np.linspace(0.0, 1.0, 1000)) * 2).sum()
     np.testing.assert_allclose(float(cpu.jit(f)(x)), want, rtol=1e-5)
 

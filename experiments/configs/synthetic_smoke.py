@@ -6,7 +6,7 @@ on the 3-, 5- and 10-stage synthetic pipelines at their budgets (400 / 1200 /
 is the reference). Three seeds keep the command within minutes and the
 headline's sign stable: each of the 10 triples of development seeds 0-4 gave
 +191% to +260% candidates and +42% to +87% gain, every figure at least 2.5
-standard errors above 0 (results of e17f75b). Each run is capped at 128 trials
+standard errors above 0 (one run of seeds 0-4 at 6245534). Each run is capped at 128 trials
 (no EEIPU run reaches the cap; a baseline never comes near it) in a state of
 that capacity from the start, so every (pipeline, method) compiles its BO step
 once. ``--set seeds=5`` runs seeds 0-4.
