@@ -19,7 +19,7 @@ of ``loop.ask`` is jitted on its own, at the same shapes, with the same inputs
   rows to the kept factors instead).
 * ``candidates``: ``candidates.candidate_batch`` (512 Sobol + 5 x 2 x 32 prefix points).
 * ``score``: the method's ``score`` vmapped over the batch (4 GP predictions
-  per candidate + the 1024-sample Monte Carlo expected inverse cost).
+  per candidate + the Monte Carlo expected inverse cost, ``BOConfig.mc_samples`` samples).
 * ``refine``: ``candidates.top_per_depth`` + ``candidates.refine`` vmapped over
   the best 4 of each memo depth (30 Adam steps each).
 * host: ``loop.canonicalize`` and the proposal's transfer to NumPy, timed
@@ -36,7 +36,7 @@ the difference is dispatch and host work).
 
 FLOPs per phase are estimated from the shapes (N = capacity, F = min(N,
 fit_rows) rows in a fit, d = 10, M = 4 GPs, S Adam steps, B = 832
-candidates, 1024 Monte Carlo samples, 12 refined points x 30 steps): a
+candidates, ``mc_samples`` Monte Carlo samples, 12 refined points x 30 steps): a
 Cholesky is N^3/3; its reverse-mode derivative in JAX (the transpose of the
 forward rule ``L_dot = L phi(L^-1 Sigma_dot L^-T)``) is two triangular solves
 with N right-hand sides (N^3 each) and one N x N matmul (2 N^3), 4 N^3 in all;

@@ -9,7 +9,7 @@ from scipy import stats
 
 from eeipu_jax import acquisition as acq
 from eeipu_jax import methods
-from eeipu_jax import costs
+from eeipu_jax import costs, loop
 from eeipu_jax.cpu import jit  # the library's compile options (eeipu_jax.cpu)
 
 # One worker runs this file's tests: its module fixture is built once (pytest -n 2 --dist loadgroup).
@@ -93,6 +93,27 @@ def test_mc_inverse_cost_several_stages_against_brute_force():
     vals = [float(costs.log_expected_inverse_cost(jnp.asarray(mu), jnp.asarray(sigma), j, z, np.log(eps))) for j in range(4)]
     assert vals[0] < vals[1] < vals[2] < vals[3]
     assert vals[3] == pytest.approx(-np.log(3 * eps), abs=1e-5)
+
+
+def test_default_sample_count_estimates_ten_stage_inverse_cost_within_tolerance():
+    # The default BOConfig.mc_samples against a 2^20-sample NumPy estimate (its own
+    # error ~1e-3 in log), over 10 log-normal stages with random posteriors, memo
+    # depths and per-call random shifts: the error bounds the config's docstring states.
+    n = loop.BOConfig(stage_of_column=(0,), bins=(0,)).mc_samples
+    rng = np.random.default_rng(7)
+    errs = []
+    for case in range(24):
+        mu, sigma, j = rng.normal(0.0, 1.0, 10), rng.uniform(0.05, 1.5, 10), int(rng.integers(0, 10))
+        c = np.exp(mu + sigma * rng.standard_normal((1 << 20, 10)))
+        ref = np.log(np.mean(1.0 / (c[:, j:].sum(1) + j * 1e-3)))
+        for shift in range(3):
+            z = costs.normal_base_samples(jax.random.key(100 * case + shift), n, 10)
+            got = float(costs.log_expected_inverse_cost(jnp.asarray(mu, jnp.float32), jnp.asarray(sigma, jnp.float32),
+                                                        j, z, np.log(1e-3)))
+            errs.append(abs(got - ref))
+    errs = np.asarray(errs)
+    assert np.median(errs) < 0.007 and np.percentile(errs, 95) < 0.04 and errs.max() < 0.06, (
+        np.median(errs), np.percentile(errs, 95), errs.max())
 
 
 def test_base_samples_are_standard_normal_and_key_dependent():
