@@ -50,7 +50,7 @@ rate measured in the same run (XLA dot, 1024 x 1024), the arithmetic limit of
 this core; "% of peak" is that over the measured time.
 
 Usage:
-    python benchmarks/profile_ask.py [--sizes 100 200 400 800] [--repeats 5] [--trace DIR] [--dim 10 --stages 3]
+    python benchmarks/profile_ask.py [--sizes 100 200 400 800] [--repeats 5] [--trace DIR] [--dim 10 --stages 3] [--mc-samples M]
 
 ``--trace DIR`` also records one warm ask with ``jax.profiler`` (TensorBoard /
 Perfetto format) and prints the XLA ops that took the most time in it.
@@ -329,12 +329,17 @@ def main():
                     help="also record one warm ask at the largest size with jax.profiler into DIR")
     ap.add_argument("--dim", type=int, default=10, help="unit-interval hyperparameters (default 10)")
     ap.add_argument("--stages", type=int, default=3, help="stages K they are split into (default 3)")
+    ap.add_argument("--mc-samples", type=int, default=None,
+                    help="Monte Carlo samples of the expected inverse cost (default: BOConfig's)")
     args = ap.parse_args()
     if args.repeats < 1 or any(n < 12 for n in args.sizes):
         ap.error("--repeats must be >= 1 and every size >= 12 (past the 10 warm-up trials)")
+    if args.mc_samples is not None and args.mc_samples < 1:
+        ap.error("--mc-samples must be >= 1")
 
     space = make_space(args.dim, args.stages)
-    cfg = loop.BOConfig.from_space(space, method="eeipu")
+    extra = {} if args.mc_samples is None else {"mc_samples": args.mc_samples}
+    cfg = loop.BOConfig.from_space(space, method="eeipu", **extra)
     peak = matmul_peak()
     print(f"single-thread float32 matmul (XLA, 1024^3): {peak / 1e9:.1f} GFLOP/s", flush=True)
     results = []
@@ -350,7 +355,7 @@ def main():
     title = (f"Phases of one EEIPU ask (d={space.dim}, K={space.n_stages}, {cfg.n_cost_models + 1} GPs, "
              f"warm fit {cfg.gp.steps} / cold fit {cfg.gp.cold_steps} Adam steps, {cfg.n_random} + "
              f"{cfg.top_q}x{cfg.n_stages - 1}x{cfg.n_per_prefix} candidates, {cfg.n_refine} per depth refined "
-             f"x {cfg.refine_steps} steps), median of {args.repeats}")
+             f"x {cfg.refine_steps} steps, {cfg.mc_samples} Monte Carlo samples), median of {args.repeats}")
     md = [f"{title}.", "", f"{machine_line(info)}; single-thread float32 matmul peak measured in the same run: "
           f"{peak / 1e9:.1f} GFLOP/s."]
     print(title)
@@ -374,7 +379,7 @@ def main():
         print("\n" + head)
         print("\n".join(lines))
         md += [f"\n## {head}\n", *lines]
-    write_results(args.out, dict(d=space.dim, K=space.n_stages, repeats=args.repeats, machine=info,
+    write_results(args.out, dict(d=space.dim, K=space.n_stages, mc_samples=cfg.mc_samples, repeats=args.repeats, machine=info,
                                  sizes=results, trace_top_ops=ops), "Profile of one ask", md)
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ class BOConfig:
         mc_samples: quasi-random samples for the expected inverse cost
             (256: its log is within 0.005 of the exact value at the median
             and 0.03 at the 95th percentile for 10 log-normal stages,
-            tests/test_acquisition.py; 1024 made a 10-stage ask 1.3-1.8x
+            tests/test_acquisition.py; 1024 made a 10-stage ask 1.25-1.8x
             slower for no measured gain on development seeds, README "Speed
             of the whole comparison").
         cost_inputs: ``"prefix"`` (stage k's cost GP sees stages 0..k) or
