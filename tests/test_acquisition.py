@@ -78,6 +78,12 @@ def test_mc_inverse_cost_one_stage_matches_lognormal_moment(mu, sigma):
     assert got == pytest.approx(-np.log(0.1), abs=1e-6)
 
 
+def _log_mean_inverse_cost(c, j, eps):
+    """NumPy ``ln E[1/C_j]`` from samples ``c`` (rows) of the stage costs, the first ``j``
+    stages priced at ``eps``: the brute-force reference of the Monte Carlo tests."""
+    return np.log(np.mean(1.0 / (c[:, j:].sum(1) + j * eps)))
+
+
 def test_mc_inverse_cost_several_stages_against_brute_force():
     mu, sigma = np.array([1.0, 0.2, -0.5]), np.array([0.5, 0.3, 0.9])
     rng = np.random.default_rng(0)
@@ -85,8 +91,7 @@ def test_mc_inverse_cost_several_stages_against_brute_force():
     eps = 0.1
     z = costs.normal_base_samples(jax.random.key(1), 8192, 3)
     for j in range(3):
-        total = np.where(np.arange(3) < j, eps, c).sum(1)
-        ref = np.log(np.mean(1.0 / total))
+        ref = _log_mean_inverse_cost(c, j, eps)
         got = float(costs.log_expected_inverse_cost(jnp.asarray(mu), jnp.asarray(sigma), j, z, np.log(eps)))
         assert got == pytest.approx(ref, abs=5e-3), j
     # a memoized candidate is cheaper: E[1/C] grows with the memo depth
@@ -104,8 +109,7 @@ def test_default_sample_count_estimates_ten_stage_inverse_cost_within_tolerance(
     errs = []
     for case in range(24):
         mu, sigma, j = rng.normal(0.0, 1.0, 10), rng.uniform(0.05, 1.5, 10), int(rng.integers(0, 10))
-        c = np.exp(mu + sigma * rng.standard_normal((1 << 20, 10)))
-        ref = np.log(np.mean(1.0 / (c[:, j:].sum(1) + j * 1e-3)))
+        ref = _log_mean_inverse_cost(np.exp(mu + sigma * rng.standard_normal((1 << 20, 10))), j, 1e-3)
         for shift in range(3):
             z = costs.normal_base_samples(jax.random.key(100 * case + shift), n, 10)
             got = float(costs.log_expected_inverse_cost(jnp.asarray(mu, jnp.float32), jnp.asarray(sigma, jnp.float32),
