@@ -19,6 +19,9 @@ stage costs, EEIPU (objective GP + 3 stage-cost GPs, 512 + 5 x 2 x 32 candidates
   whenever the schedule reaches them. ``cold / median`` is the ratio of the
   slowest kind of ask to the usual one.
 
+Before the sizes, the first ``ask`` of a fresh run (a warm-up proposal, the
+first JAX work of the process) is timed: "first ask of a run".
+
 The capacity buckets a study of ``--study`` trials crosses are listed with the
 compile time of each (``compile+1st`` minus a cold refit), so the one-off cost of
 growing is visible next to the per-ask cost. "variants" is the number of
@@ -128,6 +131,9 @@ def main():
 
     space = make_space()
     cfg = loop.BOConfig.from_space(space, method=args.method)
+    first_warmup, _, _ = _timed_ask(jax.random.key(0), loop.init(cfg, budget=1e9), cfg)
+    first_line = f"First ask of a run (a warm-up proposal, compilation included): {first_warmup:.2f} s."
+    print(f"  {first_line}", flush=True)
     rows = []
     for n in args.sizes:
         state = filled_state(cfg, space, n)
@@ -149,10 +155,12 @@ def main():
     print(machine_line(info))
     print("\n".join(lines))
     print(study_line)
+    print(first_line)
     write_results(args.out, dict(method=args.method, d=space.dim, K=space.n_stages, repeats=args.repeats,
+                                 first_warmup_ask_s=first_warmup,
                                  refit_growth=loop.default_params(cfg).refit_growth, refit_every=cfg.refit_every, fit_rows=cfg.fit_rows,
                                  machine=info, rows=rows, study=dict(trials=args.study, **study)),
-                  "ask overhead", [f"{title}.", "", f"{machine_line(info)}.", "", *lines, "", study_line])
+                  "ask overhead", [f"{title}.", "", f"{machine_line(info)}.", "", *lines, "", study_line, "", first_line])
 
 
 if __name__ == "__main__":

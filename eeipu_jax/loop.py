@@ -31,7 +31,10 @@ A method with its own search (``Method.propose``) replaces steps 2-6.
 Warm-up: while fewer than ``n_warmup`` trials have been told, ``ask``
 returns uniform random points (the synthetic drivers may instead tell a
 cost-aware design from :mod:`eeipu_jax.design`). The budget spent when the
-warm-up completes is ``b0`` of the cost-cooling schedule.
+warm-up completes is ``b0`` of the cost-cooling schedule. A warm-up ``ask``
+runs a small program of its own (the same proposal as the full step's
+warm-up branch, bit for bit), so a run's first asks return at once and the
+BO step compiles at the first ask after the warm-up.
 
 **Integer and categorical columns.** Candidates are snapped to representable
 points *before* they are scored (the free coordinates only: a memoized prefix
@@ -293,6 +296,13 @@ def _bo_step(rnd: Proposal, k_bo, state: BOState, config: BOConfig, pending: Pen
     return prop, new_state._replace(n_fallback=new_state.n_fallback + bad.astype(jnp.int32))
 
 
+def _warmup_ask(key, state: BOState, config: BOConfig):
+    """The warm-up branch of :func:`ask_traced`: ``(warm-up proposal, observed state)``."""
+    k_warm, _ = jax.random.split(key)
+    state = _observe(state, config)
+    return warmup_proposal(k_warm, state, config), state
+
+
 def ask_traced(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     """:func:`ask` without host checks and without ``jit``, for traced code
     (a jitted driver). ``pending`` must be a valid :class:`Pending` or ``None``."""
@@ -314,10 +324,19 @@ def _ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     return ask_traced(key, state, config, pending)
 
 
+# Warm-up asks run this small program instead of _ask: the same outputs (the
+# same ops on the same key), without compiling the BO step to return a random
+# point. Not counted by compiled_asks.
+_ask_warmup = jit(_warmup_ask, static_argnames=("config",))
+
+
 def compiled_asks() -> int:
-    """How many programs of ``ask`` this process has traced, hence compiled or
-    loaded from the persistent compilation cache (one per config, state
-    capacity and pending capacity; benchmarks and tests count them)."""
+    """How many programs of the BO step this process has traced, hence
+    compiled or loaded from the persistent compilation cache (one per config,
+    state capacity and pending capacity; benchmarks and tests count them).
+    Warm-up asks run a small program of their own (compiled in a fraction of
+    a second, not counted here): the BO step compiles at the first ask after
+    the warm-up."""
     return _TRACES[0]
 
 
@@ -383,4 +402,10 @@ def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
         )
     if pending is not None:
         pending = check_pending(pending, config)
+    if int(state.n) < int(state.n_warmup):
+        # A warm-up proposal (pending rows are ignored then): the small
+        # program, so the first asks of a run do not wait for the BO step to
+        # compile. What _ask would return, bit for bit
+        # (tests/test_loop.py::test_warmup_asks_run_without_compiling_the_bo_step).
+        return _ask_warmup(key, canonicalize(state), config)
     return _ask(key, canonicalize(state), config, pending)

@@ -59,6 +59,31 @@ def test_warmup_asks_are_random_and_snapped():
     assert int(state2.n_bo) == 0
 
 
+def test_warmup_asks_run_without_compiling_the_bo_step():
+    """Warm-up asks run a small program of their own: no BO-step program is
+    compiled until the first ask after the warm-up, and each warm-up proposal
+    and returned state are those of the full step's warm-up branch (``_ask``,
+    the program every later ask runs), bit for bit."""
+    cfg = dataclasses.replace(CFG, n_random=64)  # a config no other test compiles
+    state = loop.init(cfg, budget=200.0, capacity=16)
+    before = loop.compiled_asks()
+    key, seen = jax.random.key(5), []
+    for _ in range(cfg.n_warmup):
+        key, k = jax.random.split(key)
+        prop, new = loop.ask(k, state, cfg)
+        seen.append((k, state, prop, new))
+        x = np.asarray(prop.x)
+        state = loop.tell(new, x, objective(x), stage_costs(x), int(prop.memo_depth))
+    assert loop.compiled_asks() == before  # five warm-up asks, no BO step compiled
+    prop, _ = loop.ask(key, state, cfg)
+    assert loop.compiled_asks() == before + 1 and int(prop.memo_depth) >= 0 and np.isfinite(float(prop.score))
+    for k, s, prop, new in seen:
+        ref_prop, ref_new = loop._ask(k, loop.canonicalize(s), cfg, None)
+        for a, b in zip(jax.tree.leaves((prop, new)), jax.tree.leaves((ref_prop, ref_new))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert loop.compiled_asks() == before + 1  # the same program as the BO ask's
+
+
 def test_ten_tell_ask_rounds_compile_ask_once(warm_state, caplog):
     caplog.set_level(logging.WARNING)
     with jax.log_compiles():
