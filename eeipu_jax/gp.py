@@ -617,8 +617,19 @@ def _descend(value_and_grad, p0, n_steps, opt):
         upd, s_new = opt.update(g, s, p)
         return keep(ok, optax.apply_updates(p, upd), p), keep(ok, s_new, s), best_p, best_l
 
-    inf = jnp.asarray(jnp.inf, jax.tree.leaves(p0)[0].dtype)
-    p, s, best_p, best_l = jax.lax.fori_loop(0, n_steps, step, (p0, opt.init(p0), p0, inf))
+    # Every carry takes the batch axes of p0 from the start (select(c, a, a) is
+    # a, and XLA drops it): under vmap (restarts, stacked GPs) the loop's
+    # batching then settles in one trace of the body instead of two (the best
+    # loss and Adam's step count would otherwise become batched after the
+    # first), which shortens tracing and changes nothing in the program run.
+    leaf = jax.tree.leaves(p0)[0]
+    c = jnp.all(leaf == leaf)
+
+    def like_p0(tree):
+        return jax.tree.map(lambda a: jax.lax.select(jnp.broadcast_to(c, a.shape), a, a), tree)
+
+    inf = like_p0(jnp.asarray(jnp.inf, leaf.dtype))
+    p, s, best_p, best_l = jax.lax.fori_loop(0, n_steps, step, (p0, like_p0(opt.init(p0)), p0, inf))
     # The final iterate was never evaluated inside the loop.
     loss = value_and_grad(p)[0]
     better = jnp.isfinite(loss) & (loss < best_l)
