@@ -259,7 +259,7 @@ def top_per_depth(vals, depth, n_depths: int, k: int):
     return top.reshape(-1), jnp.isfinite(top_val).reshape(-1)
 
 
-def refine(score, x0, free, steps: int, lr: float):
+def refine(score, x0, free, steps: int, lr: float, finish=None):
     """Projected Adam ascent of ``score`` on the free coordinates of one point.
 
     Args:
@@ -268,23 +268,33 @@ def refine(score, x0, free, steps: int, lr: float):
         free: ``(d,)`` bool, coordinates that may move.
         steps: number of Adam steps (static).
         lr: learning rate in unit-cube units.
+        finish: optional ``x -> x`` applied to the end point (e.g. snapping
+            it to representable values).
 
     Returns:
-        The end point (the caller scores it, after snapping, against the
-        start: one scoring of the refined points serves both).
+        The end point; with ``finish``, ``(finish(end), score(finish(end)))``:
+        the finished point is scored by one more pass of the loop body, whose
+        value and gradient share one forward pass, so a program that refines
+        holds one copy of the score's forward pass, not a second one to score
+        the refined points.
     """
     opt = optax.adam(lr)
-    grad = jax.grad(lambda x: -score(x))
+    value_and_grad = jax.value_and_grad(lambda x: -score(x))
+    n = steps if finish is None else steps + 1
 
-    def step(carry, _):
-        x, s = carry
-        g = grad(x)
+    def step(carry, i):
+        x, s, _ = carry
+        last = i == steps  # only with finish: the pass that scores the finished point
+        xq = x if finish is None else jnp.where(last, finish(x), x)
+        v, g = value_and_grad(xq)
         g = jnp.where(free & jnp.isfinite(g), g, 0.0)
         upd, s = opt.update(g, s, x)
-        return (jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0), s), None
+        x_new = jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0)
+        return (jnp.where(last, xq, x_new), s, -v), None
 
-    (x1, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=steps)
-    return x1
+    v0 = jnp.zeros((), x0.dtype)
+    (x1, _, v1), _ = jax.lax.scan(step, (x0, opt.init(x0), v0), jnp.arange(n))
+    return x1 if finish is None else (x1, v1)
 
 
 def prefix_masks_array(stage_of_column, n_stages: int) -> np.ndarray:

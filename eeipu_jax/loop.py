@@ -250,11 +250,10 @@ def generic_proposal(key, state: BOState, config: BOConfig, pending: Pending | N
         # again; a refined point replaces its start only if its snapped score
         # is higher.
         lr = state.params.refine_lr
-        xr = jax.vmap(
-            lambda x, j, f: candlib.refine(lambda z: score(z, j), x, f, config.refine_steps, lr)
+        xs, vs = jax.vmap(
+            lambda x, j, f: candlib.refine(lambda z: score(z, j), x, f, config.refine_steps, lr,
+                                           finish=lambda z: snap_free(z, j))
         )(x0, d0, free)
-        xs = jax.vmap(snap_free)(xr, d0)
-        vs = jax.vmap(score)(xs, d0)
         moved = jnp.isfinite(vs) & (vs > v0)
         xc = jnp.where(moved[:, None], xs, x0)
         vc = jnp.where(top_ok, jnp.where(moved, vs, v0), -jnp.inf)

@@ -128,6 +128,22 @@ def test_refine_moves_only_free_coordinates_towards_the_optimum():
     np.testing.assert_allclose(np.asarray(x1[2:]), [0.2, 0.9, 0.5], atol=0.05)
 
 
+def test_refine_with_finish_returns_the_finished_end_point_and_its_score():
+    """The extra pass that scores the finished point neither moves the end
+    point nor scores another: the same end point as without ``finish``, then
+    finished (here: snapped to a grid of quarters), and its score in closed form."""
+    target = np.array([0.3, 0.7, 0.2, 0.9, 0.5])
+    score = lambda x: -jnp.sum((x - jnp.asarray(target)) ** 2)
+    x0 = jnp.full(5, 0.5)
+    free = jnp.asarray([False, True, True, True, True])
+    grid = lambda x: jnp.round(x * 4.0) / 4.0
+    x_end = np.asarray(cand.refine(score, x0, free, steps=25, lr=0.05))
+    xs, vs = cand.refine(score, x0, free, steps=25, lr=0.05, finish=grid)
+    np.testing.assert_array_equal(np.asarray(xs), np.round(x_end * 4.0) / 4.0)
+    assert not np.array_equal(np.asarray(xs), x_end)  # the finish did something
+    assert float(vs) == pytest.approx(-np.sum((np.asarray(xs, np.float64) - target) ** 2), rel=1e-6)
+
+
 def test_top_per_depth_matches_a_loop():
     rng = np.random.default_rng(0)
     vals = rng.normal(size=60).astype(np.float32)
