@@ -151,19 +151,17 @@ def surrogates(key, state: BOState, config: BOConfig, init, targets, masks, inpu
     def refit():
         rows = None if size == N else gplib.fit_rows(k_rows, valid, priority, size)
         params, _, _ = gplib.fit_stacked(k_fit, init, X, targets, masks, input_masks, gcfg, cold, rows)
-        return params, factors(params)
+        return params
 
-    def extend():
-        def append(L, p, m, im):
-            return gplib.append_rows(L, p, X, m, gcfg, im, state.n_chol, state.n)
+    def append(L, p, m, im):
+        return gplib.append_rows(L, p, X, m, gcfg, im, state.n_chol, state.n)
 
-        return jax.lax.cond(
-            (state.n_chol == 0) | (state.n_chol > state.n) | (3 * (state.n - state.n_chol) > N),
-            lambda: factors(init),
-            lambda: jax.vmap(append)(state.chol, init, masks.T, input_masks),
-        )
-
-    params, chol = jax.lax.cond(due, refit, lambda: (init, extend()))
+    params = jax.lax.cond(due, refit, lambda: init)
+    # A fresh factorization after a refit, with no kept factor, or when many
+    # rows are new; else the told rows are appended to the kept factors. One
+    # copy of each in the program.
+    fresh = due | (state.n_chol == 0) | (state.n_chol > state.n) | (3 * (state.n - state.n_chol) > N)
+    chol = jax.lax.cond(fresh, lambda: factors(params), lambda: jax.vmap(append)(state.chol, params, masks.T, input_masks))
     _, mean, std = jax.vmap(gplib.standardize)(targets.T, masks.T)
     posts = gplib.posterior_stacked(params, X, targets, masks, input_masks, mean, std, gcfg, chol=chol)
     state = state._replace(
