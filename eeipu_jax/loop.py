@@ -295,22 +295,28 @@ def _bo_step(rnd: Proposal, k_bo, state: BOState, config: BOConfig, pending: Pen
     return prop, new_state._replace(n_fallback=new_state.n_fallback + bad.astype(jnp.int32))
 
 
+def _observe_and_draw(key, state: BOState, config: BOConfig):
+    """What every ask does first: ``(warm-up proposal, observed state, the BO step's key)``.
+
+    The warm-up point is also the BO step's fallback (same key): drawn once,
+    outside :func:`ask_traced`'s branches, so its program holds one copy of
+    it; a warm-up ask ends here (:func:`_warmup_ask`)."""
+    k_warm, k_bo = jax.random.split(key)
+    state = _observe(state, config)
+    return warmup_proposal(k_warm, state, config), state, k_bo
+
+
 def _warmup_ask(key, state: BOState, config: BOConfig):
     """The warm-up branch of :func:`ask_traced`: ``(warm-up proposal, observed state)``."""
-    k_warm, _ = jax.random.split(key)
-    state = _observe(state, config)
-    return warmup_proposal(k_warm, state, config), state
+    rnd, state, _ = _observe_and_draw(key, state, config)
+    return rnd, state
 
 
 def ask_traced(key, state: BOState, config: BOConfig, pending: Pending | None = None):
     """:func:`ask` without host checks and without ``jit``, for traced code
     (a jitted driver). ``pending`` must be a valid :class:`Pending` or ``None``."""
-    k_warm, k_bo = jax.random.split(key)
-    state = _observe(state, config)
+    rnd, state, k_bo = _observe_and_draw(key, state, config)
     in_warmup = state.n < state.n_warmup
-    # The warm-up point is also the BO step's fallback (same key): drawn once,
-    # outside the branches, so the program holds one copy of it.
-    rnd = warmup_proposal(k_warm, state, config)
     return jax.lax.cond(in_warmup, lambda: (rnd, state), lambda: _bo_step(rnd, k_bo, state, config, pending))
 
 
