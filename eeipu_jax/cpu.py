@@ -13,7 +13,10 @@ options (a user's own ``jax.jit`` is untouched). Numbers change at float
 rounding only (the two emitters round transcendental functions differently).
 Set ``EEIPU_JAX_FAST_COMPILE=0`` for XLA's defaults; an option the user sets
 in ``XLA_FLAGS`` is left to the user's setting. Nothing is set where JAX runs
-on an accelerator.
+on an accelerator. An option the installed XLA no longer has is not passed:
+jaxlib 0.11.1 removed the classic emitters' switch (XLA rejects the unknown
+option, and aborts the process on an unknown ``XLA_FLAGS`` entry), so from that
+version on the library's programs get ``-O1`` only.
 
 **Thread pool (scripts).**
 
@@ -61,15 +64,43 @@ import importlib.util
 import os
 import warnings
 
-__all__ = ["pin_xla_threads", "limit_host_blas_threads", "compiler_options", "jit"]
+__all__ = ["pin_xla_threads", "limit_host_blas_threads", "compiler_options", "known_options", "jit"]
 
 _DONE: dict | None = None  # what pin_xla_threads did in this process, once it pinned
 
-# XLA's CPU compile options for the library's programs (see the module doc).
-FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+# Options that XLA removed, with the first jaxlib release without them: passing one
+# fails every compilation ("No such compile option"), naming one in XLA_FLAGS aborts.
+REMOVED_IN = {"xla_cpu_use_fusion_emitters": (0, 11, 1)}
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    """The installed jaxlib's release as integers, e.g. ``(0, 10, 2)`` (read from its
+    metadata or its version module: this does not start JAX's backend)."""
+    import re
+
+    try:
+        from importlib.metadata import version
+
+        text = version("jaxlib")
+    except Exception:  # no distribution metadata (a source build): ask jax (imports it, no backend)
+        import jax.lib
+
+        text = jax.lib.__version__
+    return tuple(int(m.group()) for m in (re.match(r"\d+", p) for p in text.split(".")[:3]) if m)
+
+
+def known_options(options: dict) -> dict:
+    """``options`` less those the installed XLA no longer has (``REMOVED_IN``)."""
+    have = _jaxlib_version()
+    return {k: v for k, v in options.items() if k not in REMOVED_IN or have < REMOVED_IN[k]}
+
+
+# XLA's CPU compile options for the library's programs (see the module doc), as far
+# as the installed XLA has them.
+FAST_CPU_COMPILE = known_options({"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1})
 # XLA's own values of the same options: passed as ``compiler_options`` they give XLA's
 # defaults whatever ``XLA_FLAGS`` says (explicit options override the flags).
-XLA_CPU_DEFAULTS = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 2}
+XLA_CPU_DEFAULTS = known_options({"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 2})
 
 
 def _cpu_index(n: int) -> int:

@@ -35,6 +35,26 @@ from eeipu_jax.utils import enable_compilation_cache  # noqa: E402
 pin_xla_threads()  # before any test creates the JAX backend (the scripts opt in the same way)
 enable_compilation_cache()
 
+# The jaxlib release on which the tests marked ``same_rounding`` hold: they compare two
+# programs of the same run (the Python and the jitted driver, one device and four) to a
+# few ulps, which a BO run amplifies into other proposals when they round apart. Under
+# this XLA they round alike; another release's XLA fuses them differently (jaxlib 0.12.1,
+# Python 3.12: proposals 5e-3 apart after 14 trials), so there the tests are skipped,
+# with the reason, rather than loosened. CI installs this release (Python 3.11).
+ROUNDING_JAXLIB = "0.10.2"
+
+
+def pytest_collection_modifyitems(config, items):
+    import jax.lib
+
+    if jax.lib.__version__ == ROUNDING_JAXLIB:
+        return
+    skip = pytest.mark.skip(reason=f"compares programs to a few ulps, which holds on jaxlib {ROUNDING_JAXLIB}'s "
+                                   f"XLA; this is jaxlib {jax.lib.__version__} (tests/conftest.py)")
+    for item in items:
+        if item.get_closest_marker("same_rounding"):
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="module")
 def module_data_dir(tmp_path_factory):

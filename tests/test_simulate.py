@@ -56,6 +56,7 @@ def test_budget_is_never_overspent_by_more_than_one_trial(runs):
             assert r.eta[i] == pytest.approx(max(0.0, (BUDGET - spent[i - 1]) / (BUDGET - b0)), abs=1e-4)
 
 
+@pytest.mark.same_rounding
 def test_python_and_jitted_drivers_give_the_same_trajectory(runs):
     py, jit = runs
     for j in (jit[0], jit[2]):  # vmapped and mapped seed batches
@@ -164,6 +165,7 @@ def test_every_memoized_proposal_is_a_cache_hit(pool, select, method):
 
 
 # ------------------------------------------------------ asynchronous driver
+@pytest.mark.same_rounding
 def test_async_driver_with_one_worker_is_the_python_run(runs):
     """W = 1: nothing is ever pending, so every ask is the single-worker step
     and the run is run_python's, trial for trial, back to back in time."""

@@ -115,6 +115,7 @@ def test_on_four_cpu_devices_each_device_runs_its_share_after_the_other_with_the
         np.testing.assert_array_equal(x4, x1)
 
 
+@pytest.mark.same_rounding
 @pytest.mark.parametrize("batching", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_the_same_sweep_sharded_over_four_simulated_devices_gives_the_same_numbers(batching):
     """The accelerators' default (``concurrent=True``: one program sharded over
