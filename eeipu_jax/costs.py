@@ -33,6 +33,7 @@ from jax.scipy.special import logsumexp, ndtri
 from jaxtyping import Array, Bool, Float
 
 from eeipu_jax import gp as gplib
+from eeipu_jax._sobol_directions import M_INIT, POLY
 
 __all__ = [
     "stage_input_masks",
@@ -77,14 +78,50 @@ def predict_log_cost(posts, mean, std, x):
     return mean + std * m, std * jnp.sqrt(v)
 
 
+_SOBOL_BITS = 30  # as scipy.stats.qmc.Sobol's default
+
+
+def _sobol_vectors(d: int, bits: int = _SOBOL_BITS) -> np.ndarray:
+    """``(d, bits)`` direction vectors (integers scaled to ``bits`` bits) of the
+    first ``d`` Sobol dimensions, by the Bratley-Fox recurrence."""
+    v = np.zeros((d, bits), np.uint64)
+    v[0] = [1 << (bits - 1 - j) for j in range(bits)]  # dimension 1: the van der Corput sequence
+    for i in range(1, d):
+        p = POLY[i]
+        m = p.bit_length() - 1  # the polynomial's degree
+        row = [M_INIT[i][j] << (bits - 1 - j) for j in range(m)]
+        for j in range(m, bits):
+            new = row[j - m] ^ (row[j - m] >> m)
+            for k in range(1, m):
+                if (p >> (m - k)) & 1:
+                    new ^= row[j - k]
+            row.append(new)
+        v[i] = row
+    return v
+
+
 @functools.lru_cache(maxsize=32)
 def sobol_table(n: int, d: int) -> np.ndarray:
     """``(n, d)`` unscrambled Sobol points in ``[0, 1)`` (float32, cached):
-    the base of every quasi-random draw (shifted per call)."""
-    from scipy.stats import qmc
+    the base of every quasi-random draw (shifted per call).
 
-    # Unscrambled Sobol points; each ask applies its own random shift.
-    return qmc.Sobol(d=d, scramble=False).random(n).astype(np.float32)
+    The same points as ``scipy.stats.qmc.Sobol(d, scramble=False).random(n)``
+    (tests/test_sobol.py compares them bit for bit), computed here in Gray-code
+    order from Joe and Kuo's direction numbers (eeipu_jax/_sobol_directions.py,
+    the first 256 dimensions), so that the first BO step of a process does not
+    import ``scipy.stats`` (about 0.5 s); beyond 256 dimensions SciPy computes them.
+    """
+    if d > len(POLY):
+        from scipy.stats import qmc
+
+        return qmc.Sobol(d=d, scramble=False).random(n).astype(np.float32)
+    v = _sobol_vectors(d)
+    i = np.arange(n, dtype=np.uint64)
+    gray = i ^ (i >> np.uint64(1))
+    x = np.zeros((n, d), np.uint64)
+    for k in range(_SOBOL_BITS):  # point i = XOR of the vectors of the bits set in gray(i)
+        x[((gray >> np.uint64(k)) & np.uint64(1)).astype(bool)] ^= v[:, k]
+    return (x.astype(np.float64) * 2.0**-_SOBOL_BITS).astype(np.float32)
 
 
 def normal_base_samples(key, n: int, k: int, dtype=jnp.float32) -> Float[Array, "n k"]:

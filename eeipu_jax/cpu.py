@@ -49,7 +49,7 @@ available CPUs.
 Host-side BLAS gets one thread too (``OPENBLAS_NUM_THREADS`` defaults to 1 for
 libraries loaded later, and threadpoolctl limits those already loaded): the
 BO step runs in XLA and host BLAS calls are tiny, but an idle OpenBLAS worker
-thread busy-waits, and SciPy's (loaded for the Sobol sequences) was measured
+thread busy-waits, and SciPy's (which the Sobol points loaded at the time) was measured
 taking half of the core that XLA computes on for a whole vmapped run.
 
 Skipped when ``EEIPU_JAX_NO_PIN=1`` (so the scripts' set-up can be turned
