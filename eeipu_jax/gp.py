@@ -60,7 +60,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions
 import optax
 import tinygp
 from jaxtyping import Array, Bool, Float
@@ -476,6 +475,8 @@ def _gamma_logpdf(x, prior):
     if prior is None:
         return jnp.zeros_like(x)
     a, b = prior
+    import numpyro.distributions  # here, not at module level: 0.3 s of every import of eeipu_jax
+
     return numpyro.distributions.Gamma(a, b).log_prob(x)
 
 
