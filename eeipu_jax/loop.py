@@ -70,6 +70,7 @@ import jax.numpy as jnp
 
 from eeipu_jax import candidates as candlib
 from eeipu_jax.cpu import jit
+from eeipu_jax.utils import collector_paused
 from eeipu_jax.config import (
     BOConfig,
     Params,
@@ -413,4 +414,6 @@ def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
         # compile. What _ask would return, bit for bit
         # (tests/test_loop.py::test_warmup_asks_run_without_compiling_the_bo_step).
         return _ask_warmup(key, canonicalize(state), config)
-    return _ask(key, canonicalize(state), config, pending)
+    with collector_paused():
+        return _ask(key, canonicalize(state), config, pending)
+

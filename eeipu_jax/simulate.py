@@ -50,6 +50,7 @@ import numpy as np
 from eeipu_jax import design as designlib
 from eeipu_jax.cpu import jit
 from eeipu_jax import loop
+from eeipu_jax.utils import collector_paused
 
 __all__ = ["RunResult", "AsyncResult", "warmup_design", "initial_state", "sim_step", "run_python", "run_jitted",
            "stack_params", "run_async",
@@ -244,7 +245,8 @@ def run_python(
     while not bool(_done(state, max_trials)):
         state = loop.ensure_capacity(state)
         key, sub = jax.random.split(key)
-        state, prop = _sim_step(sub, state, problem, config, cache_policy)
+        with collector_paused():
+            state, prop = _sim_step(sub, state, problem, config, cache_policy)
         trace.append((float(prop.eta), float(prop.memo_depth)))
         if bool(prop.fallback):
             logger.warning(
@@ -432,7 +434,8 @@ def run_jitted(
         return _one_device_after_another(devices[:D], lambda *t: _segment(*t, *args, None), (state, keys, trace))
 
     while True:
-        state, keys, trace = segment(state, keys, trace)
+        with collector_paused():
+            state, keys, trace = segment(state, keys, trace)
         done = np.asarray(_done(state, max_trials))[:B]
         if on_segment is not None:
             on_segment(int(done.sum()), B)

@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
 
 import jax
 
-__all__ = ["enable_compilation_cache", "default_cache_root", "interrupts_deferred"]
+__all__ = ["enable_compilation_cache", "default_cache_root", "interrupts_deferred", "collector_paused"]
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off inside the block, and back on after
+    it only if it was on.
+
+    The library's entry points that may trace a new program (``loop.ask``, the
+    synthetic drivers' steps) run inside it: tracing and lowering the BO step
+    allocate hundreds of thousands of Python objects, and the collector's
+    passes over a large heap (jax, a user's pipeline, Ray) took 0.4-0.6 s of a
+    first ask's ~2 s of tracing and lowering (docs/bo_step_profile.md,
+    section 6). A compiled call runs in XLA; reference counting frees memory
+    meanwhile, and cycles are collected after the block.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def default_cache_root() -> str:

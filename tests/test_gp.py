@@ -415,3 +415,38 @@ def test_predict_gradient_is_finite_and_exact_at_a_training_input(cols):
         lo = _np_posterior_mean_var(X, y, x - e, ls, amp, noise, float(p.mean), cols)
         ref[:, c] = (np.asarray(hi) - np.asarray(lo)) / (2 * h)
     np.testing.assert_allclose(jac, ref, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("prior", [gp.GPConfig().lengthscale_prior, gp.GPConfig().amplitude_prior,
+                                   gp.GPConfig().noise_prior, (0.5, 2.0)])
+def test_gamma_prior_is_numpyros_gamma_term_for_term_and_scipys_density(prior):
+    """The Gamma log prior is written out (importing numpyro.distributions cost the
+    first BO step 0.4-0.5 s): the same program as numpyro's ``Gamma.log_prob``
+    (so fits round as before), and SciPy's density; -inf outside the support."""
+    from scipy import stats
+    import numpyro.distributions as nd
+
+    x = jnp.asarray(np.random.default_rng(3).uniform(1e-3, 8.0, 257), jnp.float32)
+    ours = lambda v: gp._gamma_logpdf(v, prior)  # noqa: E731
+    theirs = lambda v: nd.Gamma(*prior).log_prob(v)  # noqa: E731
+    assert str(jax.make_jaxpr(ours)(x)) == str(jax.make_jaxpr(theirs)(x))
+    want = stats.gamma.logpdf(np.asarray(x, np.float64), prior[0], scale=1.0 / prior[1])
+    np.testing.assert_allclose(np.asarray(jit(ours)(x), np.float64), want, rtol=2e-5, atol=2e-5)
+    assert np.all(np.asarray(ours(jnp.asarray([0.0, -1.0]))) == -np.inf)
+
+
+def test_fitting_a_gp_imports_no_numpyro():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, jax, jax.numpy as jnp; from eeipu_jax import gp; "
+            "X = jax.random.uniform(jax.random.key(0), (16, 2)); y = jnp.sin(X.sum(1)); "
+            "cfg = gp.GPConfig(); p0 = gp.default_params(2, cfg); "
+            "gp.fit(jax.random.key(1), p0, X, y, jnp.ones(16, bool), cfg, cold=True); "
+            "print('numpyro' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

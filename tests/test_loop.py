@@ -84,6 +84,35 @@ def test_warmup_asks_run_without_compiling_the_bo_step():
     assert loop.compiled_asks() == before + 1  # the same program as the BO ask's
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_bo_step_runs_with_the_garbage_collector_paused_and_restored(warm_state, monkeypatch, enabled):
+    """``ask`` traces (and runs) the BO step with Python's cyclic collector off
+    (its passes took 0.4-0.6 s of a first ask's tracing) and leaves it as it
+    found it, also when the step raises."""
+    import gc
+
+    from eeipu_jax.utils import collector_paused
+
+    seen = []
+
+    def fake_ask(*args):
+        seen.append(gc.isenabled())
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(loop, "_ask", fake_ask)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        with pytest.raises(RuntimeError, match="stop"):
+            loop.ask(jax.random.key(0), warm_state, CFG)
+        assert seen == [False] and gc.isenabled() is enabled
+        with collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
 def test_ten_tell_ask_rounds_compile_ask_once(warm_state, caplog):
     caplog.set_level(logging.WARNING)
     with jax.log_compiles():
