@@ -370,3 +370,44 @@ def test_kept_factors_give_the_posterior_of_a_fresh_factorization():
             np.testing.assert_allclose(mu, mu_ref, rtol=2e-3, atol=2e-3)
             np.testing.assert_allclose(var, var_ref, rtol=1e-2, atol=2e-4)
     assert state.X.shape[0] == 32 and appended >= 5  # grown 8 -> 16 -> 32; asks without a refit
+
+
+_FIRST_BO_ASK = r"""
+import sys
+import jax, numpy as np
+from jax import monitoring
+from eeipu_jax import loop
+from eeipu_jax.utils import enable_compilation_cache
+from tests import test_loop as t
+assert enable_compilation_cache(sys.argv[1]) == sys.argv[1]
+hits = []
+monitoring.register_event_listener(lambda name, **kw: hits.append(name) if name.endswith("/cache_hits") else None)
+state = loop.init(t.CFG, budget=200.0, capacity=16)
+for u in t.SPACE.sample(np.random.default_rng(0), t.CFG.n_warmup):
+    state = loop.tell(state, u, t.objective(u), t.stage_costs(u), 0)
+before = len(hits)
+prop, _ = loop.ask(jax.random.key(0), state, t.CFG)
+print("RESULT", len(hits) - before, float(prop.score))
+"""
+
+
+def test_a_second_process_loads_the_bo_step_from_the_persistent_cache(tmp_path):
+    """What a resumed run, the next seed or another worker process relies on: with
+    ``enable_compilation_cache`` the first process writes the compiled BO step, and a
+    second one loads it (a cache hit, the same proposal) instead of compiling it."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "EEIPU_JAX_XLA_CACHE"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=root)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _FIRST_BO_ASK, str(tmp_path / "xla")], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(next(line for line in out.stdout.splitlines() if line.startswith("RESULT")).split()[1:])
+    assert runs[0][0] == "0" and int(runs[1][0]) >= 1, runs
+    assert runs[0][1] == runs[1][1]  # the loaded program proposes what the compiled one did
+    assert os.listdir(tmp_path / "xla")
