@@ -416,4 +416,3 @@ def ask(key, state: BOState, config: BOConfig, pending: Pending | None = None):
         return _ask_warmup(key, canonicalize(state), config)
     with collector_paused():
         return _ask(key, canonicalize(state), config, pending)
-

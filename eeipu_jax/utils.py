@@ -24,7 +24,9 @@ def collector_paused():
     passes over a large heap (jax, a user's pipeline, Ray) took 0.4-0.6 s of a
     first ask's ~2 s of tracing and lowering (docs/bo_step_profile.md,
     section 6). A compiled call runs in XLA; reference counting frees memory
-    meanwhile, and cycles are collected after the block.
+    meanwhile, and cycles are collected after the block. With several threads
+    inside at once, the collector is back on as soon as a thread that found it
+    on leaves (a thread still inside then runs with it on, as without this).
     """
     was = gc.isenabled()
     gc.disable()
