@@ -27,6 +27,7 @@ Writes benchmarks/results/first_ask.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -35,18 +36,16 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import argparse  # noqa: E402
-
 from bo_step_problem import RESULTS, machine_line, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CHILD = r"""
-import json, os, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import jax
 from jax import monitoring
-from bo_step_problem import CPU_SETUP, filled_state, machine, make_space
+from bo_step_problem import filled_state, machine, make_space  # pins XLA's pool as the other scripts do
 from eeipu_jax import loop
 from eeipu_jax.utils import enable_compilation_cache
 if sys.argv[3] != "off":

@@ -1,6 +1,9 @@
 """GP surrogate: posterior and likelihood against NumPy, padding invariance, fitting."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -436,10 +439,6 @@ def test_gamma_prior_is_numpyros_gamma_term_for_term_and_scipys_density(prior):
 
 
 def test_fitting_a_gp_imports_no_numpyro():
-    import os
-    import subprocess
-    import sys
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys, jax, jax.numpy as jnp; from eeipu_jax import gp; "
             "X = jax.random.uniform(jax.random.key(0), (16, 2)); y = jnp.sin(X.sum(1)); "

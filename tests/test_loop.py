@@ -2,6 +2,9 @@
 
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
 from typing import NamedTuple
 
 import jax
@@ -395,10 +398,6 @@ def test_a_second_process_loads_the_bo_step_from_the_persistent_cache(tmp_path):
     """What a resumed run, the next seed or another worker process relies on: with
     ``enable_compilation_cache`` the first process writes the compiled BO step, and a
     second one loads it (a cache hit, the same proposal) instead of compiling it."""
-    import os
-    import subprocess
-    import sys
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "EEIPU_JAX_XLA_CACHE"}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=root)
